@@ -1,0 +1,428 @@
+//! The configuration model, its TOML form, command-line overrides and validation.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::upstream_url::UpstreamUrl;
+
+/// Why a configuration was refused. Every variant names where the value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{origin}: `{key}`: {reason}")]
+    Invalid {
+        /// The file, or "command line".
+        origin: String,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub upstream: UpstreamConfig,
+    pub tls: ClientTlsConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub web: WebConfig,
+    pub redis: RedisConfig,
+    /// Where the values came from, for error messages.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+/// The client-facing listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// `HOST:PORT` clients connect to.
+    pub listen: String,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:6432".into(),
+        }
+    }
+}
+
+/// How pgstepup reaches PostgreSQL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `postgres://[LOGIN[:PASSWORD]@]HOST[:PORT][/DB]`.
+    pub url: String,
+    /// TLS towards the upstream, with libpq's sslmode names.
+    pub tls: UpstreamTlsMode,
+    /// PEM file of CA certificates for `verify-ca`/`verify-full`; the system roots otherwise.
+    pub tls_root_cert: Option<PathBuf>,
+    /// Seconds to wait for the upstream's TCP connect and login.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: "postgres://127.0.0.1:5432".into(),
+            tls: UpstreamTlsMode::Prefer,
+            tls_root_cert: None,
+            connect_timeout_secs: 10,
+        }
+    }
+}
+
+/// libpq's sslmode, for the upstream leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// Client-facing TLS.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTlsConfig {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// Refuse clients that do not negotiate TLS.
+    pub require: bool,
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `scram` (pgstepup verifies the password itself; the default when a verifier source is
+    /// configured) or `passthrough` (the upstream's own authentication is relayed; the default
+    /// otherwise).
+    pub method: Option<AuthMethod>,
+    /// Query the auth login runs to fetch a user's verifier; `$1` is the user name.
+    pub query: Option<String>,
+    /// File of `"user" "SCRAM-SHA-256$..."` lines (pgbouncer's auth_file format).
+    pub file: Option<PathBuf>,
+}
+
+/// See [`AuthConfig::method`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    Scram,
+    Passthrough,
+}
+
+/// Per-connection limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest message accepted from a client, in bytes.
+    pub max_message_bytes: usize,
+    /// Seconds a client has to finish TLS and authentication.
+    pub startup_timeout_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 256 * 1024 * 1024,
+            startup_timeout_secs: 60,
+        }
+    }
+}
+
+/// The web listener (approval pages, metrics, health).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    pub listen: String,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            listen: "127.0.0.1:8443".into(),
+        }
+    }
+}
+
+/// Shared state; absent means in-memory, single instance.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: Option<String>,
+}
+
+/// Values given on the command line; each replaces the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub web_listen: Option<String>,
+    pub redis: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the file when given (built-in defaults otherwise), applies the overrides and
+    /// validates the result.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => Self::from_file(path)?,
+            None => Config {
+                origin: "built-in defaults".into(),
+                ..Config::default()
+            },
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(source),
+        })?;
+        config.origin = path.display().to_string();
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: Overrides) {
+        let cli = o.listen.is_some()
+            || o.upstream.is_some()
+            || o.web_listen.is_some()
+            || o.redis.is_some()
+            || o.tls_cert.is_some()
+            || o.tls_key.is_some();
+        if cli {
+            self.origin = format!("{} with command-line overrides", self.origin);
+        }
+        if let Some(v) = o.listen {
+            self.proxy.listen = v;
+        }
+        if let Some(v) = o.upstream {
+            self.upstream.url = v;
+        }
+        if let Some(v) = o.web_listen {
+            self.web.listen = v;
+        }
+        if let Some(v) = o.redis {
+            self.redis.url = Some(v);
+        }
+        if let Some(v) = o.tls_cert {
+            self.tls.cert = Some(v);
+        }
+        if let Some(v) = o.tls_key {
+            self.tls.key = Some(v);
+        }
+    }
+
+    fn invalid(&self, key: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin.clone(),
+            key,
+            reason: reason.into(),
+        }
+    }
+
+    /// Checks everything that can be checked without touching the network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_host_port(&self.proxy.listen).map_err(|r| self.invalid("proxy.listen", r))?;
+        check_host_port(&self.web.listen).map_err(|r| self.invalid("web.listen", r))?;
+        let upstream = self.upstream_url()?;
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => return Err(self.invalid("tls.key", "tls.cert is set but tls.key is not")),
+            (None, Some(_)) => return Err(self.invalid("tls.cert", "tls.key is set but tls.cert is not")),
+            (None, None) if self.tls.require => {
+                return Err(self.invalid("tls.require", "requires tls.cert and tls.key"))
+            }
+            _ => {}
+        }
+        if let Some(url) = &self.redis.url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(self.invalid("redis.url", "must start with redis:// or rediss://"));
+            }
+        }
+        if self.limits.max_message_bytes < 1024 {
+            return Err(self.invalid("limits.max_message_bytes", "must be at least 1024"));
+        }
+        if self.limits.startup_timeout_secs == 0 {
+            return Err(self.invalid("limits.startup_timeout_secs", "must be at least 1"));
+        }
+        if self.upstream.connect_timeout_secs == 0 {
+            return Err(self.invalid("upstream.connect_timeout_secs", "must be at least 1"));
+        }
+        if self.auth.method == Some(AuthMethod::Scram)
+            && upstream.login.is_none()
+            && self.auth.file.is_none()
+        {
+            return Err(self.invalid(
+                "auth.method",
+                "scram needs a verifier source: a login in upstream.url (auth query) or auth.file",
+            ));
+        }
+        if self.auth.query.is_some() && upstream.login.is_none() {
+            return Err(self.invalid(
+                "auth.query",
+                "needs a login in upstream.url (postgres://LOGIN:PASSWORD@HOST:PORT/DB) to run it",
+            ));
+        }
+        if let Some(q) = &self.auth.query {
+            if !q.contains("$1") {
+                return Err(self.invalid("auth.query", "must use $1 for the user name"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The parsed upstream URL.
+    pub fn upstream_url(&self) -> Result<UpstreamUrl, ConfigError> {
+        UpstreamUrl::parse(&self.upstream.url)
+            .map_err(|e| self.invalid("upstream.url", e.to_string()))
+    }
+
+    /// The effective authentication method (see [`AuthConfig::method`]).
+    pub fn auth_method(&self) -> AuthMethod {
+        self.auth.method.unwrap_or_else(|| {
+            let has_source = self.auth.file.is_some()
+                || self.upstream_url().map(|u| u.login.is_some()).unwrap_or(false);
+            if has_source {
+                AuthMethod::Scram
+            } else {
+                AuthMethod::Passthrough
+            }
+        })
+    }
+}
+
+fn check_host_port(value: &str) -> Result<(), String> {
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{value:?} is not HOST:PORT"))?;
+    if host.is_empty() {
+        return Err(format!("{value:?} has no host"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("{value:?} has no valid port"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile_path::TempPath {
+        tempfile_path::TempPath::with(text)
+    }
+
+    /// A tiny temp-file helper so the tests need no extra crate.
+    mod tempfile_path {
+        use std::path::{Path, PathBuf};
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        pub struct TempPath(PathBuf);
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+
+        impl TempPath {
+            pub fn with(text: &str) -> Self {
+                let n = NEXT.fetch_add(1, Ordering::Relaxed);
+                let path = std::env::temp_dir()
+                    .join(format!("pgstepup-config-{}-{n}.toml", std::process::id()));
+                std::fs::write(&path, text).unwrap();
+                TempPath(path)
+            }
+            pub fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_start_without_a_file() {
+        let c = Config::load(None, Overrides::default()).unwrap();
+        assert_eq!(c.proxy.listen, "127.0.0.1:6432");
+        assert_eq!(c.web.listen, "127.0.0.1:8443");
+        assert_eq!(c.upstream_url().unwrap().address(), "127.0.0.1:5432");
+        assert_eq!(c.auth_method(), AuthMethod::Passthrough);
+        assert!(c.redis.url.is_none());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let f = write(
+            "[proxy]\nlisten = \"0.0.0.0:7000\"\n[upstream]\nurl = \"postgres://auth:pw@db:5433/postgres\"\ntls = \"verify-full\"\n",
+        );
+        let c = Config::load(
+            Some(f.path()),
+            Overrides {
+                listen: Some("127.0.0.1:7001".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.proxy.listen, "127.0.0.1:7001");
+        assert_eq!(c.upstream.tls, UpstreamTlsMode::VerifyFull);
+        assert_eq!(c.auth_method(), AuthMethod::Scram);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        let f = write("[upstream]\ntls = \"sometimes\"\n");
+        let err = Config::load(Some(f.path()), Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains(&f.path().display().to_string()), "{err}");
+        assert!(err.contains("tls") && err.contains("sometimes"), "{err}");
+
+        let f = write("[proxy]\nlisten = \"nowhere\"\n");
+        let err = Config::load(Some(f.path()), Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("proxy.listen") && err.contains("HOST:PORT"), "{err}");
+
+        let f = write("[proxy]\nlisen = \"a:1\"\n");
+        let err = Config::load(Some(f.path()), Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+
+        let err = Config::load(
+            None,
+            Overrides {
+                tls_cert: Some("c.pem".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("command-line") && err.contains("tls.key"), "{err}");
+
+        let err = Config::load(Some(Path::new("/nonexistent/x.toml")), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/nonexistent/x.toml: cannot read"), "{err}");
+    }
+}

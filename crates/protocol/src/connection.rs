@@ -1,0 +1,218 @@
+//! [`Connection`]: the one type that owns a socket's framing. Reads land in one reusable buffer
+//! and come out as zero-copy [`Frame`]s; writes are queued and go out in one syscall per flush.
+
+use std::io;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::frame::{Frame, HEADER_LEN};
+use crate::stream::Stream;
+
+/// Default cap on one frame (PostgreSQL itself refuses most messages above 1 GiB).
+pub const DEFAULT_MAX_FRAME: usize = 256 * 1024 * 1024;
+
+/// Startup-phase packets (StartupMessage, SSLRequest, CancelRequest) are small; PostgreSQL caps
+/// them at 10 000 bytes.
+const MAX_STARTUP_PACKET: usize = 10_000;
+
+/// How much to ask the kernel for at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Buffers grown past this by one large message are dropped once empty, so an idle connection
+/// holds little memory.
+const IDLE_BUFFER_CAP: usize = 64 * 1024;
+
+/// Queue size past which callers should flush even mid-exchange.
+pub(crate) const FLUSH_THRESHOLD: usize = 64 * 1024;
+
+/// Why reading a frame failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("connection closed")]
+    Closed,
+    #[error("connection closed in the middle of a message")]
+    Truncated,
+    #[error("invalid message length {0}")]
+    InvalidLength(i64),
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("unencrypted data received after an SSL or GSS encryption request")]
+    DataAfterEncryptionRequest,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A framed PostgreSQL connection (either side of the proxy).
+pub struct Connection {
+    stream: Stream,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    max_frame: usize,
+}
+
+impl Connection {
+    /// Wraps a stream; frames longer than `max_frame` bytes are refused.
+    pub fn new(stream: Stream, max_frame: usize) -> Self {
+        Connection {
+            stream,
+            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            write_buf: BytesMut::with_capacity(READ_CHUNK),
+            max_frame,
+        }
+    }
+
+    /// The underlying transport.
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// Gives the stream back for a TLS upgrade. Refuses when the peer already sent bytes beyond
+    /// the request, as PostgreSQL does (those bytes would escape the encryption).
+    pub fn into_stream(self) -> Result<Stream, ConnectionError> {
+        if !self.read_buf.is_empty() {
+            return Err(ConnectionError::DataAfterEncryptionRequest);
+        }
+        Ok(self.stream)
+    }
+
+    /// Reads one untagged startup-phase packet (length-prefixed, no tag byte) and returns it
+    /// whole, length included.
+    pub async fn read_startup_packet(&mut self) -> Result<Bytes, ConnectionError> {
+        loop {
+            if self.read_buf.len() >= 4 {
+                let len = i32::from_be_bytes(self.read_buf[..4].try_into().expect("4 bytes"));
+                if len < 8 {
+                    return Err(ConnectionError::InvalidLength(len.into()));
+                }
+                let len = len as usize;
+                if len > MAX_STARTUP_PACKET {
+                    return Err(ConnectionError::TooLarge {
+                        len,
+                        max: MAX_STARTUP_PACKET,
+                    });
+                }
+                if self.read_buf.len() >= len {
+                    return Ok(self.read_buf.split_to(len).freeze());
+                }
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads the next whole frame. Cancel-safe: partial input stays buffered.
+    pub async fn read_frame(&mut self) -> Result<Frame, ConnectionError> {
+        loop {
+            if let Some(frame) = self.try_read_frame()? {
+                return Ok(frame);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Returns a frame if one is already complete in the buffer, without touching the socket.
+    pub fn try_read_frame(&mut self) -> Result<Option<Frame>, ConnectionError> {
+        if self.read_buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = i32::from_be_bytes(self.read_buf[1..5].try_into().expect("4 bytes"));
+        if len < 4 {
+            return Err(ConnectionError::InvalidLength(len.into()));
+        }
+        let total = 1 + len as usize;
+        if total - 1 > self.max_frame {
+            return Err(ConnectionError::TooLarge {
+                len: total - 1,
+                max: self.max_frame,
+            });
+        }
+        if self.read_buf.len() < total {
+            self.read_buf.reserve(total - self.read_buf.len());
+            return Ok(None);
+        }
+        Ok(Some(Frame::from_bytes(
+            self.read_buf.split_to(total).freeze(),
+        )))
+    }
+
+    /// Whether bytes of a not yet complete frame are waiting in the read buffer, meaning the
+    /// peer is mid-message and more input is certain to follow.
+    pub fn has_partial_input(&self) -> bool {
+        !self.read_buf.is_empty()
+    }
+
+    async fn fill(&mut self) -> Result<(), ConnectionError> {
+        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        let n = self.stream.read_buf(&mut self.read_buf).await?;
+        if n == 0 {
+            return Err(if self.read_buf.is_empty() {
+                ConnectionError::Closed
+            } else {
+                ConnectionError::Truncated
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues bytes to send; nothing reaches the socket before [`Connection::flush`].
+    #[inline]
+    pub fn queue(&mut self, bytes: &[u8]) {
+        self.write_buf.extend_from_slice(bytes);
+    }
+
+    /// Queues a frame's original bytes.
+    #[inline]
+    pub fn queue_frame(&mut self, frame: &Frame) {
+        self.queue(frame.as_bytes());
+    }
+
+    /// Whether enough output is queued that it should go out now, mid-exchange.
+    #[inline]
+    pub fn should_flush(&self) -> bool {
+        self.write_buf.len() >= FLUSH_THRESHOLD
+    }
+
+    /// Whether anything is queued.
+    #[inline]
+    pub fn has_queued(&self) -> bool {
+        !self.write_buf.is_empty()
+    }
+
+    /// Writes everything queued in as few syscalls as the kernel allows, then flushes the
+    /// transport (TLS records included).
+    pub async fn flush(&mut self) -> io::Result<()> {
+        while self.write_buf.has_remaining() {
+            let n = self.stream.write(&self.write_buf).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.write_buf.advance(n);
+        }
+        self.stream.flush().await?;
+        self.release_idle_buffers();
+        Ok(())
+    }
+
+    /// Queues bytes and flushes at once (handshake replies).
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.queue(bytes);
+        self.flush().await
+    }
+
+    /// Closes the write side cleanly (TLS close_notify included).
+    pub async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+
+    fn release_idle_buffers(&mut self) {
+        if self.write_buf.capacity() > IDLE_BUFFER_CAP {
+            self.write_buf = BytesMut::with_capacity(READ_CHUNK);
+        }
+        if self.read_buf.is_empty() && self.read_buf.capacity() > IDLE_BUFFER_CAP {
+            self.read_buf = BytesMut::with_capacity(READ_CHUNK);
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! One protocol frame: a tag byte, a length, a body, kept as the original bytes.
+
+use bytes::Bytes;
+
+/// Tag bytes of the messages pgstepup looks at. Anything else passes through untouched.
+pub mod tag {
+    // Frontend (client to server).
+    pub const QUERY: u8 = b'Q';
+    pub const PARSE: u8 = b'P';
+    pub const BIND: u8 = b'B';
+    pub const EXECUTE: u8 = b'E';
+    pub const DESCRIBE: u8 = b'D';
+    pub const CLOSE: u8 = b'C';
+    pub const SYNC: u8 = b'S';
+    pub const FLUSH: u8 = b'H';
+    pub const FUNCTION_CALL: u8 = b'F';
+    pub const TERMINATE: u8 = b'X';
+    pub const PASSWORD: u8 = b'p';
+    pub const COPY_DATA: u8 = b'd';
+    pub const COPY_DONE: u8 = b'c';
+    pub const COPY_FAIL: u8 = b'f';
+
+    // Backend (server to client).
+    pub const AUTHENTICATION: u8 = b'R';
+    pub const BACKEND_KEY_DATA: u8 = b'K';
+    pub const PARAMETER_STATUS: u8 = b'S';
+    pub const READY_FOR_QUERY: u8 = b'Z';
+    pub const ERROR_RESPONSE: u8 = b'E';
+    pub const NOTICE_RESPONSE: u8 = b'N';
+    pub const NOTIFICATION_RESPONSE: u8 = b'A';
+    pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+    pub const COPY_IN_RESPONSE: u8 = b'G';
+    pub const COPY_OUT_RESPONSE: u8 = b'H';
+    pub const COPY_BOTH_RESPONSE: u8 = b'W';
+    pub const DATA_ROW: u8 = b'D';
+}
+
+/// A complete tagged frame: `bytes` holds the tag, the length and the body exactly as received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    bytes: Bytes,
+}
+
+/// Tag byte plus the Int32 length.
+pub(crate) const HEADER_LEN: usize = 5;
+
+impl Frame {
+    /// Wraps bytes that already hold one whole frame.
+    pub(crate) fn from_bytes(bytes: Bytes) -> Self {
+        debug_assert!(bytes.len() >= HEADER_LEN);
+        Frame { bytes }
+    }
+
+    /// Builds a frame from a tag and a body (for messages pgstepup originates).
+    pub fn new(tag: u8, body: &[u8]) -> Self {
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.push(tag);
+        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        Frame {
+            bytes: Bytes::from(out),
+        }
+    }
+
+    /// The message type byte.
+    #[inline]
+    pub fn tag(&self) -> u8 {
+        self.bytes[0]
+    }
+
+    /// The payload after the tag and length.
+    #[inline]
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[HEADER_LEN..]
+    }
+
+    /// The whole frame as received, ready to forward.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The whole frame as shared bytes (for decoding with pgwire or keeping it).
+    #[inline]
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Reads a NUL-terminated string from the start of `body[at..]`, returning it and the offset
+    /// after the NUL; `None` when there is no terminator.
+    pub fn cstr_at(&self, at: usize) -> Option<(&[u8], usize)> {
+        let body = self.body();
+        let rest = body.get(at..)?;
+        let nul = rest.iter().position(|&b| b == 0)?;
+        Some((&rest[..nul], at + nul + 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_frame_has_header_and_body() {
+        let f = Frame::new(tag::QUERY, b"select 1\0");
+        assert_eq!(f.tag(), b'Q');
+        assert_eq!(&f.as_bytes()[1..5], &13u32.to_be_bytes());
+        assert_eq!(f.body(), b"select 1\0");
+        assert_eq!(f.cstr_at(0), Some((&b"select 1"[..], 9)));
+        assert_eq!(f.cstr_at(9), None);
+    }
+}

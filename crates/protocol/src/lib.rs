@@ -1,0 +1,18 @@
+//! PostgreSQL wire framing for pgstepup.
+//!
+//! This crate owns everything about bytes on a socket and nothing about policy:
+//! [`Connection`] reads frames into zero-copy [`Frame`]s from one reusable buffer and coalesces
+//! writes; [`startup`] parses the untagged first packets (SSLRequest, GSSENCRequest,
+//! CancelRequest, StartupMessage); [`backend`] builds the few messages pgstepup originates
+//! itself (errors, notices, authentication, key data). Frames that pass through are forwarded
+//! as the original bytes and never re-encoded.
+
+pub mod backend;
+mod connection;
+mod frame;
+pub mod startup;
+mod stream;
+
+pub use connection::{Connection, ConnectionError, DEFAULT_MAX_FRAME};
+pub use frame::{tag, Frame};
+pub use stream::Stream;
