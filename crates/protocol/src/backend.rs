@@ -176,3 +176,13 @@ mod tests {
         assert_eq!(&sasl[5..], b"\0\0\0\x0aSCRAM-SHA-256\0\0");
     }
 }
+
+/// NegotiateProtocolVersion: the newest minor version pgstepup speaks and the `_pq_.` options
+/// it does not recognise.
+pub fn negotiate_protocol_version(newest_minor: u16, unsupported: &[&str]) -> Bytes {
+    use pgwire::messages::startup::NegotiateProtocolVersion;
+    encode(&NegotiateProtocolVersion::new(
+        i32::from(newest_minor),
+        unsupported.iter().map(|o| (*o).to_owned()).collect(),
+    ))
+}

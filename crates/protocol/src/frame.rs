@@ -110,3 +110,23 @@ mod tests {
         assert_eq!(f.cstr_at(9), None);
     }
 }
+
+/// Reads the `M` (message) field of an ErrorResponse or NoticeResponse body, for logs.
+pub fn error_message(body: &[u8]) -> Option<String> {
+    error_field(body, b'M')
+}
+
+/// Reads one field of an ErrorResponse or NoticeResponse body.
+pub fn error_field(mut body: &[u8], field: u8) -> Option<String> {
+    while let Some((&code, rest)) = body.split_first() {
+        if code == 0 {
+            return None;
+        }
+        let nul = rest.iter().position(|&b| b == 0)?;
+        if code == field {
+            return Some(String::from_utf8_lossy(&rest[..nul]).into_owned());
+        }
+        body = &rest[nul + 1..];
+    }
+    None
+}

@@ -24,6 +24,15 @@ impl Stream {
         !matches!(self, Stream::Plain(_))
     }
 
+    /// The DER certificate the peer presented (TLS towards the upstream only), for SCRAM
+    /// channel binding.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        match self {
+            Stream::TlsClient(s) => s.get_ref().1.peer_certificates()?.first().map(|c| c.as_ref()),
+            _ => None,
+        }
+    }
+
     /// The TCP socket underneath, for addresses and socket options.
     pub fn tcp(&self) -> &TcpStream {
         match self {

@@ -1,0 +1,129 @@
+//! pgstepup's own cancel keys. Each client gets a fresh random BackendKeyData; a CancelRequest
+//! carrying it is translated to the upstream's key, which clients never see.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rand::Rng;
+use subtle::ConstantTimeEq;
+
+use pgstepup_protocol::startup::CancelRequest;
+
+/// Live sessions' keys: ours (pid → secret) and the upstream's behind it.
+#[derive(Default)]
+pub(crate) struct CancelRegistry {
+    sessions: Mutex<HashMap<i32, Entry>>,
+}
+
+struct Entry {
+    secret: Vec<u8>,
+    upstream: CancelRequest,
+}
+
+/// Removes the session's key when the session ends.
+pub(crate) struct Registration {
+    registry: Arc<CancelRegistry>,
+    pid: i32,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry
+            .sessions
+            .lock()
+            .expect("cancel registry lock")
+            .remove(&self.pid);
+    }
+}
+
+impl CancelRegistry {
+    /// Issues a key for a session whose upstream key is `upstream`. `secret_len` is 4 for
+    /// protocol 3.0 and 32 for 3.2.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        upstream: CancelRequest,
+        secret_len: usize,
+    ) -> (Registration, i32, Vec<u8>) {
+        let mut rng = rand::rng();
+        let mut secret = vec![0u8; secret_len];
+        rng.fill(&mut secret[..]);
+        let mut sessions = self.sessions.lock().expect("cancel registry lock");
+        let pid = loop {
+            let pid = rng.random_range(1..i32::MAX);
+            if !sessions.contains_key(&pid) {
+                break pid;
+            }
+        };
+        sessions.insert(
+            pid,
+            Entry {
+                secret: secret.clone(),
+                upstream,
+            },
+        );
+        let registration = Registration {
+            registry: self.clone(),
+            pid,
+        };
+        (registration, pid, secret)
+    }
+
+    /// The upstream key for a client's cancel request, if the key is one we issued.
+    pub(crate) fn resolve(&self, request: &CancelRequest) -> Option<CancelRequest> {
+        let sessions = self.sessions.lock().expect("cancel registry lock");
+        let entry = sessions.get(&request.pid)?;
+        let matches = entry.secret.len() == request.secret.len()
+            && bool::from(entry.secret.ct_eq(&request.secret));
+        matches.then(|| entry.upstream.clone())
+    }
+}
+
+/// The upstream key as a cancel request.
+pub(crate) fn upstream_request(pid: i32, secret: Bytes) -> CancelRequest {
+    CancelRequest { pid, secret }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_only_exact_keys_while_registered() {
+        let registry = Arc::new(CancelRegistry::default());
+        let upstream = upstream_request(77, Bytes::from_static(&[1, 2, 3, 4]));
+        let (registration, pid, secret) = registry.register(upstream.clone(), 32);
+        assert_eq!(secret.len(), 32);
+        let ok = CancelRequest {
+            pid,
+            secret: Bytes::from(secret.clone()),
+        };
+        assert_eq!(registry.resolve(&ok), Some(upstream));
+        let mut wrong = secret.clone();
+        wrong[0] ^= 1;
+        assert_eq!(
+            registry.resolve(&CancelRequest {
+                pid,
+                secret: Bytes::from(wrong)
+            }),
+            None
+        );
+        assert_eq!(
+            registry.resolve(&CancelRequest {
+                pid,
+                secret: Bytes::from(secret[..4].to_vec())
+            }),
+            None
+        );
+        // The upstream's own key is useless against the proxy.
+        assert_eq!(
+            registry.resolve(&CancelRequest {
+                pid: 77,
+                secret: Bytes::from_static(&[1, 2, 3, 4])
+            }),
+            None
+        );
+        drop(registration);
+        assert_eq!(registry.resolve(&ok), None);
+    }
+}

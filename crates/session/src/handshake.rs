@@ -1,0 +1,155 @@
+//! The first packets of a connection: encryption negotiation (SSLRequest answered S with
+//! rustls or N, PG17 direct TLS with ALPN `postgresql`, GSSENCRequest answered N), then a
+//! CancelRequest (handled here) or the StartupMessage (checked, then handed on).
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+
+use pgstepup_protocol::backend::{sqlstate, PgError};
+use pgstepup_protocol::startup::{StartupMessage, StartupPacket, TLS_HANDSHAKE_BYTE};
+use pgstepup_protocol::{Connection, Stream};
+
+use crate::client_auth::Refusal;
+use crate::listener::Shared;
+use crate::tls::ALPN_POSTGRESQL;
+
+/// What the first packets asked for.
+pub(crate) enum Opening {
+    /// A client that wants a session.
+    Session {
+        conn: Connection,
+        startup: StartupMessage,
+    },
+    /// A cancel request, already dealt with.
+    Cancelled,
+}
+
+/// Runs the startup phase up to a StartupMessage or a CancelRequest. On refusal, the error is
+/// returned with the connection so the caller can tell the client.
+pub(crate) async fn open(
+    shared: &Shared,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<Opening, (Option<Connection>, Refusal)> {
+    let max_frame = shared.config.limits.max_message_bytes;
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await {
+        Ok(1) => {}
+        _ => return Err((None, Refusal::Gone)),
+    }
+    let mut conn = if first[0] == TLS_HANDSHAKE_BYTE {
+        direct_tls(shared, tcp).await.map_err(|r| (None, r))?
+    } else {
+        Connection::new(Stream::Plain(tcp), max_frame)
+    };
+    loop {
+        let packet = match conn.read_startup_packet().await {
+            Ok(p) => p,
+            Err(e) => return Err((Some(conn), e.into())),
+        };
+        let packet = match StartupPacket::parse(packet) {
+            Ok(p) => p,
+            Err(e) => {
+                let code = match e {
+                    pgstepup_protocol::startup::StartupError::UnsupportedProtocol(..) => {
+                        sqlstate::FEATURE_NOT_SUPPORTED
+                    }
+                    _ => sqlstate::PROTOCOL_VIOLATION,
+                };
+                return Err((Some(conn), Refusal::Error(PgError::fatal(code, e.to_string()))));
+            }
+        };
+        match packet {
+            StartupPacket::SslRequest if !conn.stream().is_tls() => {
+                let Some(tls) = &shared.tls else {
+                    if let Err(e) = conn.send(b"N").await {
+                        return Err((None, e.into()));
+                    }
+                    continue;
+                };
+                if let Err(e) = conn.send(b"S").await {
+                    return Err((None, e.into()));
+                }
+                let stream = conn.into_stream().map_err(|e| (None, e.into()))?;
+                let Stream::Plain(tcp) = stream else {
+                    unreachable!("checked not TLS above")
+                };
+                let tls_stream = tls.acceptor.accept(tcp).await.map_err(|e| {
+                    tracing::info!(%peer, error = %e, "TLS handshake failed");
+                    (None, Refusal::Gone)
+                })?;
+                conn = Connection::new(Stream::TlsServer(Box::new(tls_stream)), max_frame);
+            }
+            StartupPacket::GssEncRequest if !conn.stream().is_tls() => {
+                if let Err(e) = conn.send(b"N").await {
+                    return Err((None, e.into()));
+                }
+            }
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                let e = PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "encryption requested on an already encrypted connection",
+                );
+                return Err((Some(conn), Refusal::Error(e)));
+            }
+            StartupPacket::Cancel(request) => {
+                crate::listener::forward_cancel(shared, request, peer);
+                return Ok(Opening::Cancelled);
+            }
+            StartupPacket::Startup(startup) => {
+                return match check_startup(shared, &conn, &startup) {
+                    Ok(()) => Ok(Opening::Session { conn, startup }),
+                    Err(e) => Err((Some(conn), Refusal::Error(e))),
+                };
+            }
+        }
+    }
+}
+
+/// PG17 direct TLS: the client starts with a ClientHello and must negotiate ALPN `postgresql`.
+async fn direct_tls(shared: &Shared, tcp: TcpStream) -> Result<Connection, Refusal> {
+    let Some(tls) = &shared.tls else {
+        // No certificate: there is nothing to answer a ClientHello with.
+        return Err(Refusal::Gone);
+    };
+    let stream = tls.acceptor.accept(tcp).await.map_err(|_| Refusal::Gone)?;
+    let alpn_ok = stream.get_ref().1.alpn_protocol() == Some(ALPN_POSTGRESQL);
+    let mut conn = Connection::new(
+        Stream::TlsServer(Box::new(stream)),
+        shared.config.limits.max_message_bytes,
+    );
+    if !alpn_ok {
+        let e = PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "received direct SSL connection request without ALPN protocol negotiation extension",
+        );
+        let _ = conn.send(&e.to_error_response()).await;
+        return Err(Refusal::Gone);
+    }
+    Ok(conn)
+}
+
+fn check_startup(shared: &Shared, conn: &Connection, startup: &StartupMessage) -> Result<(), PgError> {
+    if shared.config.tls.require && !conn.stream().is_tls() {
+        return Err(PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            "pgstepup accepts only TLS connections",
+        )
+        .with_hint("Connect with sslmode=require or stronger."));
+    }
+    if startup.is_replication() {
+        return Err(PgError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "pgstepup does not proxy replication connections",
+        )
+        .with_hint("Connect replication clients to the database server directly."));
+    }
+    if startup.user().is_none() {
+        return Err(PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! The client listener: binds, accepts, and runs each connection (handshake, authentication,
+//! session) in its own task with a span naming the connection.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+
+use pgstepup_config::{AuthMethod, Config};
+use pgstepup_protocol::startup::CancelRequest;
+use pgstepup_protocol::Connection;
+use pgstepup_upstream::{UpstreamError, UpstreamSettings, VerifierSource};
+
+use crate::cancel::{upstream_request, CancelRegistry};
+use crate::client_auth::{authenticate, Refusal};
+use crate::handshake::{open, Opening};
+use crate::proxy::{Session, SessionInfo};
+use crate::tls::{self, ClientTls};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("client TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// State shared by every connection.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub upstream: UpstreamSettings,
+    pub tls: Option<ClientTls>,
+    /// `None` in passthrough mode.
+    pub verifiers: Option<VerifierSource>,
+    pub cancels: Arc<CancelRegistry>,
+    /// Secret behind unknown users' mock SCRAM salts.
+    pub mock_secret: [u8; 32],
+    next_id: AtomicU64,
+}
+
+/// A bound, ready-to-run proxy.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+}
+
+impl Proxy {
+    /// Prepares TLS and the verifier source and binds the client listener.
+    pub async fn bind(config: Config) -> Result<Self, ProxyError> {
+        let upstream = UpstreamSettings::from_config(&config)?;
+        let tls = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => Some(tls::load(cert, key).map_err(ProxyError::Tls)?),
+            _ => None,
+        };
+        let verifiers = match config.auth_method() {
+            AuthMethod::Passthrough => None,
+            AuthMethod::Scram => Some(match &config.auth.file {
+                Some(path) => VerifierSource::from_file(path)?,
+                None => VerifierSource::auth_query(upstream.clone(), config.auth.query.clone()),
+            }),
+        };
+        let address = config.proxy.listen.clone();
+        let listener = TcpListener::bind(&address)
+            .await
+            .map_err(|source| ProxyError::Bind { address, source })?;
+        let mut mock_secret = [0u8; 32];
+        rand::rng().fill(&mut mock_secret);
+        let shared = Arc::new(Shared {
+            config,
+            upstream,
+            tls,
+            verifiers,
+            cancels: Arc::default(),
+            mock_secret,
+            next_id: AtomicU64::new(1),
+        });
+        Ok(Proxy { shared, listener })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts clients until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        tracing::info!(
+            listen = %self.shared.config.proxy.listen,
+            upstream = %self.shared.upstream.url,
+            tls = self.shared.tls.is_some(),
+            auth = ?self.shared.config.auth_method(),
+            "pgstepup accepting connections"
+        );
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let shared = self.shared.clone();
+            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let span = tracing::info_span!("conn", id, %peer, user = tracing::field::Empty);
+            tokio::spawn(handle_client(shared, tcp, peer).instrument(span));
+        }
+    }
+}
+
+async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let startup_timeout = Duration::from_secs(shared.config.limits.startup_timeout_secs);
+    let started = tokio::time::timeout(startup_timeout, establish(&shared, tcp, peer)).await;
+    let session = match started {
+        Err(_) => {
+            tracing::info!("startup timed out");
+            return;
+        }
+        Ok(None) => return,
+        Ok(Some(session)) => session,
+    };
+    let ending = session.run().await;
+    tracing::debug!(?ending, "session ended");
+}
+
+/// Handshake and authentication; `None` when the connection ended (refused, or a cancel).
+async fn establish(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Option<Session> {
+    let (mut client, startup) = match open(shared, tcp, peer).await {
+        Ok(Opening::Session { conn, startup }) => (conn, startup),
+        Ok(Opening::Cancelled) => return None,
+        Err((conn, refusal)) => {
+            if let Some(conn) = conn {
+                refuse(conn, &refusal).await;
+            }
+            return None;
+        }
+    };
+    let user = startup.user().unwrap_or_default().to_owned();
+    tracing::Span::current().record("user", user.as_str());
+    let logged_in = match authenticate(shared, &mut client, &startup).await {
+        Ok(l) => l,
+        Err(refusal) => {
+            refuse(client, &refusal).await;
+            return None;
+        }
+    };
+    let minor = logged_in
+        .reply
+        .negotiated_minor
+        .unwrap_or(startup.minor)
+        .min(startup.minor);
+    let cancel_key = logged_in.reply.backend_key.clone().map(|(pid, secret)| {
+        let secret_len = if minor >= 2 { 32 } else { 4 };
+        shared
+            .cancels
+            .register(upstream_request(pid, secret), secret_len)
+    });
+    tracing::info!(
+        database = startup.database().unwrap_or_default(),
+        application_name = startup.param("application_name").unwrap_or_default(),
+        tls = client.stream().is_tls(),
+        "session started"
+    );
+    Session::start(
+        client,
+        logged_in.upstream,
+        logged_in.reply,
+        cancel_key,
+        SessionInfo { user },
+    )
+    .await
+    .ok()
+}
+
+async fn refuse(mut conn: Connection, refusal: &Refusal) {
+    if let Some(frame) = refusal.frame() {
+        tracing::info!(?refusal, "connection refused");
+        conn.queue(&frame);
+    }
+    conn.shutdown().await;
+}
+
+/// Translates a client's cancel request to the upstream's key and sends it, in a task of its
+/// own so it completes even if the client closes its cancel connection at once.
+pub(crate) fn forward_cancel(shared: &Shared, request: CancelRequest, peer: SocketAddr) {
+    let Some(upstream) = shared.cancels.resolve(&request) else {
+        // Like PostgreSQL: a wrong key gets no answer at all.
+        tracing::info!(%peer, "cancel request with an unknown key ignored");
+        return;
+    };
+    let settings = shared.upstream.clone();
+    tokio::spawn(async move {
+        if let Err(e) = pgstepup_upstream::cancel(&settings, &upstream).await {
+            tracing::warn!(error = %e, "forwarding cancel request failed");
+        }
+    });
+}
+
