@@ -1,0 +1,278 @@
+//! Test harness for the protocol tests: a real pgstepup (run in-process from the library,
+//! exactly as the binary runs it) in front of the real PostgreSQL on 127.0.0.1:5432, test
+//! certificates made with the `openssl` command, and roles with SCRAM passwords.
+//!
+//! Every test gets its own proxy on a free port, so tests run in parallel.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use pgstepup_config::{AuthMethod, Config};
+use pgstepup_session::Proxy;
+use tokio::sync::oneshot;
+
+/// The PostgreSQL every test runs against (trust auth on loopback, as set up by the test command).
+pub const UPSTREAM: &str = "127.0.0.1:5432";
+
+/// The ordinary role (SCRAM password, owns [`APP_DB`]) clients log in as.
+pub const APP_USER: &str = "stepup_app";
+/// Its password.
+pub const APP_PASSWORD: &str = "app-secret-ü";
+/// Its database.
+pub const APP_DB: &str = "stepup_app";
+
+/// Test certificates: a CA and a server certificate for `localhost` and `127.0.0.1`.
+pub struct Certs {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes the certificates once per test process.
+pub fn certs() -> &'static Certs {
+    static CERTS: OnceLock<Certs> = OnceLock::new();
+    CERTS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("pgstepup-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        make_certs(&dir);
+        Certs {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            dir,
+        }
+    })
+}
+
+fn make_certs(dir: &Path) {
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command is required by the tests");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "3", "-subj", "/CN=pgstepup test CA"]].concat());
+    run(&[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat());
+    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "3", "-sha256", "-extfile", "san.ext"]);
+}
+
+/// Runs SQL as the superuser on the upstream (set-up only).
+pub async fn admin(sql: &str) {
+    let (client, conn) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("PostgreSQL on 127.0.0.1:5432 with trust auth for postgres");
+    tokio::spawn(conn);
+    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Creates the app role and database once per test process (idempotent across processes).
+pub async fn app_role() {
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        admin(&format!(
+            "DO $$BEGIN
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_USER}') THEN
+                 CREATE ROLE {APP_USER} LOGIN;
+               END IF;
+             END$$;
+             SET password_encryption = 'scram-sha-256';
+             ALTER ROLE {APP_USER} PASSWORD '{APP_PASSWORD}';"
+        ))
+        .await;
+        let (client, conn) = tokio_postgres::connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&APP_DB])
+            .await
+            .unwrap()
+            .is_some();
+        if !exists {
+            // Another test process may race us; a duplicate is fine.
+            let _ = client
+                .batch_execute(&format!("CREATE DATABASE {APP_DB} OWNER {APP_USER}"))
+                .await;
+        }
+    })
+    .await;
+}
+
+/// How a test proxy authenticates clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// SCRAM against verifiers fetched by the `postgres` login (auth query).
+    Scram,
+    /// The upstream's own authentication, relayed.
+    Passthrough,
+}
+
+/// A running pgstepup for one test.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestProxy {
+    /// A proxy with TLS and SCRAM: the configuration the product is meant to run with.
+    pub fn start() -> Self {
+        Self::with(Auth::Scram, true, |_| {})
+    }
+
+    /// A proxy with a chosen auth mode and TLS, plus any other configuration tweak.
+    pub fn with(auth: Auth, tls: bool, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::default();
+        config.proxy.listen = "127.0.0.1:0".into();
+        config.upstream.url = match auth {
+            Auth::Scram => format!("postgres://postgres@{UPSTREAM}/postgres"),
+            Auth::Passthrough => format!("postgres://{UPSTREAM}"),
+        };
+        config.auth.method = Some(match auth {
+            Auth::Scram => AuthMethod::Scram,
+            Auth::Passthrough => AuthMethod::Passthrough,
+        });
+        if tls {
+            config.tls.cert = Some(certs().cert.clone());
+            config.tls.key = Some(certs().key.clone());
+        }
+        config.origin = "test".into();
+        tweak(&mut config);
+        config.validate().expect("test configuration is valid");
+        Self::from_config(config)
+    }
+
+    /// Runs the proxy for an explicit configuration.
+    pub fn from_config(config: Config) -> Self {
+        init_logs();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let proxy = Proxy::bind(config).await.expect("proxy binds");
+                addr_tx.send(proxy.local_addr().unwrap()).unwrap();
+                proxy
+                    .run(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+            // Sessions still running are dropped with the runtime.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        });
+        let addr = addr_rx.recv().expect("proxy started");
+        TestProxy {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// A libpq-style connection string for `user`/`password` through the proxy.
+    pub fn conn_str(&self, user: &str, password: &str, db: &str, sslmode: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password='{password}' dbname={db} sslmode={sslmode}",
+            self.addr.port()
+        )
+    }
+
+    /// Connects the app user with tokio-postgres over verified TLS.
+    pub async fn connect_app(&self) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
+        self.connect_with(&self.conn_str(APP_USER, APP_PASSWORD, APP_DB, "require"))
+            .await
+            .expect("app user connects through the proxy")
+    }
+
+    /// Connects with tokio-postgres using the test CA.
+    pub async fn connect_with(
+        &self,
+        conn_str: &str,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(conn_str, tls_connector()).await?;
+        let handle = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok((client, handle))
+    }
+
+    /// Environment for libpq-based and other real clients (PG* variables).
+    pub fn client_env(&self, sslmode: &str) -> Vec<(String, String)> {
+        vec![
+            ("PGHOST".into(), "127.0.0.1".into()),
+            ("PGPORT".into(), self.addr.port().to_string()),
+            ("PGUSER".into(), APP_USER.into()),
+            ("PGPASSWORD".into(), APP_PASSWORD.into()),
+            ("PGDATABASE".into(), APP_DB.into()),
+            ("PGSSLMODE".into(), sslmode.into()),
+            ("PGSSLROOTCERT".into(), certs().ca.display().to_string()),
+        ]
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A tokio-postgres TLS connector trusting the test CA.
+pub fn tls_connector() -> tokio_postgres_rustls::MakeRustlsConnect {
+    tokio_postgres_rustls::MakeRustlsConnect::new(client_tls_config(&[]))
+}
+
+/// A rustls client configuration trusting the test CA, offering the given ALPN ids.
+pub fn client_tls_config(alpn: &[&[u8]]) -> rustls::ClientConfig {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(&certs().ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    config
+}
+
+fn init_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
