@@ -11,7 +11,9 @@ use tokio_postgres::AsyncMessage;
 async fn table(client: &tokio_postgres::Client, name: &str, columns: &str) -> String {
     let table = format!("{name}_{}", std::process::id());
     client
-        .batch_execute(&format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} ({columns})"))
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} ({columns})"
+        ))
         .await
         .unwrap();
     table
@@ -23,7 +25,10 @@ async fn simple_multi_statement_and_extended_queries() {
     let proxy = TestProxy::start();
     let (client, _conn) = proxy.connect_app().await;
 
-    let messages = client.simple_query("SELECT 1 AS a; SELECT 'two' AS b").await.unwrap();
+    let messages = client
+        .simple_query("SELECT 1 AS a; SELECT 'two' AS b")
+        .await
+        .unwrap();
     let values: Vec<String> = messages
         .iter()
         .filter_map(|m| match m {
@@ -34,7 +39,10 @@ async fn simple_multi_statement_and_extended_queries() {
     assert_eq!(values, ["1", "two"]);
 
     let row = client
-        .query_one("SELECT $1::int + 1, $2::text || '!', current_user", &[&41i32, &"hi"])
+        .query_one(
+            "SELECT $1::int + 1, $2::text || '!', current_user",
+            &[&41i32, &"hi"],
+        )
         .await
         .unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
@@ -57,7 +65,13 @@ async fn prepared_statement_reuse_and_pipelining() {
     let futures = (0..50i32).map(|i| {
         let client = &client;
         let stmt = &stmt;
-        async move { client.query_one(stmt, &[&i]).await.unwrap().get::<_, i32>(0) }
+        async move {
+            client
+                .query_one(stmt, &[&i])
+                .await
+                .unwrap()
+                .get::<_, i32>(0)
+        }
     });
     let results = futures_util::future::join_all(futures).await;
     assert_eq!(results, (0..50).map(|i| i * 2).collect::<Vec<_>>());
@@ -71,14 +85,20 @@ async fn transactions_commit_rollback_and_savepoints() {
     let t = table(&client, "tp_tx", "id int").await;
 
     let tx = client.transaction().await.unwrap();
-    tx.execute(&format!("INSERT INTO {t} VALUES (1)"), &[]).await.unwrap();
+    tx.execute(&format!("INSERT INTO {t} VALUES (1)"), &[])
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
     let tx = client.transaction().await.unwrap();
-    tx.execute(&format!("INSERT INTO {t} VALUES (2)"), &[]).await.unwrap();
+    tx.execute(&format!("INSERT INTO {t} VALUES (2)"), &[])
+        .await
+        .unwrap();
     {
         let mut tx = tx;
         let sp = tx.savepoint("sp").await.unwrap();
-        sp.execute(&format!("INSERT INTO {t} VALUES (3)"), &[]).await.unwrap();
+        sp.execute(&format!("INSERT INTO {t} VALUES (3)"), &[])
+            .await
+            .unwrap();
         sp.rollback().await.unwrap();
         tx.commit().await.unwrap();
     }
@@ -90,7 +110,10 @@ async fn transactions_commit_rollback_and_savepoints() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(ids, [2]);
-    client.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+    client
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -110,7 +133,9 @@ async fn copy_in_and_out_large() {
     for i in 0..rows {
         batch.push_str(&format!("{i}\tpayload-{i}-ä\n"));
         if batch.len() > 64 * 1024 {
-            sink.send(bytes::Bytes::from(std::mem::take(&mut batch))).await.unwrap();
+            sink.send(bytes::Bytes::from(std::mem::take(&mut batch)))
+                .await
+                .unwrap();
         }
     }
     sink.send(bytes::Bytes::from(batch)).await.unwrap();
@@ -125,7 +150,10 @@ async fn copy_in_and_out_large() {
     let text = String::from_utf8(text).unwrap();
     assert_eq!(text.lines().count(), rows);
     assert!(text.contains("199999\tpayload-199999-ä\n"));
-    client.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+    client
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -176,7 +204,10 @@ async fn cancel_stops_a_running_query() {
             .unwrap();
     });
     let started = Instant::now();
-    let err = client.batch_execute("SELECT pg_sleep(30)").await.unwrap_err();
+    let err = client
+        .batch_execute("SELECT pg_sleep(30)")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
     canceller.await.unwrap();
@@ -193,7 +224,11 @@ async fn error_then_good_query_and_pipeline_recovery() {
     let err = client.simple_query("SELECT 1/0").await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::DIVISION_BY_ZERO));
     assert_eq!(
-        client.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0),
+        client
+            .query_one("SELECT 2", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
         2
     );
     // An error in the middle of a pipeline fails only its own statement.
@@ -222,7 +257,10 @@ async fn hundred_thousand_rows_and_a_large_row() {
     assert_eq!(rows.len(), 100_000);
     let sum: i64 = rows.iter().map(|r| i64::from(r.get::<_, i32>(0))).sum();
     assert_eq!(sum, 5_000_050_000);
-    assert_eq!(rows[99_999].get::<_, String>(1), "14ee22eaba297944c96afdbe5b16c65b");
+    assert_eq!(
+        rows[99_999].get::<_, String>(1),
+        "14ee22eaba297944c96afdbe5b16c65b"
+    );
 
     // One 40 MB value, both ways.
     let big = "x".repeat(40 * 1024 * 1024);
@@ -258,7 +296,10 @@ async fn types_round_trip() {
     assert_eq!(row.get::<_, Vec<i32>>(2), ints);
     let ts: String = row.get(3);
     assert!(ts.starts_with("2024-02-29"), "{ts}");
-    assert_eq!(row.get::<_, String>(4), "24691357802469135780.246913578024690");
+    assert_eq!(
+        row.get::<_, String>(4),
+        "24691357802469135780.246913578024690"
+    );
     assert_eq!(row.get::<_, String>(5), r#"{"a": {"b": [1, 2, null]}}"#);
     assert_eq!(
         row.get::<_, Vec<Option<String>>>(6),

@@ -255,8 +255,12 @@ impl Config {
         check_host_port(&self.web.listen).map_err(|r| self.invalid("web.listen", r))?;
         let upstream = self.upstream_url()?;
         match (&self.tls.cert, &self.tls.key) {
-            (Some(_), None) => return Err(self.invalid("tls.key", "tls.cert is set but tls.key is not")),
-            (None, Some(_)) => return Err(self.invalid("tls.cert", "tls.key is set but tls.cert is not")),
+            (Some(_), None) => {
+                return Err(self.invalid("tls.key", "tls.cert is set but tls.key is not"))
+            }
+            (None, Some(_)) => {
+                return Err(self.invalid("tls.cert", "tls.key is set but tls.cert is not"))
+            }
             (None, None) if self.tls.require => {
                 return Err(self.invalid("tls.require", "requires tls.cert and tls.key"))
             }
@@ -309,7 +313,10 @@ impl Config {
     pub fn auth_method(&self) -> AuthMethod {
         self.auth.method.unwrap_or_else(|| {
             let has_source = self.auth.file.is_some()
-                || self.upstream_url().map(|u| u.login.is_some()).unwrap_or(false);
+                || self
+                    .upstream_url()
+                    .map(|u| u.login.is_some())
+                    .unwrap_or(false);
             if has_source {
                 AuthMethod::Scram
             } else {
@@ -397,16 +404,25 @@ mod tests {
     #[test]
     fn errors_name_file_key_and_problem() {
         let f = write("[upstream]\ntls = \"sometimes\"\n");
-        let err = Config::load(Some(f.path()), Overrides::default()).unwrap_err().to_string();
+        let err = Config::load(Some(f.path()), Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&f.path().display().to_string()), "{err}");
         assert!(err.contains("tls") && err.contains("sometimes"), "{err}");
 
         let f = write("[proxy]\nlisten = \"nowhere\"\n");
-        let err = Config::load(Some(f.path()), Overrides::default()).unwrap_err().to_string();
-        assert!(err.contains("proxy.listen") && err.contains("HOST:PORT"), "{err}");
+        let err = Config::load(Some(f.path()), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("proxy.listen") && err.contains("HOST:PORT"),
+            "{err}"
+        );
 
         let f = write("[proxy]\nlisen = \"a:1\"\n");
-        let err = Config::load(Some(f.path()), Overrides::default()).unwrap_err().to_string();
+        let err = Config::load(Some(f.path()), Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lisen"), "{err}");
 
         let err = Config::load(
@@ -418,7 +434,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("command-line") && err.contains("tls.key"), "{err}");
+        assert!(
+            err.contains("command-line") && err.contains("tls.key"),
+            "{err}"
+        );
 
         let err = Config::load(Some(Path::new("/nonexistent/x.toml")), Overrides::default())
             .unwrap_err()

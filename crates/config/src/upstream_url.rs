@@ -136,14 +136,28 @@ mod tests {
         assert!(!format!("{u:?}").contains("p:ss"));
 
         let u = UpstreamUrl::parse("postgresql://127.0.0.1").unwrap();
-        assert_eq!((u.port, u.login, u.database.as_str()), (5432, None, "postgres"));
-        assert_eq!(UpstreamUrl::parse("postgres://[::1]:5433").unwrap().address(), "[::1]:5433");
+        assert_eq!(
+            (u.port, u.login, u.database.as_str()),
+            (5432, None, "postgres")
+        );
+        assert_eq!(
+            UpstreamUrl::parse("postgres://[::1]:5433")
+                .unwrap()
+                .address(),
+            "[::1]:5433"
+        );
     }
 
     #[test]
     fn refuses_bad_urls() {
-        assert!(matches!(UpstreamUrl::parse("mysql://h"), Err(UpstreamUrlError::Scheme(_))));
+        assert!(matches!(
+            UpstreamUrl::parse("mysql://h"),
+            Err(UpstreamUrlError::Scheme(_))
+        ));
         assert!(matches!(UpstreamUrl::parse("127.0.0.1:5432"), Err(_)));
-        assert_eq!(UpstreamUrl::parse("postgres://h/?sslmode=require"), Err(UpstreamUrlError::Query));
+        assert_eq!(
+            UpstreamUrl::parse("postgres://h/?sslmode=require"),
+            Err(UpstreamUrlError::Query)
+        );
     }
 }

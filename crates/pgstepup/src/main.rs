@@ -10,7 +10,11 @@ use pgstepup_config::{Config, Overrides};
 use pgstepup_session::Proxy;
 
 #[derive(Parser)]
-#[command(name = "pgstepup", version, about = "Step-up authentication for risky SQL: a PostgreSQL wire-protocol proxy")]
+#[command(
+    name = "pgstepup",
+    version,
+    about = "Step-up authentication for risky SQL: a PostgreSQL wire-protocol proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

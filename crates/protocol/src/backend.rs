@@ -177,12 +177,12 @@ mod tests {
     }
 }
 
-/// NegotiateProtocolVersion: the newest minor version pgstepup speaks and the `_pq_.` options
-/// it does not recognise.
+/// NegotiateProtocolVersion: the newest 3.x version pgstepup speaks and the `_pq_.` options it
+/// does not recognise. Like PostgreSQL, the version goes on the wire as the full number.
 pub fn negotiate_protocol_version(newest_minor: u16, unsupported: &[&str]) -> Bytes {
     use pgwire::messages::startup::NegotiateProtocolVersion;
     encode(&NegotiateProtocolVersion::new(
-        i32::from(newest_minor),
+        (3 << 16) | i32::from(newest_minor),
         unsupported.iter().map(|o| (*o).to_owned()).collect(),
     ))
 }

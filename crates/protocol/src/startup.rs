@@ -71,9 +71,9 @@ impl StartupPacket {
         match code {
             SSL_REQUEST_CODE if packet.len() == 8 => Ok(StartupPacket::SslRequest),
             GSSENC_REQUEST_CODE if packet.len() == 8 => Ok(StartupPacket::GssEncRequest),
-            SSL_REQUEST_CODE | GSSENC_REQUEST_CODE => {
-                Err(StartupError::Malformed("encryption request of wrong length"))
-            }
+            SSL_REQUEST_CODE | GSSENC_REQUEST_CODE => Err(StartupError::Malformed(
+                "encryption request of wrong length",
+            )),
             CANCEL_REQUEST_CODE => {
                 if !(16..=12 + 256).contains(&packet.len()) {
                     return Err(StartupError::Malformed("cancel request of wrong length"));
@@ -224,7 +224,10 @@ mod tests {
 
     #[test]
     fn keeps_startup_bytes_and_order() {
-        let m = StartupMessage::build(2, &[("user", "alice"), ("options", "-c x=1"), ("user", "bob")]);
+        let m = StartupMessage::build(
+            2,
+            &[("user", "alice"), ("options", "-c x=1"), ("user", "bob")],
+        );
         assert_eq!((m.major, m.minor), (3, 2));
         assert_eq!(m.user(), Some("bob"));
         assert_eq!(m.database(), Some("bob"));
@@ -236,8 +239,13 @@ mod tests {
 
     #[test]
     fn detects_replication_and_bad_layouts() {
-        assert!(StartupMessage::build(0, &[("user", "a"), ("replication", "database")]).is_replication());
-        assert!(!StartupMessage::build(0, &[("user", "a"), ("replication", "false")]).is_replication());
+        assert!(
+            StartupMessage::build(0, &[("user", "a"), ("replication", "database")])
+                .is_replication()
+        );
+        assert!(
+            !StartupMessage::build(0, &[("user", "a"), ("replication", "false")]).is_replication()
+        );
         assert_eq!(
             StartupPacket::parse(packet(2 << 16, b"user\0a\0\0")),
             Err(StartupError::UnsupportedProtocol(2, 0))

@@ -28,7 +28,12 @@ impl Stream {
     /// channel binding.
     pub fn peer_certificate(&self) -> Option<&[u8]> {
         match self {
-            Stream::TlsClient(s) => s.get_ref().1.peer_certificates()?.first().map(|c| c.as_ref()),
+            Stream::TlsClient(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()?
+                .first()
+                .map(|c| c.as_ref()),
             _ => None,
         }
     }
@@ -64,7 +69,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         delegate!(self, s => Pin::new(s).poll_write(cx, buf))
     }
 

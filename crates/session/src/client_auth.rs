@@ -126,7 +126,9 @@ pub(crate) async fn authenticate(
                 .await
                 .map_err(|e| upstream_refusal(e, user))?;
             // The client was told pgstepup's own negotiation; the upstream's is not relayed.
-            reply.relay.retain(|f| f.tag() != tag::NEGOTIATE_PROTOCOL_VERSION);
+            reply
+                .relay
+                .retain(|f| f.tag() != tag::NEGOTIATE_PROTOCOL_VERSION);
             reply.negotiated_minor = Some(minor);
             client.queue(&backend::authentication_ok());
             Ok(LoggedIn { upstream, reply })
@@ -196,7 +198,10 @@ fn scram_refusal(e: pgstepup_auth::ScramError, user: &str) -> Refusal {
             tracing::info!(user, "password authentication failed");
             Refusal::Error(password_failed(user))
         }
-        other => Refusal::Error(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, other.to_string())),
+        other => Refusal::Error(PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            other.to_string(),
+        )),
     }
 }
 
@@ -205,10 +210,7 @@ async fn read_password_message(client: &mut Connection) -> Result<Frame, Refusal
     if frame.tag() != tag::PASSWORD {
         return Err(Refusal::Error(PgError::fatal(
             sqlstate::PROTOCOL_VIOLATION,
-            format!(
-                "expected SASL response, got message type {}",
-                frame.tag()
-            ),
+            format!("expected SASL response, got message type {}", frame.tag()),
         )));
     }
     Ok(frame)
@@ -301,7 +303,10 @@ async fn passthrough(
     }
 }
 
-async fn relay_client_answer(client: &mut Connection, upstream: &mut Connection) -> Result<(), Refusal> {
+async fn relay_client_answer(
+    client: &mut Connection,
+    upstream: &mut Connection,
+) -> Result<(), Refusal> {
     let answer = read_password_message(client).await?;
     upstream.send(answer.as_bytes()).await?;
     Ok(())

@@ -57,7 +57,10 @@ pub(crate) async fn open(
                     }
                     _ => sqlstate::PROTOCOL_VIOLATION,
                 };
-                return Err((Some(conn), Refusal::Error(PgError::fatal(code, e.to_string()))));
+                return Err((
+                    Some(conn),
+                    Refusal::Error(PgError::fatal(code, e.to_string())),
+                ));
             }
         };
         match packet {
@@ -130,7 +133,11 @@ async fn direct_tls(shared: &Shared, tcp: TcpStream) -> Result<Connection, Refus
     Ok(conn)
 }
 
-fn check_startup(shared: &Shared, conn: &Connection, startup: &StartupMessage) -> Result<(), PgError> {
+fn check_startup(
+    shared: &Shared,
+    conn: &Connection,
+    startup: &StartupMessage,
+) -> Result<(), PgError> {
     if shared.config.tls.require && !conn.stream().is_tls() {
         return Err(PgError::fatal(
             sqlstate::INVALID_AUTHORIZATION,

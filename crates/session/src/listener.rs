@@ -212,4 +212,3 @@ pub(crate) fn forward_cancel(shared: &Shared, request: CancelRequest, peer: Sock
         }
     });
 }
-

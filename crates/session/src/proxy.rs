@@ -87,14 +87,20 @@ impl Session {
         ending
     }
 
-    async fn on_server_input(&mut self, first: Result<Frame, ConnectionError>) -> Result<(), Ending> {
+    async fn on_server_input(
+        &mut self,
+        first: Result<Frame, ConnectionError>,
+    ) -> Result<(), Ending> {
         let mut next = Some(first.map_err(|_| Ending::ServerGone)?);
         while let Some(frame) = next {
             self.relay_server_frame(&frame);
             if self.client.should_flush() {
                 self.client.flush().await.map_err(|_| Ending::ClientGone)?;
             }
-            next = self.server.try_read_frame().map_err(|_| Ending::ServerGone)?;
+            next = self
+                .server
+                .try_read_frame()
+                .map_err(|_| Ending::ServerGone)?;
         }
         // Drained: unless the server is mid-message (more bytes certainly follow), the
         // exchange is over for now, so the client gets everything.
@@ -112,7 +118,10 @@ impl Session {
         }
     }
 
-    async fn on_client_input(&mut self, first: Result<Frame, ConnectionError>) -> Result<(), Ending> {
+    async fn on_client_input(
+        &mut self,
+        first: Result<Frame, ConnectionError>,
+    ) -> Result<(), Ending> {
         let mut next = Some(first.map_err(|e| self.client_error(e))?);
         while let Some(frame) = next {
             if frame.tag() == tag::TERMINATE {
@@ -136,7 +145,10 @@ impl Session {
             if self.server.should_flush() {
                 self.server.flush().await.map_err(|_| Ending::ServerGone)?;
             }
-            next = self.client.try_read_frame().map_err(|e| self.client_error(e))?;
+            next = self
+                .client
+                .try_read_frame()
+                .map_err(|e| self.client_error(e))?;
         }
         if self.server.has_queued() && !self.client.has_partial_input() {
             self.server.flush().await.map_err(|_| Ending::ServerGone)?;
@@ -170,11 +182,17 @@ impl Session {
                 Ending::ClientGone
             }
             ConnectionError::TooLarge { .. } => {
-                self.refuse_fatal(PgError::fatal(sqlstate::PROGRAM_LIMIT_EXCEEDED, e.to_string()));
+                self.refuse_fatal(PgError::fatal(
+                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                    e.to_string(),
+                ));
                 Ending::ClientProtocolError
             }
             other => {
-                self.refuse_fatal(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, other.to_string()));
+                self.refuse_fatal(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    other.to_string(),
+                ));
                 Ending::ClientProtocolError
             }
         }

@@ -173,11 +173,9 @@ fn first_column(body: &[u8]) -> Option<String> {
 }
 
 async fn open_auth_login(settings: &UpstreamSettings) -> Result<Connection, UpstreamError> {
-    let login_name = settings
-        .url
-        .login
-        .as_deref()
-        .ok_or_else(|| UpstreamError::Lookup("upstream.url has no login for the auth query".into()))?;
+    let login_name = settings.url.login.as_deref().ok_or_else(|| {
+        UpstreamError::Lookup("upstream.url has no login for the auth query".into())
+    })?;
     let startup = StartupMessage::build(
         0,
         &[

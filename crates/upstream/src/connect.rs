@@ -29,7 +29,10 @@ impl UpstreamSettings {
         let url = config
             .upstream_url()
             .map_err(|e| UpstreamError::TlsConfig(e.to_string()))?;
-        let tls = tls::client_config(config.upstream.tls, config.upstream.tls_root_cert.as_deref())?;
+        let tls = tls::client_config(
+            config.upstream.tls,
+            config.upstream.tls_root_cert.as_deref(),
+        )?;
         Ok(UpstreamSettings {
             url,
             tls_mode: config.upstream.tls,

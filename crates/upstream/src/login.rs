@@ -31,7 +31,8 @@ pub struct LoginReply {
     pub backend_key: Option<(i32, Bytes)>,
     /// Transaction status of the first ReadyForQuery.
     pub ready_status: u8,
-    /// The protocol minor version the server settled on when it sent NegotiateProtocolVersion.
+    /// The protocol minor version the server settled on when it sent NegotiateProtocolVersion
+    /// (which carries the full version number, major in the high 16 bits).
     pub negotiated_minor: Option<u16>,
 }
 
@@ -81,7 +82,8 @@ async fn authenticate(
                 Credential::Password(password) => {
                     let mut body = password.as_bytes().to_vec();
                     body.push(0);
-                    conn.send(Frame::new(tag::PASSWORD, &body).as_bytes()).await?;
+                    conn.send(Frame::new(tag::PASSWORD, &body).as_bytes())
+                        .await?;
                 }
                 Credential::ScramKeys { .. } => {
                     return Err(UpstreamError::UnsupportedAuth("cleartext password"))
@@ -96,7 +98,8 @@ async fn authenticate(
                 body.push(0);
                 body.extend_from_slice(&(first.len() as i32).to_be_bytes());
                 body.extend_from_slice(&first);
-                conn.send(Frame::new(tag::PASSWORD, &body).as_bytes()).await?;
+                conn.send(Frame::new(tag::PASSWORD, &body).as_bytes())
+                    .await?;
                 scram = Some(client);
             }
             11 => {
@@ -104,7 +107,8 @@ async fn authenticate(
                     .as_mut()
                     .ok_or_else(|| UpstreamError::Protocol("SASLContinue before SASL".into()))?;
                 let last = client.server_first(data)?;
-                conn.send(Frame::new(tag::PASSWORD, &last).as_bytes()).await?;
+                conn.send(Frame::new(tag::PASSWORD, &last).as_bytes())
+                    .await?;
             }
             12 => {
                 let client = scram
@@ -138,7 +142,11 @@ fn start_scram(
         ClientChannelBinding::Unsupported
     } else {
         let plus_offered = offered.contains(&&b"SCRAM-SHA-256-PLUS"[..]);
-        match conn.stream().peer_certificate().and_then(tls_server_end_point) {
+        match conn
+            .stream()
+            .peer_certificate()
+            .and_then(tls_server_end_point)
+        {
             Some(hash) if plus_offered => ClientChannelBinding::TlsServerEndPoint(hash),
             _ => ClientChannelBinding::SupportedNotUsed,
         }
@@ -168,7 +176,7 @@ pub async fn read_until_ready(
                     .iter()
                     .find(|f| f.tag() == tag::NEGOTIATE_PROTOCOL_VERSION)
                     .and_then(|f| f.body().get(..4))
-                    .map(|b| i32::from_be_bytes(b.try_into().expect("4 bytes")) as u16);
+                    .map(|b| (u32::from_be_bytes(b.try_into().expect("4 bytes")) & 0xffff) as u16);
                 return Ok(LoginReply {
                     relay,
                     backend_key,

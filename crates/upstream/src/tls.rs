@@ -34,9 +34,7 @@ pub(crate) fn client_config(
                 .build()
                 .map_err(|e| UpstreamError::TlsConfig(e.to_string()))?;
             if mode == UpstreamTlsMode::VerifyFull {
-                builder
-                    .with_webpki_verifier(webpki)
-                    .with_no_client_auth()
+                builder.with_webpki_verifier(webpki).with_no_client_auth()
             } else {
                 builder
                     .dangerous()
