@@ -17,6 +17,8 @@ SUFFIX="$(date +%s%N | tail -c 7)${RANDOM}"
 T="psql_${SUFFIX}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/pgstepup-psql.XXXXXX")"
 FAILED=0
+PG_USER="${PGUSER:-$(id -un)}"
+PG_DB="${PGDATABASE:-$PG_USER}"
 
 # ---------------------------------------------------------------- helpers
 ok()   { echo "ok $1"; }
@@ -50,21 +52,32 @@ past_deadline() { ((SECONDS >= DEADLINE)); }
 
 # ---------------------------------------------------------------- checks
 
+# 0. connect: right user and database; TLS in use exactly when PGSSLMODE asks
 check_connect() {
-    local out
-    out=$(q -c "select current_user = '${PGUSER:-$USER}', current_database() = '${PGDATABASE:-${PGUSER:-$USER}}'" 2>&1)
-    expect connect "t|t" "$out"
+    local out info
+    out=$(q -c "select current_user = '$PG_USER', current_database() = '$PG_DB'" 2>&1)
+    if [ "$out" != "t|t" ]; then
+        fail connect "expected [t|t] got [$out]"
+        return 1
+    fi
+    info=$(q -c '\conninfo' 2>&1)
+    if [ "${PGSSLMODE:-disable}" = disable ]; then
+        grep -q "^SSL connection" <<<"$info" && { fail connect "TLS in use with PGSSLMODE=disable: $info"; return 1; }
+    else
+        grep -q "^SSL connection (protocol: TLS" <<<"$info" || { fail connect "no TLS with PGSSLMODE=$PGSSLMODE: $info"; return 1; }
+    fi
+    ok connect
 }
 
 # 1. simple query protocol, two statements in one Query message
-check_simple_query() {
+check_simple_query_multi_statement() {
     local out
     out=$(q -c 'select 1; select 2' 2>&1)
     expect simple_query_multi_statement "$(printf '1\n2')" "$out"
 }
 
 # 2. parameters (psql 15 has no \bind, so PREPARE/EXECUTE in SQL)
-check_params() {
+check_params_prepare_execute() {
     local out
     out=$(q -f - 2>&1 <<'SQL'
 PREPARE p_params(int, text) AS SELECT $1 + 1, upper($2), pg_typeof($1);
@@ -110,7 +123,7 @@ SQL
 }
 
 # 5. \copy from a file and back to a file (text format, escapes, NULLs, unicode)
-check_copy() {
+check_copy_in_out() {
     local in="$WORK/copy_in.txt" outf="$WORK/copy_out.txt" out
     # Row i: id, a value with an escaped tab, unicode, and a NULL every 7th row.
     awk 'BEGIN { for (i = 1; i <= 20000; i++) {
@@ -242,7 +255,7 @@ check_big_result() {
 }
 
 # 10. types round trip (psql only speaks text: literals in, text out)
-check_types() {
+check_types_round_trip() {
     local hex out expected
     hex=$(for i in $(seq 0 255); do printf '%02x' "$i"; done)
     out=$(q -f - 2>&1 <<SQL
@@ -283,7 +296,7 @@ EOF
 }
 
 # 11. a LATIN1 session: the query file is LATIN1 bytes, results come back LATIN1
-check_latin1() {
+check_latin1_client_encoding() {
     local f="$WORK/latin1.sql" out expected utf
     printf "CREATE TABLE ${T}_latin1 (v text);\n" > "$f"
     printf "INSERT INTO ${T}_latin1 VALUES ('\xe9t\xe9 na\xefve');\n" >> "$f"
@@ -301,14 +314,11 @@ check_latin1() {
 }
 
 # psql meta-commands: \d table, \dt, \l
-check_meta_commands() {
-    local d dt l
+check_meta_describe_table() {
+    local d
     q -c "CREATE TABLE ${T}_meta (id integer PRIMARY KEY, label text NOT NULL, created timestamptz DEFAULT now())" >/dev/null 2>&1
     q -c "CREATE TABLE ${T}_fk (id int PRIMARY KEY, meta_id int REFERENCES ${T}_meta(id))" >/dev/null 2>&1
     d=$(timeout -k 2 "$(budget)" psql -X -w -c "\\d ${T}_meta" 2>&1)
-    dt=$(timeout -k 2 "$(budget)" psql -X -w -c '\dt' 2>&1)
-    l=$(timeout -k 2 "$(budget)" psql -X -w -A -c '\l' 2>&1)
-    local db="${PGDATABASE:-${PGUSER:-$USER}}"
     if ! grep -q "Table \"public.${T}_meta\"" <<<"$d" \
         || ! grep -Eq '^ id +\| integer +\|' <<<"$d" \
         || ! grep -Eq '^ label +\| text +\| +\| not null' <<<"$d" \
@@ -319,12 +329,23 @@ check_meta_commands() {
     else
         ok meta_describe_table
     fi
-    if grep -Eq "^ public +\| ${T}_meta +\| table +\| ${PGUSER:-$USER}" <<<"$dt"; then
+}
+
+check_meta_list_tables() {
+    local dt
+    dt=$(timeout -k 2 "$(budget)" psql -X -w -c '\dt' 2>&1)
+    if grep -Eq "^ public +\| ${T}_meta +\| table +\| $PG_USER" <<<"$dt" \
+        && grep -Eq "^ public +\| ${T}_fk +\| table +\| $PG_USER" <<<"$dt"; then
         ok meta_list_tables
     else
         fail meta_list_tables "\\dt output: $dt"
     fi
-    if grep -q "^${db}|${PGUSER:-$USER}|" <<<"$l" && grep -q "^List of databases" <<<"$l"; then
+}
+
+check_meta_list_databases() {
+    local l db="$PG_DB"
+    l=$(timeout -k 2 "$(budget)" psql -X -w -A -c '\l' 2>&1)
+    if grep -q "^${db}|$PG_USER|" <<<"$l" && grep -q "^List of databases" <<<"$l"; then
         ok meta_list_databases
     else
         fail meta_list_databases "\\l output: $l"
@@ -332,16 +353,22 @@ check_meta_commands() {
 }
 
 # ---------------------------------------------------------------- main
-CHECKS=(check_connect check_simple_query check_params check_prepared_reuse
-        check_transactions check_copy check_listen_notify check_cancel
-        check_error_recovery check_big_result check_types check_latin1
-        check_meta_commands)
+CHECKS=(check_connect check_simple_query_multi_statement check_params_prepare_execute
+        check_prepared_reuse check_transactions check_copy_in_out check_listen_notify
+        check_cancel check_error_recovery check_big_result check_types_round_trip
+        check_latin1_client_encoding check_meta_describe_table check_meta_list_tables
+        check_meta_list_databases)
+CONNECTED=1
 for c in "${CHECKS[@]}"; do
-    if past_deadline; then
+    if [ "$CONNECTED" = 0 ]; then
+        fail "${c#check_}" "skipped: cannot connect"
+    elif past_deadline; then
         fail "${c#check_}" "skipped: global deadline reached"
-        continue
+    elif [ "$c" = check_connect ]; then
+        check_connect || CONNECTED=0
+    else
+        "$c"
     fi
-    "$c"
 done
 
 echo "# psql client: $((SECONDS - START)) s"
