@@ -445,3 +445,16 @@ mod tests {
         assert!(err.starts_with("/nonexistent/x.toml: cannot read"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/pgstepup.example.toml");
+        let config = Config::load(Some(&path), Overrides::default()).unwrap();
+        assert_eq!(config.auth_method(), AuthMethod::Scram);
+        assert_eq!(config.upstream_url().unwrap().login.as_deref(), Some("pgstepup_auth"));
+    }
+}
