@@ -204,8 +204,7 @@ async fn client_key_logs_into_a_scram_only_upstream_over_verified_tls() {
     let err = proxy
         .connect_with(&proxy.conn_str(USER, "wrong", USER, "require"))
         .await
-        .err()
-        .unwrap();
+        .expect_err("refused");
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
 
     // A password changed upstream after lookup still cannot be bypassed: the verifier is read
@@ -257,8 +256,7 @@ async fn an_upstream_certificate_that_does_not_verify_is_refused() {
     let err = proxy
         .connect_with(&proxy.conn_str("postgres", "super-pass", "postgres", "disable"))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     let db = err.as_db_error().expect("a clear server error");
     assert_eq!(db.code(), &SqlState::CONNECTION_FAILURE);
     assert!(db.message().contains("TLS"), "{}", db.message());

@@ -525,8 +525,7 @@ async fn scram_login_errors_match_postgresql() {
         let err = proxy
             .connect_with(&proxy.conn_str(user, password, APP_DB, "require"))
             .await
-            .err()
-            .expect("login refused");
+            .expect_err("login refused");
         let db = err.as_db_error().expect("a server error");
         assert_eq!(db.code(), &SqlState::INVALID_PASSWORD);
         assert_eq!(
@@ -588,7 +587,6 @@ async fn auth_query_through_a_security_definer_function_and_a_non_superuser_logi
     let err = proxy
         .connect_with(&proxy.conn_str(APP_USER, "nope", APP_DB, "require"))
         .await
-        .err()
-        .unwrap();
+        .expect_err("refused");
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
 }

@@ -455,6 +455,9 @@ mod example_file {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/pgstepup.example.toml");
         let config = Config::load(Some(&path), Overrides::default()).unwrap();
         assert_eq!(config.auth_method(), AuthMethod::Scram);
-        assert_eq!(config.upstream_url().unwrap().login.as_deref(), Some("pgstepup_auth"));
+        assert_eq!(
+            config.upstream_url().unwrap().login.as_deref(),
+            Some("pgstepup_auth")
+        );
     }
 }

@@ -37,10 +37,17 @@ fn config_errors_name_the_file_the_key_and_the_problem() {
     assert!(stderr.contains("mysql"), "{stderr}");
 
     let path = temp_file("typo.toml", "[proxy]\nlisten = \"127.0.0.1:1\"\nport = 5\n");
-    let out = pgstepup().args(["serve", "--config"]).arg(&path).output().unwrap();
+    let out = pgstepup()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("line 3") && stderr.contains("port"), "{stderr}");
+    assert!(
+        stderr.contains("line 3") && stderr.contains("port"),
+        "{stderr}"
+    );
 
     let out = pgstepup()
         .args(["serve", "--listen", "no-port-here"])
@@ -48,7 +55,10 @@ fn config_errors_name_the_file_the_key_and_the_problem() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("command-line") && stderr.contains("proxy.listen"), "{stderr}");
+    assert!(
+        stderr.contains("command-line") && stderr.contains("proxy.listen"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -77,7 +87,11 @@ async fn serves_with_flags_only_and_stops_on_sigterm() {
     assert_eq!(row.get::<_, i32>(0), 42);
 
     let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("stops on SIGTERM")

@@ -147,6 +147,16 @@ fn encode<M: Message>(message: &M) -> Bytes {
     buf.freeze()
 }
 
+/// NegotiateProtocolVersion: the newest 3.x version pgstepup speaks and the `_pq_.` options it
+/// does not recognise. Like PostgreSQL, the version goes on the wire as the full number.
+pub fn negotiate_protocol_version(newest_minor: u16, unsupported: &[&str]) -> Bytes {
+    use pgwire::messages::startup::NegotiateProtocolVersion;
+    encode(&NegotiateProtocolVersion::new(
+        (3 << 16) | i32::from(newest_minor),
+        unsupported.iter().map(|o| (*o).to_owned()).collect(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,14 +185,4 @@ mod tests {
         let sasl = authentication_sasl(&["SCRAM-SHA-256"]);
         assert_eq!(&sasl[5..], b"\0\0\0\x0aSCRAM-SHA-256\0\0");
     }
-}
-
-/// NegotiateProtocolVersion: the newest 3.x version pgstepup speaks and the `_pq_.` options it
-/// does not recognise. Like PostgreSQL, the version goes on the wire as the full number.
-pub fn negotiate_protocol_version(newest_minor: u16, unsupported: &[&str]) -> Bytes {
-    use pgwire::messages::startup::NegotiateProtocolVersion;
-    encode(&NegotiateProtocolVersion::new(
-        (3 << 16) | i32::from(newest_minor),
-        unsupported.iter().map(|o| (*o).to_owned()).collect(),
-    ))
 }

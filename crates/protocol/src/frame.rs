@@ -96,21 +96,6 @@ impl Frame {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn new_frame_has_header_and_body() {
-        let f = Frame::new(tag::QUERY, b"select 1\0");
-        assert_eq!(f.tag(), b'Q');
-        assert_eq!(&f.as_bytes()[1..5], &13u32.to_be_bytes());
-        assert_eq!(f.body(), b"select 1\0");
-        assert_eq!(f.cstr_at(0), Some((&b"select 1"[..], 9)));
-        assert_eq!(f.cstr_at(9), None);
-    }
-}
-
 /// Reads the `M` (message) field of an ErrorResponse or NoticeResponse body, for logs.
 pub fn error_message(body: &[u8]) -> Option<String> {
     error_field(body, b'M')
@@ -129,4 +114,19 @@ pub fn error_field(mut body: &[u8], field: u8) -> Option<String> {
         body = &rest[nul + 1..];
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_frame_has_header_and_body() {
+        let f = Frame::new(tag::QUERY, b"select 1\0");
+        assert_eq!(f.tag(), b'Q');
+        assert_eq!(&f.as_bytes()[1..5], &13u32.to_be_bytes());
+        assert_eq!(f.body(), b"select 1\0");
+        assert_eq!(f.cstr_at(0), Some((&b"select 1"[..], 9)));
+        assert_eq!(f.cstr_at(9), None);
+    }
 }

@@ -19,22 +19,25 @@ pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolpassword FROM pg_catalog.pg_auth
 
 /// A source of SCRAM verifiers.
 pub enum VerifierSource {
-    Query {
-        settings: UpstreamSettings,
-        query: String,
-        conn: Mutex<Option<Connection>>,
-    },
+    Query(Box<AuthQuery>),
     File(HashMap<String, String>),
+}
+
+/// The auth login's query and its kept-open connection.
+pub struct AuthQuery {
+    settings: UpstreamSettings,
+    query: String,
+    conn: Mutex<Option<Connection>>,
 }
 
 impl VerifierSource {
     /// Looks verifiers up with `query` as the login named in the upstream URL.
     pub fn auth_query(settings: UpstreamSettings, query: Option<String>) -> Self {
-        VerifierSource::Query {
+        VerifierSource::Query(Box::new(AuthQuery {
             settings,
             query: query.unwrap_or_else(|| DEFAULT_AUTH_QUERY.to_owned()),
             conn: Mutex::new(None),
-        }
+        }))
     }
 
     /// Loads a file of `"user" "SCRAM-SHA-256$..."` lines (`;` starts a comment line).
@@ -64,11 +67,12 @@ impl VerifierSource {
     pub async fn lookup(&self, user: &str) -> Result<Option<ScramVerifier>, UpstreamError> {
         let text = match self {
             VerifierSource::File(users) => users.get(user).cloned(),
-            VerifierSource::Query {
-                settings,
-                query,
-                conn,
-            } => {
+            VerifierSource::Query(q) => {
+                let AuthQuery {
+                    settings,
+                    query,
+                    conn,
+                } = q.as_ref();
                 let mut conn = conn.lock().await;
                 // One retry on a fresh connection: the kept one may have been closed upstream.
                 match run_query(&mut conn, settings, query, user).await {
