@@ -64,9 +64,9 @@ impl Default for ProxyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// `postgres://[LOGIN[:PASSWORD]@]HOST[:PORT][/DB]`.
+    /// `postgres://[LOGIN[:PASSWORD]@]HOST[:PORT][/DB][?sslmode=MODE]`.
     pub url: String,
-    /// TLS towards the upstream, with libpq's sslmode names.
+    /// TLS towards the upstream, with libpq's sslmode names (`?sslmode=` in the URL wins).
     pub tls: UpstreamTlsMode,
     /// PEM file of CA certificates for `verify-ca`/`verify-full`; the system roots otherwise.
     pub tls_root_cert: Option<PathBuf>,
@@ -309,6 +309,14 @@ impl Config {
             .map_err(|e| self.invalid("upstream.url", e.to_string()))
     }
 
+    /// The effective upstream TLS mode: the URL's `sslmode` when given, else `upstream.tls`.
+    pub fn upstream_tls_mode(&self) -> UpstreamTlsMode {
+        self.upstream_url()
+            .ok()
+            .and_then(|u| u.sslmode)
+            .unwrap_or(self.upstream.tls)
+    }
+
     /// The effective authentication method (see [`AuthConfig::method`]).
     pub fn auth_method(&self) -> AuthMethod {
         self.auth.method.unwrap_or_else(|| {
@@ -397,8 +405,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.proxy.listen, "127.0.0.1:7001");
-        assert_eq!(c.upstream.tls, UpstreamTlsMode::VerifyFull);
+        assert_eq!(c.upstream_tls_mode(), UpstreamTlsMode::VerifyFull);
         assert_eq!(c.auth_method(), AuthMethod::Scram);
+
+        // libpq's ?sslmode= in the URL wins over the file's upstream.tls.
+        let c = Config::load(
+            Some(f.path()),
+            Overrides {
+                upstream: Some("postgres://127.0.0.1:5432?sslmode=disable".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.upstream_tls_mode(), UpstreamTlsMode::Disable);
     }
 
     #[test]

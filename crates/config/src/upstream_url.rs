@@ -1,7 +1,9 @@
-//! `postgres://[LOGIN[:PASSWORD]@]HOST[:PORT][/DB]`: where the upstream is and, optionally, the
-//! login pgstepup uses to look up SCRAM verifiers.
+//! `postgres://[LOGIN[:PASSWORD]@]HOST[:PORT][/DB][?sslmode=MODE]`: where the upstream is and,
+//! optionally, the login pgstepup uses to look up SCRAM verifiers.
 
 use std::fmt;
+
+use crate::UpstreamTlsMode;
 
 /// A parsed upstream address.
 #[derive(Clone, PartialEq, Eq)]
@@ -13,6 +15,8 @@ pub struct UpstreamUrl {
     pub password: Option<String>,
     /// Database the auth login connects to.
     pub database: String,
+    /// `?sslmode=`, as libpq spells it; overrides `upstream.tls` when present.
+    pub sslmode: Option<UpstreamTlsMode>,
 }
 
 /// Why an upstream URL was refused.
@@ -24,8 +28,10 @@ pub enum UpstreamUrlError {
     Scheme(String),
     #[error("a host is required")]
     MissingHost,
-    #[error("query parameters are not supported here; use the [upstream] keys")]
-    Query,
+    #[error("unsupported URL parameter {0:?}: only sslmode is accepted; use the [upstream] keys")]
+    Query(String),
+    #[error("sslmode must be disable, prefer, require, verify-ca or verify-full, not {0:?}")]
+    SslMode(String),
 }
 
 impl UpstreamUrl {
@@ -35,8 +41,19 @@ impl UpstreamUrl {
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(UpstreamUrlError::Scheme(url.scheme().to_owned()));
         }
-        if url.query().is_some() {
-            return Err(UpstreamUrlError::Query);
+        let mut sslmode = None;
+        for (key, value) in url.query_pairs() {
+            if key != "sslmode" {
+                return Err(UpstreamUrlError::Query(key.into_owned()));
+            }
+            sslmode = Some(match value.as_ref() {
+                "disable" => UpstreamTlsMode::Disable,
+                "prefer" => UpstreamTlsMode::Prefer,
+                "require" => UpstreamTlsMode::Require,
+                "verify-ca" => UpstreamTlsMode::VerifyCa,
+                "verify-full" => UpstreamTlsMode::VerifyFull,
+                other => return Err(UpstreamUrlError::SslMode(other.to_owned())),
+            });
         }
         let host = url
             .host_str()
@@ -61,6 +78,7 @@ impl UpstreamUrl {
             login,
             password,
             database,
+            sslmode,
         })
     }
 
@@ -146,6 +164,8 @@ mod tests {
                 .address(),
             "[::1]:5433"
         );
+        let u = UpstreamUrl::parse("postgres://h/db?sslmode=verify-full").unwrap();
+        assert_eq!(u.sslmode, Some(UpstreamTlsMode::VerifyFull));
     }
 
     #[test]
@@ -156,8 +176,12 @@ mod tests {
         ));
         assert!(UpstreamUrl::parse("127.0.0.1:5432").is_err());
         assert_eq!(
-            UpstreamUrl::parse("postgres://h/?sslmode=require"),
-            Err(UpstreamUrlError::Query)
+            UpstreamUrl::parse("postgres://h/?sslmode=sometimes"),
+            Err(UpstreamUrlError::SslMode("sometimes".into()))
+        );
+        assert_eq!(
+            UpstreamUrl::parse("postgres://h/?application_name=x"),
+            Err(UpstreamUrlError::Query("application_name".into()))
         );
     }
 }
