@@ -261,3 +261,20 @@ async fn an_upstream_certificate_that_does_not_verify_is_refused() {
     assert_eq!(db.code(), &SqlState::CONNECTION_FAILURE);
     assert!(db.message().contains("TLS"), "{}", db.message());
 }
+
+#[tokio::test]
+async fn sslmode_in_the_upstream_url_is_honoured() {
+    let cluster = Cluster::start();
+    // The cluster accepts TCP logins only over TLS, so sslmode=disable must be refused by it.
+    let proxy = TestProxy::with(Auth::Passthrough, false, |c| {
+        c.upstream.url = format!("postgres://localhost:{}?sslmode=disable", cluster.port);
+        c.upstream.tls = pgstepup_config::UpstreamTlsMode::Require;
+    });
+    let err = proxy
+        .connect_with(&proxy.conn_str("postgres", "super-pass", "postgres", "disable"))
+        .await
+        .expect_err("refused by pg_hba");
+    let db = err.as_db_error().expect("the server's own error, relayed");
+    assert_eq!(db.code(), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
+    assert!(db.message().contains("no encryption"), "{}", db.message());
+}

@@ -29,13 +29,11 @@ impl UpstreamSettings {
         let url = config
             .upstream_url()
             .map_err(|e| UpstreamError::TlsConfig(e.to_string()))?;
-        let tls = tls::client_config(
-            config.upstream.tls,
-            config.upstream.tls_root_cert.as_deref(),
-        )?;
+        let tls_mode = config.upstream_tls_mode();
+        let tls = tls::client_config(tls_mode, config.upstream.tls_root_cert.as_deref())?;
         Ok(UpstreamSettings {
             url,
-            tls_mode: config.upstream.tls,
+            tls_mode,
             tls,
             connect_timeout: Duration::from_secs(config.upstream.connect_timeout_secs),
         })
