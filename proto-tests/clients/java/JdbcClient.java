@@ -117,6 +117,7 @@ public class JdbcClient {
         String root = System.getenv("PGSSLROOTCERT");
         if (root != null && !root.isEmpty()) p.setProperty("sslrootcert", root);
         p.setProperty("connectTimeout", "10");
+        p.setProperty("loginTimeout", "10");
         p.setProperty("socketTimeout", "40");
         p.setProperty("cancelSignalTimeout", "10");
         p.setProperty("ApplicationName", "pgstepup-jdbc");
@@ -639,7 +640,6 @@ public class JdbcClient {
         });
         watchdog.setDaemon(true);
         watchdog.start();
-        DriverManager.setLoginTimeout(10);
         Object[][] checks = {
             {"simple_query_multi_statement", (Check) JdbcClient::checkMultiStatement},
             {"extended_params", (Check) JdbcClient::checkExtendedParams},

@@ -1,0 +1,702 @@
+"""Shared plumbing for the pgstepup load benchmarks (run.py, copy_bench.py).
+
+Stdlib only.  Responsibilities:
+  * locating binaries (pgbench, psql, pgbouncer, pgstepup),
+  * preparing the benchmark database,
+  * starting pgbouncer / pgstepup on free ports and *always* stopping them
+    (try/finally + SIGINT/SIGTERM/SIGHUP handlers + atexit + PR_SET_PDEATHSIG),
+  * CPU accounting from /proc (proxy process, PostgreSQL server processes),
+  * machine / version metadata for the reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import ctypes
+import datetime as _dt
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent.parent
+DEFAULT_OUT = HERE / "results"
+BENCH_DB = "pgstepup_bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ALL_TARGETS = ("direct", "pgbouncer", "pgstepup")
+
+_t_start = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.monotonic() - _t_start:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+class HarnessError(RuntimeError):
+    """A problem that should abort the benchmark with a clear message."""
+
+
+class Interrupted(BaseException):
+    """Raised from our signal handlers (SIGINT/SIGTERM/SIGHUP)."""
+
+
+# --------------------------------------------------------------------------
+# CLI helpers shared by both scripts
+# --------------------------------------------------------------------------
+
+def add_common_args(p: argparse.ArgumentParser, default_rounds: int = 3) -> None:
+    p.add_argument("--rounds", type=int, default=default_rounds,
+                   help="measurement rounds; medians are reported (default %(default)s)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help="output directory (default benches/load/results/)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--pgstepup", metavar="BIN", default=None,
+                   help="pgstepup binary (default: $PGSTEPUP_BIN, else "
+                        "<repo>/target/release/pgstepup)")
+    g.add_argument("--no-pgstepup", action="store_true",
+                   help="benchmark direct + pgbouncer only")
+    p.add_argument("--pgstepup-upstream", default=None,
+                   help="value passed to `pgstepup serve --upstream` (default "
+                        "postgres://127.0.0.1:5432?sslmode=SSLMODE, with --sslmode below)")
+    p.add_argument("--pgstepup-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument appended to the pgstepup command line (repeatable)")
+    p.add_argument("--pg-host", default="127.0.0.1", help="PostgreSQL host (default %(default)s)")
+    p.add_argument("--pg-port", type=int, default=5432, help="PostgreSQL port (default %(default)s)")
+    p.add_argument("--pg-user", default="postgres", help="PostgreSQL user (default %(default)s)")
+    p.add_argument("--pgbouncer-bin", default=None,
+                   help="pgbouncer binary (default: from PATH or /usr/sbin/pgbouncer)")
+    p.add_argument("--proxy-user", default=None,
+                   help="when running as root, the user pgbouncer runs as "
+                        "(default postgres, else nobody)")
+    p.add_argument("--sslmode", default="disable",
+                   help="libpq sslmode for benchmark clients and pgbouncer's server "
+                        "connections (default %(default)s, i.e. everything plaintext so "
+                        "direct and proxied runs are comparable)")
+
+
+def parse_int_list(s: str) -> list[int]:
+    try:
+        vals = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}")
+    if not vals or any(v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {s!r}")
+    return vals
+
+
+def resolve_pgstepup(args) -> Optional[str]:
+    """Return the pgstepup binary to use, or None when --no-pgstepup."""
+    if args.no_pgstepup:
+        return None
+    cand, origin = args.pgstepup, "--pgstepup"
+    if not cand and os.environ.get("PGSTEPUP_BIN"):
+        cand, origin = os.environ["PGSTEPUP_BIN"], "$PGSTEPUP_BIN"
+    if not cand:
+        default = REPO_ROOT / "target" / "release" / "pgstepup"
+        if default.exists():
+            cand, origin = str(default), "default path"
+        else:
+            raise HarnessError(
+                "no pgstepup binary found.\n"
+                f"  Build it:   (cd {REPO_ROOT} && cargo build --release -p pgstepup)\n"
+                "              -> target/release/pgstepup is then picked up automatically\n"
+                "  or pass:    --pgstepup /path/to/pgstepup   (or set PGSTEPUP_BIN)\n"
+                "  or run without it:  --no-pgstepup   (direct + pgbouncer only)")
+    path = shutil.which(cand) or cand
+    path = str(Path(path).resolve())
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise HarnessError(f"pgstepup binary from {origin} is not an executable file: {cand}")
+    return path
+
+
+def find_tool(name: str, explicit: Optional[str] = None, fallbacks: tuple[str, ...] = ()) -> str:
+    for c in ([explicit] if explicit else []) + [shutil.which(name)] + list(fallbacks):
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    raise HarnessError(f"{name} not found (looked in PATH and {', '.join(fallbacks) or '-'})")
+
+
+def client_env(sslmode: str) -> dict:
+    """Environment for pgbench/psql: drop inherited libpq settings that could skew runs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["PGSSLMODE"] = sslmode
+    env["PGCONNECT_TIMEOUT"] = "10"
+    env["PGAPPNAME"] = "pgstepup-bench"
+    return env
+
+
+# --------------------------------------------------------------------------
+# process management
+# --------------------------------------------------------------------------
+
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover
+    _libc = None
+PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:
+    # Runs in the forked child (after any setuid done by Popen): if the harness
+    # dies without cleaning up (e.g. SIGKILL), the kernel kills the proxy.
+    if _libc is not None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+@dataclass
+class Managed:
+    name: str
+    proc: subprocess.Popen
+    logfile: Path
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            lines = self.logfile.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(lines[-n:]) or "(empty log)"
+
+
+class ProcessManager:
+    """Owns every long-lived process we start; stop_all() is idempotent."""
+
+    def __init__(self) -> None:
+        self.procs: list[Managed] = []
+        self.tmpdirs: list[Path] = []
+        self._lock = threading.Lock()
+        atexit.register(self.stop_all)
+
+    def mkdtemp(self, prefix: str, owner: Optional[str] = None) -> Path:
+        d = Path(tempfile.mkdtemp(prefix=prefix))
+        os.chmod(d, 0o755)
+        if owner is not None:
+            pw = pwd.getpwnam(owner)
+            os.chown(d, pw.pw_uid, pw.pw_gid)
+        self.tmpdirs.append(d)
+        return d
+
+    def start(self, name: str, cmd: list[str], logfile: Path, env=None,
+              user: Optional[str] = None) -> Managed:
+        kw = {}
+        if user is not None:
+            pw = pwd.getpwnam(user)
+            kw = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
+        out = open(logfile, "ab")
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    env=env, start_new_session=True,
+                                    preexec_fn=_child_setup, cwd="/", **kw)
+        finally:
+            out.close()
+        m = Managed(name, proc, logfile)
+        with self._lock:
+            self.procs.append(m)
+        log(f"started {name} (pid {proc.pid}): {' '.join(cmd)}")
+        return m
+
+    def stop(self, m: Managed, grace: float = 5.0) -> None:
+        p = m.proc
+        if p.poll() is None:
+            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+                try:
+                    # own session => pgid == pid; also reaches helpers it forked
+                    os.killpg(p.pid, sig)
+                except ProcessLookupError:
+                    pass
+                try:
+                    p.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    log(f"{m.name} (pid {p.pid}) did not exit after {sig.name}")
+            log(f"stopped {m.name} (pid {p.pid}, exit {p.returncode})")
+        else:
+            # reap the process group anyway in case the leader died but left children
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def stop_all(self) -> None:
+        # Called from finally/atexit in the main thread: a second Ctrl-C must
+        # not interrupt the cleanup half-way.
+        saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                saved[s] = signal.signal(s, signal.SIG_IGN)
+        for m in reversed(list(self.procs)):
+            try:
+                self.stop(m)
+            except Exception as e:  # keep going: never leave others behind
+                log(f"error stopping {m.name}: {e}")
+            with self._lock:
+                self.procs.remove(m)
+        for d in list(self.tmpdirs):
+            shutil.rmtree(d, ignore_errors=True)
+            self.tmpdirs.remove(d)
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+def install_signal_handlers() -> None:
+    def handler(signum, frame):
+        # ignore repeats while we are cleaning up
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signal.Signals(signum).name)
+
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, handler)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(host: str, port: int, m: Managed, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if m.proc.poll() is not None:
+            raise HarnessError(f"{m.name} exited with code {m.proc.returncode} during startup; "
+                               f"log tail:\n{m.log_tail()}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise HarnessError(f"{m.name} did not accept connections on {host}:{port} within "
+                       f"{timeout:.0f}s; log tail:\n{m.log_tail()}")
+
+
+# --------------------------------------------------------------------------
+# targets
+# --------------------------------------------------------------------------
+
+@dataclass
+class Target:
+    name: str
+    host: str
+    port: int
+    managed: Optional[Managed] = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.managed.proc.pid if self.managed else None
+
+    def check_alive(self) -> None:
+        if self.managed and self.managed.proc.poll() is not None:
+            raise HarnessError(f"{self.name} died (exit {self.managed.proc.returncode}); "
+                               f"log tail:\n{self.managed.log_tail()}")
+
+
+class Ctx:
+    """Everything a benchmark script needs: tools, env, process manager."""
+
+    def __init__(self, args) -> None:
+        self.args = args
+        self.pm = ProcessManager()
+        self.env = client_env(args.sslmode)
+        self.pgbench = find_tool("pgbench", None, ("/usr/bin/pgbench",))
+        self.psql = find_tool("psql", None, ("/usr/bin/psql",))
+        self.pgbouncer = find_tool("pgbouncer", args.pgbouncer_bin, ("/usr/sbin/pgbouncer",))
+        self.pgstepup = resolve_pgstepup(args)
+        self.user = args.pg_user
+
+    # ---- psql -------------------------------------------------------------
+    def psql_cmd(self, host: str, port: int, db: str) -> list[str]:
+        return [self.psql, "-X", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", str(port),
+                "-U", self.user, "-d", db]
+
+    def sql(self, query: str, db: str = "postgres", host=None, port=None,
+            timeout: float = 600) -> str:
+        cmd = self.psql_cmd(host or self.args.pg_host, port or self.args.pg_port, db)
+        cmd += ["-At", "-c", query]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=timeout)
+        if r.returncode != 0:
+            raise HarnessError(f"psql failed ({' '.join(cmd)}):\n{r.stderr.strip()}")
+        return r.stdout.strip()
+
+    # ---- database -----------------------------------------------------------
+    def check_server(self) -> None:
+        try:
+            self.sql("select 1")
+        except HarnessError as e:
+            raise HarnessError(f"cannot reach PostgreSQL at {self.args.pg_host}:"
+                               f"{self.args.pg_port} as {self.user}: {e}")
+
+    def ensure_database(self, scale: Optional[int] = None) -> None:
+        exists = self.sql(f"select 1 from pg_database where datname = '{BENCH_DB}'")
+        if not exists:
+            log(f"creating database {BENCH_DB}")
+            self.sql(f'create database "{BENCH_DB}"')
+        if scale is None:
+            return
+        cur = None
+        try:
+            have = self.sql("select to_regclass('pgbench_accounts') is not null and "
+                            "to_regclass('pgbench_branches') is not null", db=BENCH_DB)
+            if have == "t":
+                b = int(self.sql("select count(*) from pgbench_branches", db=BENCH_DB))
+                a = int(self.sql("select count(*) from pgbench_accounts", db=BENCH_DB))
+                if a == b * 100000:
+                    cur = b
+        except HarnessError:
+            cur = None
+        if cur == scale:
+            log(f"{BENCH_DB} already initialised at scale {scale}; skipping pgbench -i")
+            return
+        log(f"initialising {BENCH_DB} with pgbench -i -s {scale} (was: {cur})")
+        cmd = [self.pgbench, "-i", "-q", "-s", str(scale), "-h", self.args.pg_host,
+               "-p", str(self.args.pg_port), "-U", self.user, BENCH_DB]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=self.env)
+        if r.returncode != 0:
+            raise HarnessError(f"pgbench -i failed:\n{r.stderr[-2000:]}")
+
+    # ---- targets --------------------------------------------------------------
+    def direct_target(self) -> Target:
+        return Target("direct", self.args.pg_host, self.args.pg_port)
+
+    def _proxy_user(self) -> Optional[str]:
+        if os.geteuid() != 0:
+            return None
+        if self.args.proxy_user:
+            return self.args.proxy_user
+        for u in ("postgres", "nobody"):
+            try:
+                pwd.getpwnam(u)
+                return u
+            except KeyError:
+                pass
+        raise HarnessError("running as root but neither 'postgres' nor 'nobody' exists; "
+                           "pass --proxy-user")
+
+    def start_pgbouncer(self) -> Target:
+        user = self._proxy_user()
+        d = self.pm.mkdtemp("pgstepup-bench-pgbouncer-", owner=user)
+        port = free_port()
+        (d / "userlist.txt").write_text(f'"{self.user}" ""\n')
+        ini = f"""\
+[databases]
+{BENCH_DB} = host={self.args.pg_host} port={self.args.pg_port} dbname={BENCH_DB}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {d}/userlist.txt
+admin_users = {self.user}
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 40
+server_tls_sslmode = {self.args.sslmode}
+client_tls_sslmode = disable
+ignore_startup_parameters = extra_float_digits
+logfile = {d}/pgbouncer.log
+pidfile =
+syslog = 0
+verbose = 0
+log_connections = 0
+log_disconnections = 0
+log_pooler_errors = 1
+log_stats = 0
+"""
+        (d / "pgbouncer.ini").write_text(ini)
+        for f in d.iterdir():
+            os.chmod(f, 0o644)
+        m = self.pm.start("pgbouncer", [self.pgbouncer, "-q", str(d / "pgbouncer.ini")],
+                          d / "stderr.log", env={"PATH": "/usr/bin:/bin"}, user=user)
+        t = Target("pgbouncer", "127.0.0.1", port, m, {"run_as": user or "(self)"})
+        wait_port("127.0.0.1", port, m)
+        self.verify_target(t)
+        return t
+
+    def start_pgstepup(self) -> Optional[Target]:
+        if not self.pgstepup:
+            return None
+        d = self.pm.mkdtemp("pgstepup-bench-pgstepup-")
+        port = free_port()
+        upstream = (self.args.pgstepup_upstream
+                    or f"postgres://127.0.0.1:5432?sslmode={self.args.sslmode}")
+        cmd = [self.pgstepup, "serve", "--listen", f"127.0.0.1:{port}",
+               "--upstream", upstream] + list(self.args.pgstepup_arg)
+        env = dict(os.environ)
+        env["RUST_LOG"] = "warn"
+        m = self.pm.start("pgstepup", cmd, d / "pgstepup.log", env=env)
+        t = Target("pgstepup", "127.0.0.1", port, m, {"binary": self.pgstepup,
+                                                       "command": cmd})
+        wait_port("127.0.0.1", port, m)
+        self.verify_target(t)
+        return t
+
+    def verify_target(self, t: Target) -> None:
+        """A real query through the target; also records whether the
+        target->PostgreSQL connection uses TLS (fairness check)."""
+        deadline = time.monotonic() + 15
+        last = None
+        while time.monotonic() < deadline:
+            t.check_alive()
+            try:
+                out = self.sql("select coalesce((select ssl from pg_stat_ssl "
+                               "where pid = pg_backend_pid()), false)",
+                               db=BENCH_DB, host=t.host, port=t.port, timeout=15)
+                t.info["upstream_tls"] = (out == "t")
+                return
+            except (HarnessError, subprocess.TimeoutExpired) as e:
+                last = e
+                time.sleep(0.3)
+        raise HarnessError(f"query through {t.name} at {t.host}:{t.port} failed: {last}"
+                           + (f"\nlog tail:\n{t.managed.log_tail()}" if t.managed else ""))
+
+    def start_targets(self) -> list[Target]:
+        targets = [self.direct_target()]
+        self.verify_target(targets[0])
+        targets.append(self.start_pgbouncer())
+        ps = self.start_pgstepup()
+        if ps:
+            targets.append(ps)
+        tls = {t.name: t.info.get("upstream_tls") for t in targets}
+        if len(set(tls.values())) > 1:
+            log(f"WARNING: TLS to PostgreSQL differs between targets {tls}; "
+                "results are not like-for-like")
+        return targets
+
+
+# --------------------------------------------------------------------------
+# /proc accounting
+# --------------------------------------------------------------------------
+
+def _stat_fields(pid: int) -> Optional[list[str]]:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode("ascii", "replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # fields after "(comm)"; index 0 is field 3 (state)
+    return data[data.rfind(")") + 2:].split()
+
+
+def proc_cpu_ticks(pid: int) -> Optional[int]:
+    """utime+stime (fields 14, 15) of a process; covers all its threads."""
+    f = _stat_fields(pid)
+    if f is None:
+        return None
+    return int(f[11]) + int(f[12])
+
+
+def proc_rss_kb(pid: int) -> tuple[Optional[int], Optional[int]]:
+    """(VmRSS, VmHWM) in kB."""
+    rss = hwm = None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return rss, hwm
+
+
+class PgCpu:
+    """CPU ticks consumed by the whole PostgreSQL server: postmaster (incl.
+    reaped children via cutime/cstime) + live children.  A backend that exits
+    between two snapshots moves from 'live' to the postmaster's cutime, so
+    deltas stay consistent."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self.postmaster = None
+        try:
+            pid = ctx.sql("select pid from pg_stat_activity "
+                          "where backend_type = 'checkpointer' limit 1")
+            f = _stat_fields(int(pid))
+            if f is not None:
+                self.postmaster = int(f[1])  # ppid
+                if _stat_fields(self.postmaster) is None:
+                    self.postmaster = None
+        except (HarnessError, ValueError):
+            self.postmaster = None
+        if self.postmaster is None:
+            log("note: PostgreSQL server is not local/visible; server CPU not measured")
+
+    def ticks(self) -> Optional[int]:
+        if self.postmaster is None:
+            return None
+        pm = _stat_fields(self.postmaster)
+        if pm is None:
+            return None
+        total = sum(int(x) for x in pm[11:15])  # utime stime cutime cstime
+        ppid_s = str(self.postmaster)
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            f = _stat_fields(int(name))
+            if f is not None and len(f) > 12 and f[1] == ppid_s:
+                total += int(f[11]) + int(f[12])
+        return total
+
+
+class RssSampler:
+    """Samples VmRSS of a pid every `interval` seconds in a thread; .peak_kb."""
+
+    def __init__(self, pid: Optional[int], interval: float = 0.05) -> None:
+        self.pid, self.interval = pid, interval
+        self.peak_kb: Optional[int] = None
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thr = None
+
+    def _run(self) -> None:
+        while True:
+            rss, _ = proc_rss_kb(self.pid)
+            if rss is not None:
+                self.samples += 1
+                self.peak_kb = rss if self.peak_kb is None else max(self.peak_kb, rss)
+            if self._stop.wait(self.interval):
+                break
+
+    def __enter__(self):
+        if self.pid is not None:
+            self._thr = threading.Thread(target=self._run, daemon=True)
+            self._thr.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thr:
+            self._thr.join()
+        return False
+
+
+# --------------------------------------------------------------------------
+# metadata
+# --------------------------------------------------------------------------
+
+def _cmd_out(cmd: list[str], cwd=None) -> Optional[str]:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=cwd)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def git_commit() -> str:
+    head = _cmd_out(["git", "-C", str(REPO_ROOT), "rev-parse", "--short=12", "HEAD"])
+    if head is None:
+        return "unknown (no commits yet / not a git checkout)"
+    dirty = _cmd_out(["git", "-C", str(REPO_ROOT), "status", "--porcelain",
+                      "--untracked-files=no"])
+    return head + ("-dirty" if dirty else "")
+
+
+def machine_info() -> dict:
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1048576:.1f} GiB"
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu_model": cpu, "memory": mem,
+            "kernel": os.uname().release, "hostname": socket.gethostname()}
+
+
+def versions(ctx: Ctx) -> dict:
+    v = {}
+    try:
+        v["postgresql"] = ctx.sql("select version()")
+    except HarnessError:
+        v["postgresql"] = "unknown"
+    v["pgbench"] = _cmd_out([ctx.pgbench, "--version"]) or "unknown"
+    pgb = _cmd_out([ctx.pgbouncer, "--version"])
+    v["pgbouncer"] = pgb.splitlines()[0] if pgb else "unknown"
+    v["pgstepup_git_commit"] = git_commit()
+    if ctx.pgstepup:
+        out = _cmd_out([ctx.pgstepup, "--version"])
+        v["pgstepup_binary"] = ctx.pgstepup
+        v["pgstepup_version"] = out.splitlines()[0] if out else "unknown"
+    v["python"] = sys.version.split()[0]
+    return v
+
+
+def loadavg() -> Optional[float]:
+    try:
+        return float(open("/proc/loadavg").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def now_iso() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def ensure_results_dir(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    gi = out / ".gitignore"
+    try:
+        inside_repo = out.resolve().is_relative_to(REPO_ROOT)
+    except (OSError, ValueError):
+        inside_repo = False
+    if inside_repo and not gi.exists():
+        gi.write_text("# benchmark output: never committed\n*\n!.gitignore\n")
+
+
+def fmt_num(v, spec: str = ",.0f", na: str = "n/a") -> str:
+    return na if v is None else format(v, spec)
+
+
+def render_table(headers: list[str], rows: list[list[str]], markdown: bool,
+                 align_left: int = 1) -> str:
+    if markdown:
+        out = ["| " + " | ".join(headers) + " |",
+               "|" + "|".join(":---" if i < align_left else "---:"
+                              for i in range(len(headers))) + "|"]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(out)
+    w = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+         for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w[i]) if i < align_left else c.rjust(w[i])
+                         for i, c in enumerate(cells))
+    return "\n".join([line(headers), "  ".join("-" * x for x in w)] + [line(r) for r in rows])
+
+
+def run_main(main) -> None:
+    """Wrap a script's main(): signal handling, clean error messages, exit codes."""
+    install_signal_handlers()
+    try:
+        rc = main()
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        rc = 2
+    except Interrupted as e:
+        print(f"\ninterrupted ({e}); cleaned up", file=sys.stderr)
+        rc = 130
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaned up", file=sys.stderr)
+        rc = 130
+    sys.exit(rc or 0)
