@@ -590,3 +590,49 @@ async fn auth_query_through_a_security_definer_function_and_a_non_superuser_logi
         .expect_err("refused");
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
 }
+
+#[tokio::test]
+async fn verifier_file_replaces_the_auth_query() {
+    app_role().await;
+    let (admin, conn) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let verifier: String = admin
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&APP_USER],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let path = std::env::temp_dir().join(format!("pgstepup-userlist-{}.txt", std::process::id()));
+    std::fs::write(
+        &path,
+        format!("; pgbouncer auth_file format\n\"{APP_USER}\" \"{verifier}\"\n"),
+    )
+    .unwrap();
+    // No login in the upstream URL: the file is the only verifier source.
+    let proxy = TestProxy::with(Auth::Scram, true, |c| {
+        c.upstream.url = "postgres://127.0.0.1:5432".into();
+        c.auth.file = Some(path.clone());
+    });
+    let (client, _c) = proxy.connect_app().await;
+    let row = client.query_one("SELECT current_user", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), APP_USER);
+    let err = proxy
+        .connect_with(&proxy.conn_str(APP_USER, "wrong", APP_DB, "require"))
+        .await
+        .expect_err("wrong password refused");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
+    // A user missing from the file is refused the same way.
+    let err = proxy
+        .connect_with(&proxy.conn_str("postgres", "anything", "postgres", "require"))
+        .await
+        .expect_err("unknown user refused");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
+    std::fs::remove_file(&path).unwrap();
+}

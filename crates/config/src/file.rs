@@ -39,6 +39,11 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub web: WebConfig,
     pub redis: RedisConfig,
+    /// The policy: `file = "..."`, or the policy itself inline (validated by pgstepup-policy).
+    pub policy: Option<toml::Table>,
+    /// The file the configuration was read from.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
     /// Where the values came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -50,12 +55,18 @@ pub struct Config {
 pub struct ProxyConfig {
     /// `HOST:PORT` clients connect to.
     pub listen: String,
+    /// How many statement shapes the classification cache keeps.
+    pub statement_cache_entries: usize,
+    /// Report decisions without enforcing them (overrides the policy's `mode`).
+    pub observe: bool,
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             listen: "127.0.0.1:6432".into(),
+            statement_cache_entries: 10_000,
+            observe: false,
         }
     }
 }
@@ -180,6 +191,8 @@ pub struct Overrides {
     pub redis: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `--observe`.
+    pub observe: bool,
 }
 
 impl Config {
@@ -208,6 +221,7 @@ impl Config {
             source: Box::new(source),
         })?;
         config.origin = path.display().to_string();
+        config.path = Some(path.to_owned());
         Ok(config)
     }
 
@@ -217,7 +231,8 @@ impl Config {
             || o.web_listen.is_some()
             || o.redis.is_some()
             || o.tls_cert.is_some()
-            || o.tls_key.is_some();
+            || o.tls_key.is_some()
+            || o.observe;
         if cli {
             self.origin = format!("{} with command-line overrides", self.origin);
         }
@@ -238,6 +253,9 @@ impl Config {
         }
         if let Some(v) = o.tls_key {
             self.tls.key = Some(v);
+        }
+        if o.observe {
+            self.proxy.observe = true;
         }
     }
 

@@ -1,0 +1,334 @@
+//! Classification of parsed statements: a visitor over sqlparser's AST that records, for every
+//! statement node (nested ones included: data-modifying CTEs, EXPLAIN ANALYZE, PREPARE bodies),
+//! what it does and to which tables, plus every function it calls.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    CopySource, CopyTarget, Expr, FromTable, ObjectName, ObjectType, Query, Set, SetExpr,
+    Statement, TableFactor, TableObject, Visit, Visitor,
+};
+
+use crate::kind::Kind;
+use crate::table::{fold, function_name, TableName};
+use crate::Facet;
+
+/// What the visitor found in one top-level statement.
+#[derive(Default)]
+pub(crate) struct Findings {
+    pub facets: Vec<Facet>,
+    pub relations: Vec<TableName>,
+    pub functions: Vec<String>,
+    pub reasons: Vec<String>,
+}
+
+pub(crate) fn analyze(statement: &Statement) -> Findings {
+    let mut visitor = Collector::default();
+    let _ = statement.visit(&mut visitor);
+    let Collector {
+        mut findings,
+        cte_names,
+        ..
+    } = visitor;
+    // CTE names shadow tables; they are not relations of their own.
+    findings
+        .relations
+        .retain(|t| t.schema.is_some() || !cte_names.contains(&t.name));
+    findings.facets.retain(|f| {
+        f.table
+            .as_ref()
+            .is_none_or(|t| t.schema.is_some() || !cte_names.contains(&t.name))
+    });
+    findings
+}
+
+#[derive(Default)]
+struct Collector {
+    findings: Findings,
+    cte_names: HashSet<String>,
+    /// Inside a plain EXPLAIN: statements are planned, not run.
+    explain_depth: usize,
+    /// The next relation visited is a table function's name.
+    next_relation_is_function: bool,
+}
+
+impl Collector {
+    fn add(&mut self, kind: Kind, table: Option<&ObjectName>, reason: Option<&str>) {
+        let table = table.and_then(TableName::from_object_name);
+        if self.explain_depth > 0 {
+            // Planned only: reading the catalog about it is all that happens.
+            if let Some(table) = table {
+                self.findings.relations.push(table);
+            }
+            return;
+        }
+        self.findings.facets.push(Facet { kind, table });
+        if let Some(reason) = reason {
+            self.findings.reasons.push(reason.to_owned());
+        }
+    }
+
+    fn classify(&mut self, statement: &Statement) {
+        use Statement as S;
+        match statement {
+            S::Query(query) => self.query(query),
+            S::Insert(insert) => {
+                let target = match &insert.table {
+                    TableObject::TableName(name) => Some(name),
+                    _ => None,
+                };
+                self.add(Kind::Write, target, None);
+            }
+            S::Update(update) => {
+                let target = match &update.table.relation {
+                    TableFactor::Table { name, .. } => Some(name),
+                    _ => None,
+                };
+                self.add(Kind::Write, target, None);
+            }
+            S::Delete(delete) => {
+                let from = match &delete.from {
+                    FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+                };
+                let target = from.first().and_then(|t| match &t.relation {
+                    TableFactor::Table { name, .. } => Some(name),
+                    _ => None,
+                });
+                self.add(Kind::Write, target, None);
+            }
+            S::Merge(merge) => {
+                let target = match &merge.table {
+                    TableFactor::Table { name, .. } => Some(name),
+                    _ => None,
+                };
+                self.add(Kind::Write, target, None);
+            }
+            S::Truncate(truncate) => {
+                for target in &truncate.table_names {
+                    self.add(Kind::Write, Some(&target.name), Some("TRUNCATE"));
+                }
+            }
+            S::Copy {
+                source, to, target, ..
+            } => {
+                match (source, to) {
+                    (CopySource::Table { table_name, .. }, false) => {
+                        self.add(Kind::Write, Some(table_name), Some("COPY FROM"))
+                    }
+                    (CopySource::Table { table_name, .. }, true) => {
+                        self.add(Kind::Read, Some(table_name), None)
+                    }
+                    (CopySource::Query(_), _) => {}
+                }
+                match target {
+                    CopyTarget::File { .. } => {
+                        self.add(Kind::Admin, None, Some("COPY with a server file"))
+                    }
+                    CopyTarget::Program { .. } => {
+                        self.add(Kind::Admin, None, Some("COPY with a server program"))
+                    }
+                    CopyTarget::Stdin | CopyTarget::Stdout => {}
+                }
+            }
+            S::Lock(lock) => {
+                for target in &lock.tables {
+                    self.add(Kind::Write, Some(&target.name), Some("LOCK"));
+                }
+            }
+            S::RefreshMaterializedView(refresh) => self.add(
+                Kind::Write,
+                Some(&refresh.name),
+                Some("REFRESH MATERIALIZED VIEW"),
+            ),
+            S::Call(function) => {
+                self.add(Kind::Write, None, Some("CALL of a procedure"));
+                self.findings.functions.push(function_name(&function.name));
+            }
+            S::Explain { analyze, .. } => {
+                if !analyze {
+                    self.explain_depth += 1;
+                }
+                self.add(Kind::Read, None, None);
+            }
+            S::ExplainTable { table_name, .. } => self.add(Kind::Read, Some(table_name), None),
+            S::CreateTable(create) => {
+                self.add(Kind::Ddl, Some(&create.name), None);
+                if create.query.is_some() {
+                    self.add(Kind::Write, Some(&create.name), Some("CREATE TABLE AS"));
+                }
+            }
+            S::CreateView(view) => {
+                self.add(Kind::Ddl, Some(&view.name), None);
+                if view.materialized {
+                    self.add(
+                        Kind::Write,
+                        Some(&view.name),
+                        Some("CREATE MATERIALIZED VIEW"),
+                    );
+                }
+            }
+            S::CreateIndex(index) => self.add(Kind::Ddl, Some(&index.table_name), None),
+            S::AlterTable(alter) => self.add(Kind::Ddl, Some(&alter.name), None),
+            S::Drop {
+                object_type, names, ..
+            } => match object_type {
+                ObjectType::Role | ObjectType::User | ObjectType::Group => {
+                    self.add(Kind::Dcl, None, None)
+                }
+                ObjectType::Table | ObjectType::View | ObjectType::MaterializedView => {
+                    for name in names {
+                        self.add(Kind::Ddl, Some(name), None);
+                    }
+                }
+                _ => self.add(Kind::Ddl, None, None),
+            },
+            S::CreateRole(_) | S::AlterRole { .. } | S::Grant(_) | S::Revoke(_) => {
+                self.add(Kind::Dcl, None, None)
+            }
+            S::GrantRole(_) | S::RevokeRole(_) | S::AlterDefaultPrivileges(_) => {
+                self.add(Kind::Dcl, None, None)
+            }
+            S::Set(set) => self.set(set),
+            S::Reset(_) => self.add(Kind::Utility, None, None),
+            S::StartTransaction { .. }
+            | S::Commit { .. }
+            | S::Rollback { .. }
+            | S::Savepoint { .. }
+            | S::ReleaseSavepoint { .. } => self.add(Kind::Transaction, None, None),
+            S::Declare { .. } | S::Fetch { .. } | S::Close { .. } => {
+                self.add(Kind::Read, None, None)
+            }
+            S::ShowVariable { .. } | S::ShowVariables { .. } | S::ShowStatus { .. } => {
+                self.add(Kind::Utility, None, None)
+            }
+            S::Discard { .. } | S::Deallocate { .. } | S::LISTEN { .. } | S::UNLISTEN { .. } => {
+                self.add(Kind::Utility, None, None)
+            }
+            S::Prepare { .. } => self.add(Kind::Utility, None, None),
+            S::Execute { .. } => self.add(
+                Kind::Write,
+                None,
+                Some("EXECUTE of an SQL-level prepared statement (its text is not visible here)"),
+            ),
+            S::NOTIFY { .. } => self.add(Kind::Write, None, Some("NOTIFY")),
+            S::Analyze(_) | S::Vacuum(_) => self.add(Kind::Admin, None, Some("maintenance")),
+            S::Load { .. } | S::Kill { .. } => self.add(Kind::Admin, None, None),
+            other => self.by_keyword(other),
+        }
+    }
+
+    /// Statements matched by their leading keyword (the many CREATE/ALTER/DROP variants).
+    fn by_keyword(&mut self, statement: &Statement) {
+        let text = statement.to_string();
+        let first = text
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        let kind = match first.as_str() {
+            "CREATE" | "ALTER" | "DROP" | "COMMENT" | "SECURITY" => Kind::Ddl,
+            "GRANT" | "REVOKE" | "DENY" => Kind::Dcl,
+            _ => Kind::Unknown,
+        };
+        self.add(kind, None, None);
+    }
+
+    fn set(&mut self, set: &Set) {
+        match set {
+            Set::SetRole { .. } | Set::SetSessionAuthorization(_) => {
+                self.add(Kind::SessionPrivilege, None, None)
+            }
+            Set::SetTransaction { .. } => self.add(Kind::Transaction, None, None),
+            Set::SingleAssignment { variable, .. } => {
+                let name = function_name(variable);
+                match name.as_str() {
+                    "role" | "session_authorization" | "session authorization" => {
+                        self.add(Kind::SessionPrivilege, None, None)
+                    }
+                    // Superuser-only and turns off triggers, including audit triggers.
+                    "session_replication_role" => {
+                        self.add(Kind::Admin, None, Some("SET session_replication_role"))
+                    }
+                    _ => self.add(Kind::Utility, None, None),
+                }
+            }
+            _ => self.add(Kind::Utility, None, None),
+        }
+    }
+
+    fn query(&mut self, query: &Query) {
+        self.add(Kind::Read, None, None);
+        if let SetExpr::Select(select) = query.body.as_ref() {
+            if let Some(into) = &select.into {
+                let target = into.targets.iter().find_map(|t| match t {
+                    Expr::Identifier(ident) => Some(ObjectName::from(vec![ident.clone()])),
+                    Expr::CompoundIdentifier(parts) => Some(ObjectName::from(parts.clone())),
+                    _ => None,
+                });
+                self.add(
+                    Kind::Write,
+                    target.as_ref(),
+                    Some("SELECT INTO creates a table"),
+                );
+                self.add(Kind::Ddl, target.as_ref(), None);
+            }
+        }
+    }
+}
+
+impl Visitor for Collector {
+    type Break = ();
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        self.classify(statement);
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        if matches!(statement, Statement::Explain { analyze: false, .. }) {
+            self.explain_depth -= 1;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if let Some(with) = &query.with {
+            for cte in &with.cte_tables {
+                self.cte_names.insert(fold(&cte.alias.name));
+            }
+        }
+        // Any SELECT, nested or not, that locks rows.
+        if !query.locks.is_empty() {
+            self.add(
+                Kind::Write,
+                None,
+                Some("SELECT ... FOR UPDATE/SHARE locks rows"),
+            );
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table { args: Some(_), .. } = factor {
+            self.next_relation_is_function = true;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
+        if std::mem::take(&mut self.next_relation_is_function) {
+            self.findings.functions.push(function_name(relation));
+        } else if let Some(table) = TableName::from_object_name(relation) {
+            self.findings.relations.push(table);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if let Expr::Function(function) = expr {
+            self.findings.functions.push(function_name(&function.name));
+        }
+        ControlFlow::Continue(())
+    }
+}

@@ -1,0 +1,196 @@
+//! What a SQL statement does.
+//!
+//! [`classify`] parses a query text with sqlparser (PostgreSQL dialect) and reports its
+//! [`Kind`]s, the tables it reads and writes, the functions it calls and why; statements
+//! sqlparser cannot parse are recognised by keyword ([`fallback`]) or reported as
+//! [`Kind::Unknown`]. Writes hidden in reads count as writes: data-modifying CTEs,
+//! SELECT INTO, FOR UPDATE, functions not known to be read-only, COPY to or from files and
+//! programs. [`Classifier`] adds a bounded cache keyed on the statement *shape*
+//! ([`lexer::shape`]), so a repeated statement costs a scan and a hash lookup, not a parse.
+
+mod analyze;
+mod cache;
+mod fallback;
+mod functions;
+mod kind;
+pub mod lexer;
+mod pinned;
+mod table;
+
+use std::sync::Arc;
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+pub use cache::Classifier;
+pub use kind::{Kind, KindSet};
+pub use lexer::LexError;
+pub use table::TableName;
+
+/// One thing a statement does: a kind, and the table it does it to when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Facet {
+    pub kind: Kind,
+    pub table: Option<TableName>,
+}
+
+/// The classification of a whole query text (all its statements).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Classification {
+    pub kinds: KindSet,
+    /// Everything the text does, deduplicated; the policy decides per facet.
+    pub facets: Vec<Facet>,
+    /// Tables read.
+    pub reads: Vec<TableName>,
+    /// Tables written, created, altered or dropped.
+    pub writes: Vec<TableName>,
+    /// Functions called, folded (`pg_catalog.` kept only when written).
+    pub functions: Vec<String>,
+    /// Why non-obvious kinds were assigned (hidden writes, unparsed text).
+    pub reasons: Vec<String>,
+    /// Set when the text would turn off a setting pgstepup pins; always denied.
+    pub pinned_violation: Option<String>,
+    /// Whether sqlparser parsed every statement (otherwise keywords decided, or nothing did).
+    pub fully_parsed: bool,
+}
+
+/// sqlparser's default recursion limit; deeper nesting counts as unparseable.
+const RECURSION_LIMIT: usize = 50;
+
+/// Classifies a query text. `read_only_functions` are functions a DBA declared free of side
+/// effects in addition to PostgreSQL's own.
+pub fn classify(sql: &str, read_only_functions: &[String]) -> Classification {
+    let mut builder = Builder::default();
+    builder.out.fully_parsed = true;
+    match parse(sql) {
+        Some(statements) => {
+            for statement in &statements {
+                builder.add(analyze::analyze(statement));
+            }
+        }
+        None => match lexer::split_statements(sql) {
+            Some(pieces) => {
+                for piece in pieces {
+                    match parse(piece) {
+                        Some(statements) => {
+                            for statement in &statements {
+                                builder.add(analyze::analyze(statement));
+                            }
+                        }
+                        None => {
+                            builder.out.fully_parsed = false;
+                            let (facets, reason) = fallback::classify(piece);
+                            builder.add(analyze::Findings {
+                                facets,
+                                reasons: reason.into_iter().collect(),
+                                ..Default::default()
+                            });
+                        }
+                    }
+                }
+            }
+            None => {
+                builder.out.fully_parsed = false;
+                builder.add(analyze::Findings {
+                    facets: vec![Facet {
+                        kind: Kind::Unknown,
+                        table: None,
+                    }],
+                    reasons: vec![
+                        "the text does not scan as SQL (unterminated quote or comment)".into(),
+                    ],
+                    ..Default::default()
+                });
+            }
+        },
+    }
+    builder.out.pinned_violation = pinned::violation(sql);
+    builder.finish(read_only_functions)
+}
+
+fn parse(sql: &str) -> Option<Vec<sqlparser::ast::Statement>> {
+    Parser::new(&PostgreSqlDialect {})
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(sql)
+        .ok()?
+        .parse_statements()
+        .ok()
+}
+
+#[derive(Default)]
+struct Builder {
+    out: Classification,
+    relations: Vec<TableName>,
+}
+
+impl Builder {
+    fn add(&mut self, findings: analyze::Findings) {
+        self.out.facets.extend(findings.facets);
+        self.relations.extend(findings.relations);
+        self.out.functions.extend(findings.functions);
+        self.out.reasons.extend(findings.reasons);
+    }
+
+    fn finish(mut self, read_only_functions: &[String]) -> Classification {
+        let mut out = std::mem::take(&mut self.out);
+        for function in &out.functions {
+            if !functions::is_read_only(function, read_only_functions) {
+                out.facets.push(Facet {
+                    kind: Kind::Write,
+                    table: None,
+                });
+                out.reasons.push(format!(
+                    "calls {function}(), which is not known to be read-only"
+                ));
+            }
+        }
+        for table in self.relations {
+            out.facets.push(Facet {
+                kind: Kind::Read,
+                table: Some(table),
+            });
+        }
+        dedup(&mut out.facets);
+        dedup(&mut out.functions);
+        dedup(&mut out.reasons);
+        // A read facet without a table says nothing once a tabled read exists.
+        if out
+            .facets
+            .iter()
+            .any(|f| f.kind == Kind::Read && f.table.is_some())
+        {
+            out.facets
+                .retain(|f| f.kind != Kind::Read || f.table.is_some());
+        }
+        out.kinds = out.facets.iter().map(|f| f.kind).collect();
+        for facet in &out.facets {
+            if let Some(table) = &facet.table {
+                let list = if facet.kind == Kind::Read {
+                    &mut out.reads
+                } else {
+                    &mut out.writes
+                };
+                list.push(table.clone());
+            }
+        }
+        dedup(&mut out.reads);
+        dedup(&mut out.writes);
+        out
+    }
+}
+
+/// Removes repeats, keeping first occurrences in order.
+fn dedup<T: PartialEq + Clone>(items: &mut Vec<T>) {
+    let mut seen: Vec<T> = Vec::with_capacity(items.len());
+    items.retain(|item| {
+        if seen.contains(item) {
+            false
+        } else {
+            seen.push(item.clone());
+            true
+        }
+    });
+}
+
+/// A classification shared between the cache and the sessions that use it.
+pub type SharedClassification = Arc<Classification>;

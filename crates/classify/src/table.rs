@@ -1,0 +1,75 @@
+//! Table names as PostgreSQL resolves their spelling: unquoted parts folded to lower case,
+//! quoted parts kept exactly.
+
+use std::fmt;
+
+use sqlparser::ast::{Ident, ObjectName, ObjectNamePart};
+
+/// A possibly schema-qualified table name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl TableName {
+    /// Builds from parser parts (`db.schema.table` keeps the last two).
+    pub(crate) fn from_object_name(name: &ObjectName) -> Option<Self> {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|p| match p {
+                ObjectNamePart::Identifier(ident) => Some(fold(ident)),
+                ObjectNamePart::Function(_) => None,
+            })
+            .collect::<Option<_>>()?;
+        let (name, rest) = parts.split_last()?;
+        Some(TableName {
+            schema: rest.last().cloned(),
+            name: name.clone(),
+        })
+    }
+
+    /// Parses `schema.table` or `table` as written in reports and tests (no quoting).
+    pub fn parse(text: &str) -> Self {
+        match text.rsplit_once('.') {
+            Some((schema, name)) => TableName {
+                schema: Some(schema.to_owned()),
+                name: name.to_owned(),
+            },
+            None => TableName {
+                schema: None,
+                name: text.to_owned(),
+            },
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// Case folding as PostgreSQL does it for identifiers.
+pub(crate) fn fold(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
+
+/// A function name, folded, with `pg_catalog.` kept only when written.
+pub(crate) fn function_name(name: &ObjectName) -> String {
+    name.0
+        .iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(ident) => fold(ident),
+            ObjectNamePart::Function(_) => String::from("?"),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}

@@ -1,0 +1,315 @@
+//! The evaluated form of a policy and how a statement is decided.
+
+use std::fmt;
+use std::time::Duration;
+
+use pgstepup_classify::{Classification, Facet, Kind, TableName};
+
+use crate::glob;
+
+/// What happens to a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    Allow,
+    StepUp,
+    Deny,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::StepUp => "step_up",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Who an elevation covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Only the connection that stepped up.
+    Connection,
+    /// The user on every connection (GUI tools open several).
+    User,
+}
+
+/// Enforce decisions, or only report them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    /// Make, log and count every decision; hold and refuse nothing.
+    Observe,
+}
+
+/// One rule, built-in or the DBA's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    /// Table patterns (`schema.table`, `table`, globs); empty = any statement.
+    pub tables: Vec<String>,
+    /// Kinds; empty = any kind.
+    pub kinds: Vec<Kind>,
+    /// Policy roles; empty = everyone.
+    pub roles: Vec<String>,
+    pub action: Action,
+    /// How long a step-up under this rule lasts; zero = this statement only.
+    pub lifetime: Duration,
+    pub scope: Scope,
+    /// Built-in rules lose ties against the DBA's.
+    pub builtin: bool,
+    /// 1-based line in the policy file, for `check` output.
+    pub line: Option<usize>,
+}
+
+/// A user as the policy sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub user: String,
+    /// Policy roles the user holds.
+    pub roles: Vec<String>,
+}
+
+/// A role definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RoleDef {
+    pub name: String,
+    pub users: Vec<String>,
+    pub upstream_roles: Vec<String>,
+    pub can_elevate: bool,
+}
+
+/// A complete policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub mode: Mode,
+    /// The DBA's rules first, then the built-in defaults.
+    pub rules: Vec<Rule>,
+    pub(crate) roles: Vec<RoleDef>,
+    /// Functions declared free of side effects, beyond PostgreSQL's own.
+    pub read_only_functions: Vec<String>,
+}
+
+/// The outcome for one statement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub action: Action,
+    /// The rule that decided.
+    pub rule: String,
+    /// Why, for people.
+    pub reason: String,
+    pub lifetime: Duration,
+    pub scope: Scope,
+}
+
+/// How specifically a rule matches a facet; larger wins. Compared field by field in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Specificity {
+    /// 3 exact table, 2 table glob, 1 no table pattern.
+    table: u8,
+    /// The rule names roles.
+    roles: bool,
+    /// The rule names kinds.
+    kinds: bool,
+    /// The DBA's rule over a built-in.
+    dba: bool,
+    /// On a tie, the stricter action.
+    action: Action,
+}
+
+impl Policy {
+    /// The built-in default: reads, transaction control and session housekeeping flow; every
+    /// other kind needs step-up; nothing unknown is let through.
+    pub fn builtin() -> Self {
+        Policy {
+            mode: Mode::Enforce,
+            rules: builtin_rules(),
+            roles: Vec::new(),
+            read_only_functions: Vec::new(),
+        }
+    }
+
+    /// The policy roles `user` holds, given the upstream roles they are a member of.
+    pub fn roles_of(&self, user: &str, upstream_roles: &[String]) -> Vec<String> {
+        self.roles
+            .iter()
+            .filter(|r| {
+                r.users.iter().any(|u| u == user)
+                    || r.upstream_roles.iter().any(|u| upstream_roles.contains(u))
+            })
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    /// Whether any role refers to upstream role membership (then it must be looked up).
+    pub fn uses_upstream_roles(&self) -> bool {
+        self.roles.iter().any(|r| !r.upstream_roles.is_empty())
+    }
+
+    /// Decides a classified statement for a subject.
+    ///
+    /// Order, per facet: a rule must match the facet's kind (if it names kinds), its table (if
+    /// it names tables) and the subject's roles (if it names roles). Among matching rules the
+    /// most specific wins: an exact table beats a glob beats no table; naming roles beats not;
+    /// naming kinds beats not; the DBA's rule beats a built-in; then the stricter action; then
+    /// the earlier rule. The statement's decision is the strictest over its facets.
+    pub fn evaluate(&self, classification: &Classification, subject: &Subject) -> Decision {
+        if let Some(violation) = &classification.pinned_violation {
+            return Decision {
+                action: Action::Deny,
+                rule: "pinned-setting".into(),
+                reason: violation.clone(),
+                lifetime: Duration::ZERO,
+                scope: Scope::Connection,
+            };
+        }
+        let mut best: Option<(&Rule, &Facet)> = None;
+        for facet in &classification.facets {
+            let Some(rule) = self.rule_for(facet, subject) else {
+                continue;
+            };
+            if best.is_none_or(|(b, _)| rule.action > b.action) {
+                best = Some((rule, facet));
+            }
+        }
+        let Some((rule, facet)) = best else {
+            return Decision {
+                action: Action::Allow,
+                rule: "empty".into(),
+                reason: "no statement".into(),
+                lifetime: Duration::ZERO,
+                scope: Scope::Connection,
+            };
+        };
+        let mut reason = describe(facet, rule, classification);
+        let mut action = rule.action;
+        if action == Action::StepUp {
+            if let Some(barred) = self
+                .roles
+                .iter()
+                .find(|r| !r.can_elevate && subject.roles.contains(&r.name))
+            {
+                action = Action::Deny;
+                reason = format!("{reason}; role {} may not elevate", barred.name);
+            }
+        }
+        Decision {
+            action,
+            rule: rule.name.clone(),
+            reason,
+            lifetime: rule.lifetime,
+            scope: rule.scope,
+        }
+    }
+
+    fn rule_for(&self, facet: &Facet, subject: &Subject) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .filter_map(|rule| Some((specificity(rule, facet, subject)?, rule)))
+            // max_by_key keeps the last maximum; iterate reversed so the earliest rule wins ties.
+            .rev()
+            .max_by_key(|(s, _)| *s)
+            .map(|(_, rule)| rule)
+    }
+}
+
+fn specificity(rule: &Rule, facet: &Facet, subject: &Subject) -> Option<Specificity> {
+    if !rule.kinds.is_empty() && !rule.kinds.contains(&facet.kind) {
+        return None;
+    }
+    if !rule.roles.is_empty() && !rule.roles.iter().any(|r| subject.roles.contains(r)) {
+        return None;
+    }
+    let table = if rule.tables.is_empty() {
+        1
+    } else {
+        let table = facet.table.as_ref()?;
+        rule.tables
+            .iter()
+            .filter_map(|pattern| table_match(pattern, table, rule.action, &subject.user))
+            .max()?
+    };
+    Some(Specificity {
+        table,
+        roles: !rule.roles.is_empty(),
+        kinds: !rule.kinds.is_empty(),
+        dba: !rule.builtin,
+        action: rule.action,
+    })
+}
+
+/// 3 for an exact match, 2 for a glob match. An unqualified table resolves through the
+/// search_path, which pgstepup does not see: for rules that restrict it is taken to be in any
+/// schema of the default path (`"$user", public`), so it cannot escape a step-up; rules that
+/// allow need the schema written, so a changed search_path cannot widen them.
+fn table_match(pattern: &str, table: &TableName, action: Action, user: &str) -> Option<u8> {
+    let rank = if glob::is_glob(pattern) { 2 } else { 3 };
+    let matched = match (pattern.rsplit_once('.'), &table.schema) {
+        (Some((schema, name)), Some(table_schema)) => {
+            glob::matches(schema, table_schema) && glob::matches(name, &table.name)
+        }
+        (Some((schema, name)), None) => {
+            action != Action::Allow
+                && (glob::matches(schema, "public") || glob::matches(schema, user))
+                && glob::matches(name, &table.name)
+        }
+        (None, _) => glob::matches(pattern, &table.name),
+    };
+    matched.then_some(rank)
+}
+
+fn describe(facet: &Facet, rule: &Rule, classification: &Classification) -> String {
+    let what = match &facet.table {
+        Some(table) => format!("{} on {table}", facet.kind),
+        None => facet.kind.to_string(),
+    };
+    let verdict = match rule.action {
+        Action::Allow => "allowed",
+        Action::StepUp => "needs step-up",
+        Action::Deny => "denied",
+    };
+    let mut reason = format!("{what} {verdict} by rule {}", rule.name);
+    if let Some(line) = rule.line {
+        reason.push_str(&format!(" (line {line})"));
+    }
+    if facet.kind != Kind::Read {
+        if let Some(detail) = classification.reasons.first() {
+            reason.push_str(&format!(": {detail}"));
+        }
+    }
+    reason
+}
+
+fn builtin_rules() -> Vec<Rule> {
+    let minutes = |m: u64| Duration::from_secs(m * 60);
+    [
+        (Kind::Read, Action::Allow, Duration::ZERO),
+        (Kind::Transaction, Action::Allow, Duration::ZERO),
+        (Kind::Utility, Action::Allow, Duration::ZERO),
+        (Kind::Write, Action::StepUp, minutes(15)),
+        (Kind::Ddl, Action::StepUp, minutes(15)),
+        (Kind::Dcl, Action::StepUp, Duration::ZERO),
+        (Kind::SessionPrivilege, Action::StepUp, Duration::ZERO),
+        (Kind::Admin, Action::StepUp, Duration::ZERO),
+        (Kind::Unknown, Action::StepUp, Duration::ZERO),
+    ]
+    .into_iter()
+    .map(|(kind, action, lifetime)| Rule {
+        name: format!("default-{}", kind.name()),
+        tables: Vec::new(),
+        kinds: vec![kind],
+        roles: Vec::new(),
+        action,
+        lifetime,
+        scope: Scope::Connection,
+        builtin: true,
+        line: None,
+    })
+    .collect()
+}

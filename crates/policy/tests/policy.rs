@@ -1,0 +1,278 @@
+//! Rule precedence, roles, lifetimes and file errors.
+
+use std::path::Path;
+use std::time::Duration;
+
+use pgstepup_classify::classify;
+use pgstepup_policy::{Action, Mode, Policy, PolicyError, Subject};
+
+fn policy(text: &str) -> Policy {
+    pgstepup_policy::PolicySource::File {
+        path: write(text),
+        embedded: false,
+    }
+    .load()
+    .unwrap()
+}
+
+fn write(text: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "pgstepup-policy-{}-{}.toml",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn decide(policy: &Policy, user: &str, roles: &[&str], sql: &str) -> (Action, String) {
+    let subject = Subject {
+        user: user.into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+    };
+    let d = policy.evaluate(&classify(sql, &policy.read_only_functions), &subject);
+    (d.action, d.rule)
+}
+
+const POLICY: &str = r#"
+mode = "enforce"
+read_only_functions = ["app.safe_fn"]
+
+[roles.oncall]
+users = ["alice"]
+
+[roles.intern]
+users = ["ivan"]
+can_elevate = false
+
+[roles.dba]
+upstream_roles = ["dba_team"]
+
+[[rule]]
+name = "sensitive-customers"
+tables = ["public.customers", "billing.*"]
+kinds = ["read"]
+action = "step_up"
+lifetime = "5m"
+scope = "user"
+
+[[rule]]
+name = "scratch-is-free"
+tables = ["scratch.*"]
+action = "allow"
+
+[[rule]]
+name = "oncall-writes"
+kinds = ["write"]
+roles = ["oncall"]
+action = "step_up"
+lifetime = "30m"
+
+[[rule]]
+name = "no-drops-on-billing"
+tables = ["billing.*"]
+kinds = ["ddl"]
+action = "deny"
+
+[[rule]]
+name = "dba-anything"
+roles = ["dba"]
+action = "allow"
+"#;
+
+#[test]
+fn most_specific_rule_wins_per_facet_and_strictest_facet_wins() {
+    let p = policy(POLICY);
+    assert_eq!(
+        decide(&p, "bob", &[], "SELECT * FROM orders"),
+        (Action::Allow, "default-read".into())
+    );
+    // A sensitive table makes even a read need step-up; unqualified names match restrictive
+    // rules (the search_path could resolve them there).
+    assert_eq!(
+        decide(&p, "bob", &[], "SELECT * FROM customers").1,
+        "sensitive-customers"
+    );
+    assert_eq!(
+        decide(&p, "bob", &[], "SELECT * FROM billing.invoices").0,
+        Action::StepUp
+    );
+    // Allow rules need the schema written: an unqualified name might be elsewhere.
+    assert_eq!(
+        decide(&p, "bob", &[], "DELETE FROM scratch.tmp"),
+        (Action::Allow, "scratch-is-free".into())
+    );
+    assert_eq!(decide(&p, "bob", &[], "DELETE FROM tmp").0, Action::StepUp);
+    // Strictest facet: writing scratch while reading a sensitive table.
+    let (action, rule) = decide(
+        &p,
+        "bob",
+        &[],
+        "INSERT INTO scratch.copy SELECT * FROM public.customers",
+    );
+    assert_eq!(
+        (action, rule.as_str()),
+        (Action::StepUp, "sensitive-customers")
+    );
+    // Exact table beats glob beats no table.
+    assert_eq!(
+        decide(&p, "bob", &[], "DROP TABLE billing.invoices"),
+        (Action::Deny, "no-drops-on-billing".into())
+    );
+}
+
+#[test]
+fn roles_select_rules_and_can_bar_elevation() {
+    let p = policy(POLICY);
+    assert_eq!(p.roles_of("alice", &[]), vec!["oncall".to_owned()]);
+    assert_eq!(
+        p.roles_of("carol", &["dba_team".into()]),
+        vec!["dba".to_owned()]
+    );
+    let d = p.evaluate(
+        &classify("UPDATE orders SET x = 1", &[]),
+        &Subject {
+            user: "alice".into(),
+            roles: vec!["oncall".into()],
+        },
+    );
+    assert_eq!(
+        (d.action, d.rule.as_str(), d.lifetime),
+        (Action::StepUp, "oncall-writes", Duration::from_secs(1800))
+    );
+    // A role-specific rule beats the built-in default for the same kind; others get the default.
+    assert_eq!(
+        decide(&p, "bob", &[], "UPDATE orders SET x = 1").1,
+        "default-write"
+    );
+    // The dba role allows everything not more specifically ruled.
+    assert_eq!(
+        decide(&p, "carol", &["dba"], "VACUUM orders").0,
+        Action::Allow
+    );
+    assert_eq!(
+        decide(&p, "carol", &["dba"], "DROP TABLE billing.x").0,
+        Action::Deny
+    );
+    // Interns may read but any step-up becomes a denial.
+    assert_eq!(decide(&p, "ivan", &["intern"], "SELECT 1").0, Action::Allow);
+    let (action, _) = decide(&p, "ivan", &["intern"], "DELETE FROM orders");
+    assert_eq!(action, Action::Deny);
+}
+
+#[test]
+fn lifetimes_scopes_functions_and_pinned_settings() {
+    let p = policy(POLICY);
+    let d = p.evaluate(
+        &classify("SELECT * FROM billing.x", &[]),
+        &Subject::default(),
+    );
+    assert_eq!(d.lifetime, Duration::from_secs(300));
+    assert_eq!(d.scope, pgstepup_policy::Scope::User);
+    let d = p.evaluate(
+        &classify("GRANT SELECT ON t TO x", &[]),
+        &Subject::default(),
+    );
+    assert_eq!((d.action, d.lifetime), (Action::StepUp, Duration::ZERO));
+    assert_eq!(
+        decide(&p, "bob", &[], "SELECT app.safe_fn(1)").0,
+        Action::Allow
+    );
+    assert_eq!(
+        decide(&p, "bob", &[], "SELECT app.other_fn(1)").0,
+        Action::StepUp
+    );
+    assert_eq!(
+        decide(
+            &p,
+            "carol",
+            &["dba"],
+            "SET standard_conforming_strings = off"
+        ),
+        (Action::Deny, "pinned-setting".into())
+    );
+}
+
+#[test]
+fn builtin_default_and_observe_mode() {
+    let p = Policy::builtin();
+    assert_eq!(p.mode, Mode::Enforce);
+    for (sql, action) in [
+        ("SELECT 1", Action::Allow),
+        ("BEGIN", Action::Allow),
+        ("SET application_name = 'x'", Action::Allow),
+        ("INSERT INTO t VALUES (1)", Action::StepUp),
+        ("CREATE TABLE t (x int)", Action::StepUp),
+        ("GRANT SELECT ON t TO u", Action::StepUp),
+        ("SET ROLE admin", Action::StepUp),
+        ("VACUUM t", Action::StepUp),
+        ("FROBNICATE", Action::StepUp),
+        ("", Action::Allow),
+    ] {
+        assert_eq!(decide(&p, "u", &[], sql).0, action, "{sql}");
+    }
+    assert_eq!(policy("mode = \"observe\"\n").mode, Mode::Observe);
+}
+
+#[test]
+fn errors_name_file_line_and_reason() {
+    let cases = [
+        ("[[rule]]\nname = \"x\"\naction = \"maybe\"\n", "maybe"),
+        (
+            "[[rule]]\nname = \"x\"\nkinds = [\"reads\"]\naction = \"allow\"\n",
+            "unknown kind",
+        ),
+        (
+            "\n\n[[rule]]\nname = \"x\"\nroles = [\"ghost\"]\naction = \"allow\"\n",
+            "ghost",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\naction = \"step_up\"\nlifetime = \"soon\"\n",
+            "lifetime",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\ntables = [\"a.b.c\"]\naction = \"deny\"\n",
+            "schema.table",
+        ),
+        ("[[rule]]\nname = \"x\"\nactoin = \"deny\"\n", "actoin"),
+    ];
+    for (text, needle) in cases {
+        let path = write(text);
+        let err = pgstepup_policy::PolicySource::File {
+            path: path.clone(),
+            embedded: false,
+        }
+        .load()
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&path.display().to_string()),
+            "{message}"
+        );
+        assert!(message.contains(needle), "{message}");
+        assert!(message.contains("line"), "{message}");
+    }
+    let err = pgstepup_policy::PolicySource::File {
+        path: Path::new("/nonexistent/policy.toml").into(),
+        embedded: false,
+    }
+    .load()
+    .unwrap_err();
+    assert!(matches!(err, PolicyError::Read { .. }));
+}
+
+#[test]
+fn embedded_in_the_main_configuration() {
+    let path = write("[proxy]\nlisten = \"127.0.0.1:1\"\n\n[policy]\nmode = \"observe\"\n\n[[policy.rule]]\nname = \"r\"\nkinds = [\"write\"]\naction = \"deny\"\n");
+    let p = pgstepup_policy::PolicySource::File {
+        path,
+        embedded: true,
+    }
+    .load()
+    .unwrap();
+    assert_eq!(p.mode, Mode::Observe);
+    assert_eq!(p.rules[0].name, "r");
+    assert_eq!(p.rules[0].line, Some(7));
+}
