@@ -171,6 +171,33 @@ pub async fn app_role() {
     .await;
 }
 
+/// The policy protocol tests run under: the built-in default (reads flow; admin, DCL, role
+/// changes and anything not understood are refused), plus writes and DDL so the tests can
+/// create their tables. A client query pgstepup fails to understand is refused and fails them.
+pub const PROTOCOL_TEST_POLICY: &str = r#"
+[[rule]]
+name = "tests-may-write"
+kinds = ["write", "ddl"]
+action = "allow"
+"#;
+
+/// Writes a policy file for a test and returns its path.
+pub fn write_policy(text: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let path = certs().dir.join(format!("policy-{}.toml", NEXT.fetch_add(1, Ordering::Relaxed)));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Points a configuration at a policy file (as `[policy] file = ...` would).
+pub fn use_policy_file(config: &mut Config, path: &Path) {
+    let mut table = toml::Table::new();
+    table.insert("file".into(), toml::Value::String(path.display().to_string()));
+    config.policy = Some(table);
+    config.path = Some(certs().dir.join("pgstepup.toml"));
+}
+
 /// How a test proxy authenticates clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Auth {
@@ -210,6 +237,7 @@ impl TestProxy {
             config.tls.key = Some(certs().key.clone());
         }
         config.origin = "test".into();
+        use_policy_file(&mut config, &write_policy(PROTOCOL_TEST_POLICY));
         tweak(&mut config);
         config.validate().expect("test configuration is valid");
         Self::from_config(config)

@@ -25,6 +25,7 @@ use sqlparser::parser::Parser;
 pub use cache::Classifier;
 pub use kind::{Kind, KindSet};
 pub use lexer::LexError;
+pub use pinned::safe_value as pinned_setting_is_safe;
 pub use table::TableName;
 
 /// One thing a statement does: a kind, and the table it does it to when there is one.

@@ -44,6 +44,14 @@ pub(crate) fn violation(sql: &str) -> Option<String> {
     None
 }
 
+/// For a startup parameter or `-c name=value` option: `Some(false)` when `name` is pinned and
+/// `value` would unpin it, `Some(true)` when pinned and safe, `None` when not pinned.
+pub fn safe_value(name: &str, value: &str) -> Option<bool> {
+    let name = name.trim().to_ascii_lowercase().replace('-', "_");
+    let (_, safe) = PINNED.iter().find(|(n, _)| *n == name)?;
+    Some(safe.contains(&value.trim().trim_matches('\'').to_ascii_lowercase().as_str()))
+}
+
 fn is_word(token: &Token<'_>, word: &str) -> bool {
     matches!(token, Token::Word(w) if w.eq_ignore_ascii_case(word))
 }
@@ -100,6 +108,14 @@ mod tests {
         ] {
             assert!(violation(sql).is_some(), "{sql}");
         }
+    }
+
+    #[test]
+    fn startup_values() {
+        assert_eq!(safe_value("standard_conforming_strings", "off"), Some(false));
+        assert_eq!(safe_value("standard-conforming-strings", "on"), Some(true));
+        assert_eq!(safe_value("backslash_quote", "on"), Some(false));
+        assert_eq!(safe_value("search_path", "x"), None);
     }
 
     #[test]

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use pgstepup_config::{Config, Overrides};
 use pgstepup_session::Proxy;
 
+mod check;
+
 #[derive(Parser)]
 #[command(
     name = "pgstepup",
@@ -24,6 +26,8 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Serve(ServeArgs),
+    /// Show how the policy decides SQL (from the argument, or stdin), or lint a policy.
+    Check(check::CheckArgs),
 }
 
 #[derive(clap::Args)]
@@ -50,6 +54,9 @@ struct ServeArgs {
     /// PEM private key for client-facing TLS.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Decide, log and count, but hold and refuse nothing (report-only roll-out).
+    #[arg(long)]
+    observe: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Check(args) => check::run(args),
     }
 }
 
@@ -74,6 +82,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         redis: args.redis,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
+        observe: args.observe,
     };
     let config = Config::load(args.config.as_deref(), overrides)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -82,6 +91,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let proxy = Proxy::bind(config).await?;
+        let policy = proxy.policy();
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                // Errors are logged by the store; the old policy stays in force.
+                let _ = policy.reload("SIGHUP");
+            }
+        });
         proxy.run(shutdown_signal()).await;
         tracing::info!("pgstepup stopped");
         Ok(())

@@ -111,14 +111,14 @@ pub struct Decision {
 /// How specifically a rule matches a facet; larger wins. Compared field by field in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Specificity {
+    /// The DBA's rule over a built-in default.
+    dba: bool,
     /// 3 exact table, 2 table glob, 1 no table pattern.
     table: u8,
     /// The rule names roles.
     roles: bool,
     /// The rule names kinds.
     kinds: bool,
-    /// The DBA's rule over a built-in.
-    dba: bool,
     /// On a tie, the stricter action.
     action: Action,
 }
@@ -156,9 +156,9 @@ impl Policy {
     ///
     /// Order, per facet: a rule must match the facet's kind (if it names kinds), its table (if
     /// it names tables) and the subject's roles (if it names roles). Among matching rules the
-    /// most specific wins: an exact table beats a glob beats no table; naming roles beats not;
-    /// naming kinds beats not; the DBA's rule beats a built-in; then the stricter action; then
-    /// the earlier rule. The statement's decision is the strictest over its facets.
+    /// DBA's beat the built-in defaults; then the most specific wins: an exact table beats a
+    /// glob beats no table; naming roles beats not; naming kinds beats not; then the stricter
+    /// action; then the earlier rule. The statement's decision is the strictest over its facets.
     pub fn evaluate(&self, classification: &Classification, subject: &Subject) -> Decision {
         if let Some(violation) = &classification.pinned_violation {
             return Decision {

@@ -5,16 +5,19 @@
 //! StartupMessage; [`client_auth`] proves who the client is (SCRAM against the user's verifier,
 //! or the upstream's own authentication relayed) and logs into the upstream as that user;
 //! [`cancel`] maps pgstepup's own cancel keys to the upstream's; [`proxy`] is the session loop
-//! that frames both directions, sees every statement through [`statement`] before it is
-//! forwarded, and coalesces writes.
+//! that frames both directions and coalesces writes; every statement ([`statement`]) passes
+//! the [`gate`] (classification and the policy in [`policy_store`]) before it is forwarded.
 
 mod cancel;
 mod client_auth;
+mod gate;
 mod handshake;
 mod listener;
+mod policy_store;
 mod proxy;
 mod statement;
 mod tls;
 
 pub use listener::{Proxy, ProxyError};
+pub use policy_store::{ActivePolicy, PolicyStore};
 pub use statement::Statement;

@@ -19,7 +19,9 @@ use pgstepup_upstream::{UpstreamError, UpstreamSettings, VerifierSource};
 use crate::cancel::{upstream_request, CancelRegistry};
 use crate::client_auth::{authenticate, Refusal};
 use crate::handshake::{open, Opening};
-use crate::proxy::{Session, SessionInfo};
+use crate::gate::Gate;
+use crate::policy_store::PolicyStore;
+use crate::proxy::Session;
 use crate::tls::{self, ClientTls};
 
 /// Why the proxy could not start.
@@ -34,6 +36,8 @@ pub enum ProxyError {
     Tls(String),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Policy(#[from] pgstepup_policy::PolicyError),
 }
 
 /// State shared by every connection.
@@ -46,6 +50,9 @@ pub(crate) struct Shared {
     pub cancels: Arc<CancelRegistry>,
     /// Secret behind unknown users' mock SCRAM salts.
     pub mock_secret: [u8; 32],
+    pub policy: Arc<PolicyStore>,
+    /// Name prefix of the never-existing function refused statements are swapped for.
+    pub refusal_marker: Arc<str>,
     next_id: AtomicU64,
 }
 
@@ -76,6 +83,13 @@ impl Proxy {
             .map_err(|source| ProxyError::Bind { address, source })?;
         let mut mock_secret = [0u8; 32];
         rand::rng().fill(&mut mock_secret);
+        let policy = Arc::new(PolicyStore::load(
+            pgstepup_policy::PolicySource::for_config(config.path.as_deref(), config.policy.as_ref()),
+            config.proxy.statement_cache_entries,
+            config.proxy.observe,
+        )?);
+        let nonce: u64 = rand::rng().random();
+        let refusal_marker: Arc<str> = format!("pgstepup_refused_{nonce:016x}_").into();
         let shared = Arc::new(Shared {
             config,
             upstream,
@@ -83,6 +97,8 @@ impl Proxy {
             verifiers,
             cancels: Arc::default(),
             mock_secret,
+            policy,
+            refusal_marker,
             next_id: AtomicU64::new(1),
         });
         Ok(Proxy { shared, listener })
@@ -93,9 +109,16 @@ impl Proxy {
         self.listener.local_addr()
     }
 
-    /// Accepts clients until `shutdown` resolves.
+    /// The policy in force, to reload it (SIGHUP).
+    pub fn policy(&self) -> Arc<PolicyStore> {
+        self.shared.policy.clone()
+    }
+
+    /// Accepts clients until `shutdown` resolves; watches the policy file meanwhile.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let watcher = tokio::spawn(self.shared.policy.clone().watch(POLICY_POLL));
+        let _stop_watching = AbortOnDrop(watcher);
         tracing::info!(
             listen = %self.shared.config.proxy.listen,
             upstream = %self.shared.upstream.url,
@@ -121,6 +144,17 @@ impl Proxy {
             let span = tracing::info_span!("conn", id, %peer, user = tracing::field::Empty);
             tokio::spawn(handle_client(shared, tcp, peer).instrument(span));
         }
+    }
+}
+
+/// How often the policy file's modification time is checked.
+const POLICY_POLL: Duration = Duration::from_secs(1);
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -172,21 +206,41 @@ async fn establish(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Op
             .cancels
             .register(upstream_request(pid, secret), secret_len)
     });
+    let upstream_roles = upstream_roles(shared, &user).await;
+    let gate = Gate::new(
+        shared.policy.clone(),
+        user,
+        upstream_roles,
+        shared.refusal_marker.clone(),
+    );
     tracing::info!(
         database = startup.database().unwrap_or_default(),
         application_name = startup.param("application_name").unwrap_or_default(),
         tls = client.stream().is_tls(),
         "session started"
     );
-    Session::start(
-        client,
-        logged_in.upstream,
-        logged_in.reply,
-        cancel_key,
-        SessionInfo { user },
-    )
-    .await
-    .ok()
+    match Session::start(client, logged_in.upstream, logged_in.reply, cancel_key, gate).await {
+        Ok(session) => Some(session),
+        Err((client, error)) => {
+            refuse(client, &Refusal::Error(error)).await;
+            None
+        }
+    }
+}
+
+/// The upstream roles the user is a member of, when the policy maps them (looked up by the
+/// auth login; without one, role mapping is by user name only).
+async fn upstream_roles(shared: &Shared, user: &str) -> Vec<String> {
+    if !shared.policy.current().policy.uses_upstream_roles() {
+        return Vec::new();
+    }
+    let Some(source) = &shared.verifiers else {
+        return Vec::new();
+    };
+    source.member_of(user).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "upstream role lookup failed; mapping by user name only");
+        Vec::new()
+    })
 }
 
 async fn refuse(mut conn: Connection, refusal: &Refusal) {

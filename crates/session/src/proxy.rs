@@ -8,19 +8,14 @@ use pgstepup_protocol::{tag, Connection, ConnectionError, Frame};
 use pgstepup_upstream::LoginReply;
 
 use crate::cancel::Registration;
+use crate::gate::{Gate, Verdict};
 use crate::statement::Statement;
-
-/// Who is on the other end; carried for logs and, later, policy.
-#[derive(Debug, Clone)]
-pub(crate) struct SessionInfo {
-    pub user: String,
-}
 
 /// A live, authenticated session.
 pub(crate) struct Session {
     client: Connection,
     server: Connection,
-    info: SessionInfo,
+    gate: Gate,
     _cancel_key: Option<Registration>,
 }
 
@@ -37,6 +32,8 @@ pub(crate) enum Ending {
     ClientGone,
     ClientProtocolError,
     ServerGone,
+    /// The server reported a setting under which pgstepup cannot read SQL safely.
+    UnsafeSetting,
 }
 
 impl Session {
@@ -47,8 +44,15 @@ impl Session {
         server: Connection,
         reply: LoginReply,
         cancel_key: Option<(Registration, i32, Vec<u8>)>,
-        info: SessionInfo,
-    ) -> std::io::Result<Self> {
+        mut gate: Gate,
+    ) -> Result<Self, (Connection, PgError)> {
+        for frame in &reply.relay {
+            if frame.tag() == tag::PARAMETER_STATUS {
+                if let Err(error) = gate.on_parameter_status(frame) {
+                    return Err((client, error));
+                }
+            }
+        }
         for frame in &reply.relay {
             client.queue_frame(frame);
         }
@@ -57,11 +61,13 @@ impl Session {
             registration
         });
         client.queue(&backend::ready_for_query(reply.ready_status));
-        client.flush().await?;
+        if let Err(e) = client.flush().await {
+            tracing::debug!(error = %e, "client left during startup");
+        }
         Ok(Session {
             client,
             server,
-            info,
+            gate,
             _cancel_key: registration,
         })
     }
@@ -93,7 +99,7 @@ impl Session {
     ) -> Result<(), Ending> {
         let mut next = Some(first.map_err(|_| Ending::ServerGone)?);
         while let Some(frame) = next {
-            self.relay_server_frame(&frame);
+            self.relay_server_frame(&frame)?;
             if self.client.should_flush() {
                 self.client.flush().await.map_err(|_| Ending::ClientGone)?;
             }
@@ -110,12 +116,28 @@ impl Session {
         Ok(())
     }
 
-    fn relay_server_frame(&mut self, frame: &Frame) {
+    fn relay_server_frame(&mut self, frame: &Frame) -> Result<(), Ending> {
         match frame.tag() {
             // Clients hold pgstepup's key, never the upstream's.
             tag::BACKEND_KEY_DATA => {}
+            tag::ERROR_RESPONSE => match self.gate.rewrite_error(frame) {
+                Some(ours) => self.client.queue(&ours),
+                None => self.client.queue_frame(frame),
+            },
+            tag::READY_FOR_QUERY => {
+                self.gate.on_ready_for_query();
+                self.client.queue_frame(frame);
+            }
+            tag::PARAMETER_STATUS => {
+                self.client.queue_frame(frame);
+                if let Err(error) = self.gate.on_parameter_status(frame) {
+                    self.refuse_fatal(error);
+                    return Err(Ending::UnsafeSetting);
+                }
+            }
             _ => self.client.queue_frame(frame),
         }
+        Ok(())
     }
 
     async fn on_client_input(
@@ -129,8 +151,11 @@ impl Session {
                 return Err(Ending::ClientTerminated);
             }
             match Statement::from_frame(&frame) {
-                Ok(Some(statement)) => self.see(statement),
-                Ok(None) => {}
+                Ok(Some(statement)) => match self.gate.check(statement) {
+                    Verdict::Forward => self.server.queue_frame(&frame),
+                    Verdict::Substitute(substitute) => self.server.queue_frame(&substitute),
+                },
+                Ok(None) => self.server.queue_frame(&frame),
                 Err(malformed) => {
                     // Never forward what cannot be read: the server would see something else
                     // than pgstepup did.
@@ -141,7 +166,7 @@ impl Session {
                     return Err(Ending::ClientProtocolError);
                 }
             }
-            self.server.queue_frame(&frame);
+            self.gate.note_forwarded(frame.tag());
             if self.server.should_flush() {
                 self.server.flush().await.map_err(|_| Ending::ServerGone)?;
             }
@@ -154,26 +179,6 @@ impl Session {
             self.server.flush().await.map_err(|_| Ending::ServerGone)?;
         }
         Ok(())
-    }
-
-    /// The point every statement passes before it is forwarded.
-    fn see(&self, statement: Statement<'_>) {
-        match statement {
-            Statement::Query { sql } => tracing::debug!(
-                user = %self.info.user,
-                sql = %String::from_utf8_lossy(sql),
-                "query"
-            ),
-            Statement::Parse { name, sql } => tracing::debug!(
-                user = %self.info.user,
-                name = %String::from_utf8_lossy(name),
-                sql = %String::from_utf8_lossy(sql),
-                "parse"
-            ),
-            Statement::FunctionCall { oid } => {
-                tracing::debug!(user = %self.info.user, oid, "function call")
-            }
-        }
     }
 
     fn client_error(&mut self, e: ConnectionError) -> Ending {
@@ -220,7 +225,7 @@ impl Session {
                 self.server.shutdown().await;
                 self.client.shutdown().await;
             }
-            Ending::ClientGone | Ending::ClientProtocolError => {
+            Ending::ClientGone | Ending::ClientProtocolError | Ending::UnsafeSetting => {
                 // Only whole frames were ever forwarded, so the server holds no half message;
                 // Terminate ends the session and rolls back an open transaction.
                 self.server.queue_frame(&Frame::new(tag::TERMINATE, &[]));

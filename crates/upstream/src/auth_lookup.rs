@@ -67,22 +67,7 @@ impl VerifierSource {
     pub async fn lookup(&self, user: &str) -> Result<Option<ScramVerifier>, UpstreamError> {
         let text = match self {
             VerifierSource::File(users) => users.get(user).cloned(),
-            VerifierSource::Query(q) => {
-                let AuthQuery {
-                    settings,
-                    query,
-                    conn,
-                } = q.as_ref();
-                let mut conn = conn.lock().await;
-                // One retry on a fresh connection: the kept one may have been closed upstream.
-                match run_query(&mut conn, settings, query, user).await {
-                    Ok(v) => v,
-                    Err(_) => {
-                        *conn = None;
-                        run_query(&mut conn, settings, query, user).await?
-                    }
-                }
-            }
+            VerifierSource::Query(q) => q.run(&q.query, user).await?.into_iter().next(),
         };
         Ok(text.and_then(|t| match t.parse::<ScramVerifier>() {
             Ok(v) => Some(v),
@@ -91,6 +76,33 @@ impl VerifierSource {
                 None
             }
         }))
+    }
+
+    /// The upstream roles `user` is a member of (directly or not); empty for a verifier file.
+    pub async fn member_of(&self, user: &str) -> Result<Vec<String>, UpstreamError> {
+        match self {
+            VerifierSource::File(_) => Ok(Vec::new()),
+            VerifierSource::Query(q) => q.run(MEMBERSHIP_QUERY, user).await,
+        }
+    }
+}
+
+/// Every role `$1` belongs to, through any chain of grants.
+const MEMBERSHIP_QUERY: &str = "SELECT r.rolname FROM pg_catalog.pg_roles r \
+     WHERE pg_catalog.pg_has_role($1, r.oid, 'MEMBER') AND r.rolname <> $1";
+
+impl AuthQuery {
+    /// Runs `sql` with `$1 = user` on the kept auth connection; first column of every row.
+    async fn run(&self, sql: &str, user: &str) -> Result<Vec<String>, UpstreamError> {
+        let mut conn = self.conn.lock().await;
+        // One retry on a fresh connection: the kept one may have been closed upstream.
+        match run_query(&mut conn, &self.settings, sql, user).await {
+            Ok(v) => Ok(v),
+            Err(_) => {
+                *conn = None;
+                run_query(&mut conn, &self.settings, sql, user).await
+            }
+        }
     }
 }
 
@@ -126,7 +138,7 @@ async fn run_query(
     settings: &UpstreamSettings,
     query: &str,
     user: &str,
-) -> Result<Option<String>, UpstreamError> {
+) -> Result<Vec<String>, UpstreamError> {
     if slot.is_none() {
         *slot = Some(open_auth_login(settings).await?);
     }
@@ -144,12 +156,12 @@ async fn run_query(
     conn.queue_frame(&Frame::new(tag::EXECUTE, &[0, 0, 0, 0, 0]));
     conn.queue_frame(&Frame::new(tag::SYNC, &[]));
     conn.flush().await?;
-    let mut value = None;
+    let mut values = Vec::new();
     let mut error = None;
     loop {
         let frame = conn.read_frame().await?;
         match frame.tag() {
-            tag::DATA_ROW if value.is_none() => value = first_column(frame.body()),
+            tag::DATA_ROW => values.extend(first_column(frame.body())),
             tag::ERROR_RESPONSE => error = error_message(frame.body()),
             tag::READY_FOR_QUERY => break,
             _ => {}
@@ -161,7 +173,7 @@ async fn run_query(
             tracing::error!(%message, "auth query failed");
             Err(UpstreamError::Lookup(message))
         }
-        None => Ok(value),
+        None => Ok(values),
     }
 }
 

@@ -1,0 +1,265 @@
+//! The gate every statement passes before it is forwarded: classify (cached by shape), decide
+//! with the policy in force, and either forward the client's bytes or refuse.
+//!
+//! Refusing keeps client and server in step: instead of the statement, the server gets a
+//! call to a function that cannot exist (`pg_catalog.pgstepup_refused_<nonce>_<n>()`), so it
+//! fails exactly where the statement would have run (a transaction block becomes failed, an
+//! extended-protocol batch skips to Sync), and pgstepup swaps that server error for its own
+//! explanation on the way back. Responses stay in order, whatever was pipelined before.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use pgstepup_classify::{Classification, Facet, Kind};
+use pgstepup_policy::{Action, Decision, Subject};
+use pgstepup_protocol::backend::{sqlstate, PgError};
+use pgstepup_protocol::{error_message, tag, Frame};
+
+use crate::policy_store::{ActivePolicy, PolicyStore};
+use crate::statement::Statement;
+
+/// Client encodings whose multi-byte characters can contain ASCII quote or backslash bytes:
+/// pgstepup cannot read such text the way the server (which converts it first) does.
+const UNSAFE_CLIENT_ENCODINGS: &[&str] = &[
+    "BIG5", "GB18030", "GBK", "JOHAB", "SJIS", "SHIFT_JIS_2004", "UHC",
+];
+
+/// What to send the server instead of the client's frame.
+pub(crate) enum Verdict {
+    Forward,
+    Substitute(Frame),
+}
+
+struct PendingRefusal {
+    number: u64,
+    /// The ReadyForQuery cycle the substitute belongs to; stale once that cycle is over.
+    cycle: u64,
+    error: PgError,
+}
+
+/// Per-session gate state.
+pub(crate) struct Gate {
+    store: Arc<PolicyStore>,
+    active: Arc<ActivePolicy>,
+    generation: u64,
+    subject: Subject,
+    upstream_roles: Vec<String>,
+    shape_scratch: String,
+    unsafe_encoding: Option<String>,
+    marker: Arc<str>,
+    pending: VecDeque<PendingRefusal>,
+    next_number: u64,
+    /// Messages forwarded that each produce one ReadyForQuery (Query, Sync, FunctionCall).
+    sent_cycles: u64,
+    /// ReadyForQuery messages received.
+    received_cycles: u64,
+}
+
+impl Gate {
+    pub(crate) fn new(store: Arc<PolicyStore>, user: String, upstream_roles: Vec<String>, marker: Arc<str>) -> Self {
+        let active = store.current();
+        let generation = store.generation();
+        let roles = active.policy.roles_of(&user, &upstream_roles);
+        Gate {
+            store,
+            active,
+            generation,
+            subject: Subject { user, roles },
+            upstream_roles,
+            shape_scratch: String::new(),
+            unsafe_encoding: None,
+            marker,
+            pending: VecDeque::new(),
+            next_number: 0,
+            sent_cycles: 0,
+            received_cycles: 0,
+        }
+    }
+
+    /// Decides a statement before its frame is forwarded.
+    pub(crate) fn check(&mut self, statement: Statement<'_>) -> Verdict {
+        if self.store.generation() != self.generation {
+            self.refresh();
+        }
+        let (classification, sql) = match statement {
+            Statement::Query { sql } | Statement::Parse { sql, .. } => {
+                let text = decode(sql);
+                (self.classify(&text), text)
+            }
+            Statement::FunctionCall { oid } => (
+                Arc::new(function_call(oid)),
+                Cow::Owned(format!("<fast-path call of function OID {oid}>")),
+            ),
+        };
+        let decision = self.active.policy.evaluate(&classification, &self.subject);
+        match decision.action {
+            Action::Allow => {
+                tracing::debug!(rule = %decision.rule, sql = %sql, "allow");
+                Verdict::Forward
+            }
+            action if self.active.observe => {
+                tracing::info!(
+                    %action, rule = %decision.rule, reason = %decision.reason, sql = %truncate(&sql),
+                    "observe mode: statement forwarded although the policy says {action}"
+                );
+                Verdict::Forward
+            }
+            action => {
+                tracing::info!(%action, rule = %decision.rule, reason = %decision.reason, sql = %truncate(&sql), "statement refused");
+                Verdict::Substitute(self.substitute(statement, refusal_error(&decision)))
+            }
+        }
+    }
+
+    fn refresh(&mut self) {
+        self.active = self.store.current();
+        self.generation = self.store.generation();
+        self.subject.roles = self
+            .active
+            .policy
+            .roles_of(&self.subject.user, &self.upstream_roles);
+    }
+
+    fn classify(&mut self, sql: &str) -> Arc<Classification> {
+        match &self.unsafe_encoding {
+            Some(encoding) => Arc::new(Classification {
+                kinds: [Kind::Unknown].into_iter().collect(),
+                facets: vec![Facet {
+                    kind: Kind::Unknown,
+                    table: None,
+                }],
+                reasons: vec![format!(
+                    "client_encoding {encoding} can hide quotes inside multi-byte characters"
+                )],
+                ..Default::default()
+            }),
+            None => self.active.classifier.classify(sql, &mut self.shape_scratch),
+        }
+    }
+
+    /// Counts forwarded frames that each produce one ReadyForQuery; call after every frame
+    /// sent to the server (substitutes count as the frame they replace).
+    pub(crate) fn note_forwarded(&mut self, frame_tag: u8) {
+        if matches!(frame_tag, tag::QUERY | tag::SYNC | tag::FUNCTION_CALL) {
+            self.sent_cycles += 1;
+        }
+    }
+
+    fn substitute(&mut self, statement: Statement<'_>, error: PgError) -> Frame {
+        let number = self.next_number;
+        self.next_number += 1;
+        // A Query or FunctionCall ends the next cycle itself; a Parse belongs to the cycle its
+        // Sync will end. Either way, that is the cycle numbered `sent_cycles`.
+        let cycle = self.sent_cycles;
+        self.pending.push_back(PendingRefusal { number, cycle, error });
+        let sql = format!("SELECT pg_catalog.{}{number}()", self.marker);
+        match statement {
+            Statement::Parse { name, .. } => {
+                let mut body = Vec::with_capacity(name.len() + sql.len() + 4);
+                body.extend_from_slice(name);
+                body.push(0);
+                body.extend_from_slice(sql.as_bytes());
+                body.extend_from_slice(&[0, 0, 0]);
+                Frame::new(tag::PARSE, &body)
+            }
+            _ => {
+                let mut body = sql.into_bytes();
+                body.push(0);
+                Frame::new(tag::QUERY, &body)
+            }
+        }
+    }
+
+    /// The client's version of a server ErrorResponse: pgstepup's own explanation when the
+    /// error is a substitute's.
+    pub(crate) fn rewrite_error(&mut self, frame: &Frame) -> Option<Bytes> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let message = error_message(frame.body())?;
+        let at = message.find(&*self.marker)? + self.marker.len();
+        let digits: String = message[at..].chars().take_while(char::is_ascii_digit).collect();
+        let number: u64 = digits.parse().ok()?;
+        let index = self.pending.iter().position(|p| p.number == number)?;
+        let refusal = self.pending.remove(index)?;
+        Some(refusal.error.to_error_response())
+    }
+
+    /// A ReadyForQuery ended a cycle: substitutes of finished cycles will never answer.
+    pub(crate) fn on_ready_for_query(&mut self) {
+        self.received_cycles += 1;
+        let finished = self.received_cycles;
+        self.pending.retain(|p| p.cycle >= finished);
+    }
+
+    /// Tracks settings that change how text must be read. An error means the session must end.
+    pub(crate) fn on_parameter_status(&mut self, frame: &Frame) -> Result<(), PgError> {
+        let (name, at) = frame.cstr_at(0).unwrap_or_default();
+        let (value, _) = frame.cstr_at(at).unwrap_or_default();
+        match name {
+            b"client_encoding" => {
+                let value = String::from_utf8_lossy(value).to_ascii_uppercase();
+                self.unsafe_encoding = UNSAFE_CLIENT_ENCODINGS
+                    .contains(&value.as_str())
+                    .then_some(value);
+                Ok(())
+            }
+            b"standard_conforming_strings" if value != b"on" => Err(PgError::fatal(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "pgstepup requires standard_conforming_strings = on and the server reported it off",
+            )
+            .with_hint("Remove the setting from the role or database (ALTER ROLE/DATABASE ... RESET standard_conforming_strings).")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The text of a statement: borrowed when it is UTF-8 (the common case); otherwise bytes
+/// above ASCII become U+FFFD, which keeps every quote, keyword and separator in place for
+/// the single-byte encodings (multi-byte unsafe ones are refused above).
+fn decode(sql: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(sql)
+}
+
+fn function_call(oid: u32) -> Classification {
+    Classification {
+        kinds: [Kind::Write].into_iter().collect(),
+        facets: vec![Facet {
+            kind: Kind::Write,
+            table: None,
+        }],
+        reasons: vec![format!(
+            "fast-path call of function OID {oid}: any function, no SQL to inspect"
+        )],
+        ..Default::default()
+    }
+}
+
+fn refusal_error(decision: &Decision) -> PgError {
+    let (message, hint) = match decision.action {
+        Action::Deny => (
+            format!("pgstepup: statement denied by policy rule \"{}\"", decision.rule),
+            "Ask a DBA to run it, or to change the policy.",
+        ),
+        _ => (
+            format!(
+                "pgstepup: this statement needs step-up authentication (policy rule \"{}\")",
+                decision.rule
+            ),
+            "Step-up approval is not enabled on this pgstepup; the statement was not run.",
+        ),
+    };
+    PgError::error(sqlstate::INSUFFICIENT_PRIVILEGE, message)
+        .with_detail(decision.reason.clone())
+        .with_hint(hint)
+}
+
+fn truncate(sql: &str) -> &str {
+    match sql.char_indices().nth(500) {
+        Some((i, _)) => &sql[..i],
+        None => sql,
+    }
+}
