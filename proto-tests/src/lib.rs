@@ -122,8 +122,13 @@ fn make_certs(dir: &Path) {
 
 /// Runs SQL as the superuser on the upstream (set-up only).
 pub async fn admin(sql: &str) {
+    admin_in("postgres", sql).await
+}
+
+/// Runs SQL as the superuser in a given database of the upstream.
+pub async fn admin_in(database: &str, sql: &str) {
     let (client, conn) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        &format!("host=127.0.0.1 port=5432 user=postgres dbname={database}"),
         tokio_postgres::NoTls,
     )
     .await
@@ -185,7 +190,10 @@ action = "allow"
 pub fn write_policy(text: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let path = certs().dir.join(format!("policy-{}.toml", NEXT.fetch_add(1, Ordering::Relaxed)));
+    let path = certs().dir.join(format!(
+        "policy-{}.toml",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -193,7 +201,10 @@ pub fn write_policy(text: &str) -> PathBuf {
 /// Points a configuration at a policy file (as `[policy] file = ...` would).
 pub fn use_policy_file(config: &mut Config, path: &Path) {
     let mut table = toml::Table::new();
-    table.insert("file".into(), toml::Value::String(path.display().to_string()));
+    table.insert(
+        "file".into(),
+        toml::Value::String(path.display().to_string()),
+    );
     config.policy = Some(table);
     config.path = Some(certs().dir.join("pgstepup.toml"));
 }

@@ -336,6 +336,29 @@ async fn fast_path_function_call_passes_through() {
 }
 
 #[tokio::test]
+async fn fast_path_function_call_is_gated_like_sql() {
+    // The built-in policy: a call by OID could be any function, so it needs step-up.
+    let policy = proto_tests::write_policy("");
+    let proxy = TestProxy::with(Auth::Passthrough, false, |c| {
+        proto_tests::use_policy_file(c, &policy)
+    });
+    let (mut raw, _) = logged_in(&proxy, &[]).await;
+    simple(&mut raw, "BEGIN").await;
+    let mut body = 1397u32.to_be_bytes().to_vec(); // int4abs
+    body.extend_from_slice(&[0, 1, 0, 1, 0, 1, 0, 0, 0, 4]);
+    body.extend_from_slice(&(-5i32).to_be_bytes());
+    body.extend_from_slice(&[0, 1]);
+    raw.send(&message(b'F', &body)).await;
+    let reply = raw.until_ready().await;
+    assert_eq!(reply.len(), 2, "{reply:?}");
+    assert_eq!(reply[0].0, b'E');
+    assert_eq!(field(&reply[0].1, b'C').as_deref(), Some("42501"));
+    assert!(field(&reply[0].1, b'D').unwrap().contains("fast-path"));
+    // The server's transaction failed with it.
+    assert_eq!(reply[1], (b'Z', b"E".to_vec()));
+}
+
+#[tokio::test]
 async fn cancel_key_is_the_proxys_and_survives_an_immediate_close() {
     let proxy = TestProxy::with(Auth::Passthrough, false, |_| {});
     let (mut raw, hello) = logged_in(&proxy, &[]).await;

@@ -49,7 +49,15 @@ pub(crate) fn violation(sql: &str) -> Option<String> {
 pub fn safe_value(name: &str, value: &str) -> Option<bool> {
     let name = name.trim().to_ascii_lowercase().replace('-', "_");
     let (_, safe) = PINNED.iter().find(|(n, _)| *n == name)?;
-    Some(safe.contains(&value.trim().trim_matches('\'').to_ascii_lowercase().as_str()))
+    Some(
+        safe.contains(
+            &value
+                .trim()
+                .trim_matches('\'')
+                .to_ascii_lowercase()
+                .as_str(),
+        ),
+    )
 }
 
 fn is_word(token: &Token<'_>, word: &str) -> bool {
@@ -112,7 +120,10 @@ mod tests {
 
     #[test]
     fn startup_values() {
-        assert_eq!(safe_value("standard_conforming_strings", "off"), Some(false));
+        assert_eq!(
+            safe_value("standard_conforming_strings", "off"),
+            Some(false)
+        );
         assert_eq!(safe_value("standard-conforming-strings", "on"), Some(true));
         assert_eq!(safe_value("backslash_quote", "on"), Some(false));
         assert_eq!(safe_value("search_path", "x"), None);

@@ -68,7 +68,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         Some(sql) => sql,
         None => {
             let mut sql = String::new();
-            std::io::stdin().read_to_string(&mut sql).context("reading stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut sql)
+                .context("reading stdin")?;
             sql
         }
     };
@@ -124,18 +126,31 @@ fn json(c: &Classification, d: &Decision) -> serde_json::Value {
 }
 
 fn human(c: &Classification, d: &Decision, policy: &Policy) -> String {
-    let list = |items: Vec<String>| if items.is_empty() { "-".to_owned() } else { items.join(", ") };
+    let list = |items: Vec<String>| {
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
     let mut out = String::new();
     out.push_str(&format!("decision:  {}\n", d.action));
     out.push_str(&format!("rule:      {}\n", d.rule));
     out.push_str(&format!("reason:    {}\n", d.reason));
-    out.push_str(&format!("kinds:     {}\n", list(names(c.kinds.iter().map(|k| k.name())))));
+    out.push_str(&format!(
+        "kinds:     {}\n",
+        list(names(c.kinds.iter().map(|k| k.name())))
+    ));
     out.push_str(&format!("reads:     {}\n", list(names(&c.reads))));
     out.push_str(&format!("writes:    {}\n", list(names(&c.writes))));
     out.push_str(&format!("functions: {}\n", list(c.functions.clone())));
     if d.action == pgstepup_policy::Action::StepUp {
         let lifetime = d.lifetime.as_secs();
-        let lifetime = if lifetime == 0 { "this statement only".to_owned() } else { format!("{lifetime}s") };
+        let lifetime = if lifetime == 0 {
+            "this statement only".to_owned()
+        } else {
+            format!("{lifetime}s")
+        };
         out.push_str(&format!("elevation: {lifetime}, scope {:?}\n", d.scope).to_lowercase());
     }
     for reason in c.reasons.iter().skip(1) {

@@ -24,7 +24,13 @@ use crate::statement::Statement;
 /// Client encodings whose multi-byte characters can contain ASCII quote or backslash bytes:
 /// pgstepup cannot read such text the way the server (which converts it first) does.
 const UNSAFE_CLIENT_ENCODINGS: &[&str] = &[
-    "BIG5", "GB18030", "GBK", "JOHAB", "SJIS", "SHIFT_JIS_2004", "UHC",
+    "BIG5",
+    "GB18030",
+    "GBK",
+    "JOHAB",
+    "SJIS",
+    "SHIFT_JIS_2004",
+    "UHC",
 ];
 
 /// What to send the server instead of the client's frame.
@@ -59,7 +65,12 @@ pub(crate) struct Gate {
 }
 
 impl Gate {
-    pub(crate) fn new(store: Arc<PolicyStore>, user: String, upstream_roles: Vec<String>, marker: Arc<str>) -> Self {
+    pub(crate) fn new(
+        store: Arc<PolicyStore>,
+        user: String,
+        upstream_roles: Vec<String>,
+        marker: Arc<str>,
+    ) -> Self {
         let active = store.current();
         let generation = store.generation();
         let roles = active.policy.roles_of(&user, &upstream_roles);
@@ -136,7 +147,10 @@ impl Gate {
                 )],
                 ..Default::default()
             }),
-            None => self.active.classifier.classify(sql, &mut self.shape_scratch),
+            None => self
+                .active
+                .classifier
+                .classify(sql, &mut self.shape_scratch),
         }
     }
 
@@ -154,7 +168,11 @@ impl Gate {
         // A Query or FunctionCall ends the next cycle itself; a Parse belongs to the cycle its
         // Sync will end. Either way, that is the cycle numbered `sent_cycles`.
         let cycle = self.sent_cycles;
-        self.pending.push_back(PendingRefusal { number, cycle, error });
+        self.pending.push_back(PendingRefusal {
+            number,
+            cycle,
+            error,
+        });
         let sql = format!("SELECT pg_catalog.{}{number}()", self.marker);
         match statement {
             Statement::Parse { name, .. } => {
@@ -181,7 +199,10 @@ impl Gate {
         }
         let message = error_message(frame.body())?;
         let at = message.find(&*self.marker)? + self.marker.len();
-        let digits: String = message[at..].chars().take_while(char::is_ascii_digit).collect();
+        let digits: String = message[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         let number: u64 = digits.parse().ok()?;
         let index = self.pending.iter().position(|p| p.number == number)?;
         let refusal = self.pending.remove(index)?;
@@ -241,7 +262,10 @@ fn function_call(oid: u32) -> Classification {
 fn refusal_error(decision: &Decision) -> PgError {
     let (message, hint) = match decision.action {
         Action::Deny => (
-            format!("pgstepup: statement denied by policy rule \"{}\"", decision.rule),
+            format!(
+                "pgstepup: statement denied by policy rule \"{}\"",
+                decision.rule
+            ),
             "Ask a DBA to run it, or to change the policy.",
         ),
         _ => (

@@ -152,6 +152,12 @@ fn check_startup(
         )
         .with_hint("Connect replication clients to the database server directly."));
     }
+    if let Some(setting) = unpinning_startup_setting(startup) {
+        return Err(PgError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("pgstepup requires {setting} to keep its safe value; remove it from the connection options"),
+        ));
+    }
     if startup.user().is_none() {
         return Err(PgError::fatal(
             sqlstate::INVALID_AUTHORIZATION,
@@ -159,4 +165,35 @@ fn check_startup(
         ));
     }
     Ok(())
+}
+
+/// A setting in the startup packet, directly or as `-c name=value` / `--name=value` in
+/// `options`, that would unpin how pgstepup reads SQL.
+fn unpinning_startup_setting(startup: &StartupMessage) -> Option<String> {
+    let unsafe_pair = |name: &str, value: &str| {
+        (pgstepup_classify::pinned_setting_is_safe(name, value) == Some(false))
+            .then(|| name.to_owned())
+    };
+    for (name, value) in startup.params() {
+        if let Some(setting) = unsafe_pair(name, value) {
+            return Some(setting);
+        }
+    }
+    let options = startup.param("options")?;
+    let mut words = options.split_whitespace();
+    while let Some(word) = words.next() {
+        let assignment = match word {
+            "-c" => words.next().unwrap_or_default(),
+            w => w
+                .strip_prefix("--")
+                .or_else(|| w.strip_prefix("-c"))
+                .unwrap_or_default(),
+        };
+        if let Some((name, value)) = assignment.split_once('=') {
+            if let Some(setting) = unsafe_pair(name, value) {
+                return Some(setting);
+            }
+        }
+    }
+    None
 }

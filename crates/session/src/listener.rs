@@ -18,8 +18,8 @@ use pgstepup_upstream::{UpstreamError, UpstreamSettings, VerifierSource};
 
 use crate::cancel::{upstream_request, CancelRegistry};
 use crate::client_auth::{authenticate, Refusal};
-use crate::handshake::{open, Opening};
 use crate::gate::Gate;
+use crate::handshake::{open, Opening};
 use crate::policy_store::PolicyStore;
 use crate::proxy::Session;
 use crate::tls::{self, ClientTls};
@@ -84,7 +84,10 @@ impl Proxy {
         let mut mock_secret = [0u8; 32];
         rand::rng().fill(&mut mock_secret);
         let policy = Arc::new(PolicyStore::load(
-            pgstepup_policy::PolicySource::for_config(config.path.as_deref(), config.policy.as_ref()),
+            pgstepup_policy::PolicySource::for_config(
+                config.path.as_deref(),
+                config.policy.as_ref(),
+            ),
             config.proxy.statement_cache_entries,
             config.proxy.observe,
         )?);
@@ -219,7 +222,15 @@ async fn establish(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Op
         tls = client.stream().is_tls(),
         "session started"
     );
-    match Session::start(client, logged_in.upstream, logged_in.reply, cancel_key, gate).await {
+    match Session::start(
+        client,
+        logged_in.upstream,
+        logged_in.reply,
+        cancel_key,
+        gate,
+    )
+    .await
+    {
         Ok(session) => Some(session),
         Err((client, error)) => {
             refuse(client, &Refusal::Error(error)).await;

@@ -28,7 +28,11 @@ pub struct PolicyStore {
 
 impl PolicyStore {
     /// Loads the policy once; an error here stops the start.
-    pub fn load(source: PolicySource, cache_entries: usize, force_observe: bool) -> Result<Self, PolicyError> {
+    pub fn load(
+        source: PolicySource,
+        cache_entries: usize,
+        force_observe: bool,
+    ) -> Result<Self, PolicyError> {
         let active = Arc::new(build(source.load()?, cache_entries, force_observe));
         Ok(PolicyStore {
             source,

@@ -1,0 +1,335 @@
+//! The policy enforced by a running pgstepup: refusals that keep client and server in step,
+//! extended-protocol and fast-path gating, pinned settings, observe mode, and hot reload.
+
+use std::time::Duration;
+
+use proto_tests::{
+    admin, admin_in, app_role, use_policy_file, write_policy, Auth, TestProxy, APP_DB, APP_USER,
+};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::SimpleQueryMessage;
+
+const POLICY: &str = r#"
+[[rule]]
+name = "gate-tables-writable"
+tables = ["public.gate_ok_*"]
+kinds = ["write", "ddl"]
+action = "allow"
+
+[[rule]]
+name = "no-touching-vault"
+tables = ["public.gate_vault"]
+action = "deny"
+"#;
+
+fn proxy_with(policy: &str) -> TestProxy {
+    let path = write_policy(policy);
+    TestProxy::with(Auth::Scram, true, |c| use_policy_file(c, &path))
+}
+
+async fn table(name: &str) -> String {
+    let table = format!("{name}_{}", std::process::id());
+    admin_in(
+        APP_DB,
+        &format!(
+            "DROP TABLE IF EXISTS public.{table}; CREATE TABLE public.{table} (v int); \
+             ALTER TABLE public.{table} OWNER TO {APP_USER};"
+        ),
+    )
+    .await;
+    table
+}
+
+async fn count(table: &str) -> i64 {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port=5432 user=postgres dbname={APP_DB}"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    client
+        .query_one(&format!("SELECT count(*) FROM public.{table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn refused_statement_reports_the_rule_and_the_session_goes_on() {
+    app_role().await;
+    let other = table("gate_other").await;
+    let proxy = proxy_with(POLICY);
+    let (client, _c) = proxy.connect_app().await;
+    let err = client
+        .simple_query(&format!("DELETE FROM public.{other}"))
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code(), &SqlState::INSUFFICIENT_PRIVILEGE);
+    assert!(
+        db.message().contains("step-up") && db.message().contains("default-write"),
+        "{}",
+        db.message()
+    );
+    assert!(db.detail().unwrap().contains(&other), "{:?}", db.detail());
+    let err = client
+        .simple_query("SELECT * FROM gate_vault")
+        .await
+        .unwrap_err();
+    assert!(err
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("denied by policy rule \"no-touching-vault\""));
+    // Reads flow, and the connection is fine.
+    let rows = client.simple_query("SELECT 41 + 1").await.unwrap();
+    assert!(matches!(&rows[1], SimpleQueryMessage::Row(r) if r.get(0) == Some("42")));
+}
+
+#[tokio::test]
+async fn refusal_inside_a_transaction_fails_the_servers_transaction_too() {
+    app_role().await;
+    let ok = table("gate_ok_tx").await;
+    let other = table("gate_other_tx").await;
+    let proxy = proxy_with(POLICY);
+    let (client, _c) = proxy.connect_app().await;
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute(&format!("INSERT INTO public.{ok} VALUES (1)"))
+        .await
+        .unwrap();
+    let err = client
+        .batch_execute(&format!("DELETE FROM public.{other}"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    // The server's transaction failed as well: a statement now is refused by the server...
+    let err = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+    // ...and COMMIT cannot commit the INSERT before the refusal.
+    let messages = client.simple_query("COMMIT").await.unwrap();
+    assert!(matches!(
+        &messages[0],
+        SimpleQueryMessage::CommandComplete(_)
+    ));
+    assert_eq!(count(&ok).await, 0);
+
+    // The same statement outside a block leaves nothing half-applied either.
+    let err = client
+        .simple_query(&format!(
+            "INSERT INTO public.{ok} VALUES (2); DELETE FROM public.{other}"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    assert_eq!(
+        count(&ok).await,
+        0,
+        "a multi-statement query is refused as a whole"
+    );
+    client
+        .batch_execute(&format!("INSERT INTO public.{ok} VALUES (3)"))
+        .await
+        .unwrap();
+    assert_eq!(count(&ok).await, 1);
+}
+
+#[tokio::test]
+async fn extended_protocol_parse_is_gated_and_the_pipeline_recovers() {
+    app_role().await;
+    let other = table("gate_other_ext").await;
+    let proxy = proxy_with(POLICY);
+    let (client, _c) = proxy.connect_app().await;
+    let err = client
+        .prepare(&format!("DELETE FROM public.{other} WHERE v = $1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    let delete = format!("DELETE FROM public.{other} WHERE v = 1");
+    let (a, b, c) = tokio::join!(
+        client.query_one("SELECT 1::int", &[]),
+        client.execute(delete.as_str(), &[]),
+        client.query_one("SELECT 3::int", &[]),
+    );
+    assert_eq!(a.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(
+        b.unwrap_err().code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    assert_eq!(c.unwrap().get::<_, i32>(0), 3);
+    // A named statement that was allowed keeps working.
+    let stmt = client.prepare("SELECT $1::int + 1").await.unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            client
+                .query_one(&stmt, &[&i])
+                .await
+                .unwrap()
+                .get::<_, i32>(0),
+            i + 1
+        );
+    }
+}
+
+#[tokio::test]
+async fn pinned_settings_cannot_be_turned_off() {
+    app_role().await;
+    let proxy = proxy_with("");
+    let (client, _c) = proxy.connect_app().await;
+    for sql in [
+        "SET standard_conforming_strings = off",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+        "SET backslash_quote = on",
+    ] {
+        let err = client.simple_query(sql).await.unwrap_err();
+        let db = err.as_db_error().unwrap();
+        assert!(
+            db.message().contains("pinned-setting"),
+            "{sql}: {}",
+            db.message()
+        );
+    }
+    client
+        .simple_query("SET standard_conforming_strings = on")
+        .await
+        .unwrap();
+
+    // In the startup packet.
+    let conn = format!(
+        "{} options='-c standard_conforming_strings=off'",
+        proxy.conn_str(
+            APP_USER,
+            proto_tests::APP_PASSWORD,
+            proto_tests::APP_DB,
+            "require"
+        )
+    );
+    let err = proxy
+        .connect_with(&conn)
+        .await
+        .expect_err("refused at login");
+    assert!(
+        format!("{err:?}").contains("standard_conforming_strings"),
+        "{err:?}"
+    );
+
+    // Set on the server side for a role (its own, so parallel tests are not affected): the
+    // session is refused when the server reports it.
+    admin(
+        "DO $$BEGIN
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'stepup_unpinned') THEN
+             CREATE ROLE stepup_unpinned LOGIN;
+           END IF;
+         END$$;
+         SET password_encryption = 'scram-sha-256';
+         ALTER ROLE stepup_unpinned PASSWORD 'unpinned-pass';
+         ALTER ROLE stepup_unpinned SET standard_conforming_strings = off;",
+    )
+    .await;
+    let err = proxy
+        .connect_with(&proxy.conn_str(
+            "stepup_unpinned",
+            "unpinned-pass",
+            proto_tests::APP_DB,
+            "require",
+        ))
+        .await
+        .expect_err("refused when the server reports it off");
+    assert!(
+        format!("{err:?}").contains("standard_conforming_strings"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn observe_mode_forwards_and_only_reports() {
+    app_role().await;
+    let other = table("gate_other_obs").await;
+    let path = write_policy("mode = \"observe\"\n");
+    let proxy = TestProxy::with(Auth::Scram, true, |c| use_policy_file(c, &path));
+    let (client, _c) = proxy.connect_app().await;
+    client
+        .batch_execute(&format!("INSERT INTO public.{other} VALUES (1)"))
+        .await
+        .unwrap();
+    assert_eq!(count(&other).await, 1);
+
+    // --observe on the command line wins over an enforcing policy.
+    let path = write_policy(POLICY);
+    let proxy = TestProxy::with(Auth::Scram, true, |c| {
+        use_policy_file(c, &path);
+        c.proxy.observe = true;
+    });
+    let (client, _c) = proxy.connect_app().await;
+    client
+        .batch_execute(&format!("DELETE FROM public.{other}"))
+        .await
+        .unwrap();
+    assert_eq!(count(&other).await, 0);
+}
+
+#[tokio::test]
+async fn unsafe_client_encoding_fails_closed() {
+    app_role().await;
+    let proxy = proxy_with("");
+    let (client, _c) = proxy.connect_app().await;
+    client
+        .batch_execute("SET client_encoding = 'SJIS'")
+        .await
+        .unwrap();
+    let err = client.simple_query("SELECT 1").await.unwrap_err();
+    assert!(err
+        .as_db_error()
+        .unwrap()
+        .detail()
+        .unwrap()
+        .contains("SJIS"));
+}
+
+#[tokio::test]
+async fn policy_file_changes_apply_to_the_next_statement_and_bad_ones_are_rejected() {
+    app_role().await;
+    let other = table("gate_other_reload").await;
+    let path = write_policy("");
+    let proxy = TestProxy::with(Auth::Scram, true, |c| use_policy_file(c, &path));
+    let (client, _c) = proxy.connect_app().await;
+    let insert = format!("INSERT INTO public.{other} VALUES (1)");
+    assert!(client.batch_execute(&insert).await.is_err());
+
+    let allow = format!(
+        "[[rule]]\nname = \"now-allowed\"\ntables = [\"public.{other}\"]\naction = \"allow\"\n"
+    );
+    std::fs::write(&path, allow).unwrap();
+    wait_until(|| async { client.batch_execute(&insert).await.is_ok() }).await;
+
+    // An invalid file is rejected and the previous policy stays in force.
+    std::fs::write(
+        &path,
+        "[[rule]]\nname = \"broken\"\naction = \"sometimes\"\n",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    client
+        .batch_execute(&insert)
+        .await
+        .expect("old policy still applies");
+
+    // A valid tighter policy applies again, on the same connection.
+    std::fs::write(&path, "").unwrap();
+    wait_until(|| async { client.batch_execute(&insert).await.is_err() }).await;
+}
+
+async fn wait_until<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..50 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the policy change never took effect");
+}
