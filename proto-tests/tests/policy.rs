@@ -270,21 +270,26 @@ async fn observe_mode_forwards_and_only_reports() {
 }
 
 #[tokio::test]
-async fn unsafe_client_encoding_fails_closed() {
+async fn unsafe_client_encodings_are_refused() {
     app_role().await;
     let proxy = proxy_with("");
     let (client, _c) = proxy.connect_app().await;
-    client
-        .batch_execute("SET client_encoding = 'SJIS'")
-        .await
-        .unwrap();
-    let err = client.simple_query("SELECT 1").await.unwrap_err();
-    assert!(err
-        .as_db_error()
-        .unwrap()
-        .detail()
-        .unwrap()
-        .contains("SJIS"));
+    // SJIS can hide a quote or backslash byte inside a multi-byte character.
+    let err = client.simple_query("SET client_encoding = 'SJIS'").await.unwrap_err();
+    assert!(err.as_db_error().unwrap().detail().unwrap().contains("client_encoding"));
+    client.simple_query("SET client_encoding = 'LATIN1'").await.unwrap();
+
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut body = (3u32 << 16).to_be_bytes().to_vec();
+    body.extend_from_slice(b"user\0stepup_app\0client_encoding\0SJIS\0\0");
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    raw.write_all(&packet).await.unwrap();
+    let mut answer = Vec::new();
+    raw.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(answer[0], b'E');
+    assert!(String::from_utf8_lossy(&answer).contains("client_encoding"));
 }
 
 #[tokio::test]

@@ -7,7 +7,8 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     CopySource, CopyTarget, Expr, FromTable, ObjectName, ObjectType, Query, Set, SetExpr,
-    Statement, TableFactor, TableObject, Visit, Visitor,
+    SetSessionAuthorizationParamKind, Statement, TableFactor, TableObject, UtilityOption, Visit,
+    Visitor,
 };
 
 use crate::kind::Kind;
@@ -31,15 +32,15 @@ pub(crate) fn analyze(statement: &Statement) -> Findings {
         cte_names,
         ..
     } = visitor;
-    // CTE names shadow tables; they are not relations of their own.
+    // A CTE shadows a table of its name when read; DML targets are always real tables.
+    let targets: Vec<TableName> = findings
+        .facets
+        .iter()
+        .filter_map(|f| f.table.clone())
+        .collect();
     findings
         .relations
-        .retain(|t| t.schema.is_some() || !cte_names.contains(&t.name));
-    findings.facets.retain(|f| {
-        f.table
-            .as_ref()
-            .is_none_or(|t| t.schema.is_some() || !cte_names.contains(&t.name))
-    });
+        .retain(|t| t.schema.is_some() || !cte_names.contains(&t.name) || targets.contains(t));
     findings
 }
 
@@ -145,11 +146,13 @@ impl Collector {
                 self.add(Kind::Write, None, Some("CALL of a procedure"));
                 self.findings.functions.push(function_name(&function.name));
             }
-            S::Explain { analyze, .. } => {
-                if !analyze {
+            S::Explain {
+                analyze, options, ..
+            } => {
+                self.add(Kind::Read, None, None);
+                if !explain_runs(*analyze, options.as_deref()) {
                     self.explain_depth += 1;
                 }
-                self.add(Kind::Read, None, None);
             }
             S::ExplainTable { table_name, .. } => self.add(Kind::Read, Some(table_name), None),
             S::CreateTable(create) => {
@@ -226,9 +229,25 @@ impl Collector {
             .next()
             .unwrap_or_default()
             .to_ascii_uppercase();
-        let kind = match first.as_str() {
-            "CREATE" | "ALTER" | "DROP" | "COMMENT" | "SECURITY" => Kind::Ddl,
-            "GRANT" | "REVOKE" | "DENY" => Kind::Dcl,
+        let second = text
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        let third = text
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        let kind = match (first.as_str(), second.as_str()) {
+            ("CREATE" | "ALTER" | "DROP", "USER") if third == "MAPPING" => Kind::Ddl,
+            ("CREATE" | "ALTER" | "DROP", "USER" | "ROLE" | "GROUP") => Kind::Dcl,
+            ("CREATE" | "ALTER" | "DROP", "PUBLICATION" | "SUBSCRIPTION") => {
+                self.add(Kind::Admin, None, Some("logical replication"));
+                Kind::Ddl
+            }
+            ("CREATE" | "ALTER" | "DROP" | "COMMENT" | "SECURITY", _) => Kind::Ddl,
+            ("GRANT" | "REVOKE" | "DENY", _) => Kind::Dcl,
             _ => Kind::Unknown,
         };
         self.add(kind, None, None);
@@ -236,6 +255,15 @@ impl Collector {
 
     fn set(&mut self, set: &Set) {
         match set {
+            // NONE / DEFAULT only go back to the login user's own privileges.
+            Set::SetRole {
+                role_name: None, ..
+            } => self.add(Kind::Utility, None, None),
+            Set::SetSessionAuthorization(param)
+                if matches!(param.kind, SetSessionAuthorizationParamKind::Default) =>
+            {
+                self.add(Kind::Utility, None, None)
+            }
             Set::SetRole { .. } | Set::SetSessionAuthorization(_) => {
                 self.add(Kind::SessionPrivilege, None, None)
             }
@@ -246,10 +274,11 @@ impl Collector {
                     "role" | "session_authorization" | "session authorization" => {
                         self.add(Kind::SessionPrivilege, None, None)
                     }
-                    // Superuser-only and turns off triggers, including audit triggers.
-                    "session_replication_role" => {
-                        self.add(Kind::Admin, None, Some("SET session_replication_role"))
-                    }
+                    name if is_admin_setting(name) => self.add(
+                        Kind::Admin,
+                        None,
+                        Some("a setting that turns off triggers or the server's audit logging"),
+                    ),
                     _ => self.add(Kind::Utility, None, None),
                 }
             }
@@ -286,8 +315,13 @@ impl Visitor for Collector {
     }
 
     fn post_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
-        if matches!(statement, Statement::Explain { analyze: false, .. }) {
-            self.explain_depth -= 1;
+        if let Statement::Explain {
+            analyze, options, ..
+        } = statement
+        {
+            if !explain_runs(*analyze, options.as_deref()) {
+                self.explain_depth -= 1;
+            }
         }
         ControlFlow::Continue(())
     }
@@ -318,7 +352,9 @@ impl Visitor for Collector {
 
     fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
         if std::mem::take(&mut self.next_relation_is_function) {
-            self.findings.functions.push(function_name(relation));
+            if self.explain_depth == 0 {
+                self.findings.functions.push(function_name(relation));
+            }
         } else if let Some(table) = TableName::from_object_name(relation) {
             self.findings.relations.push(table);
         }
@@ -326,9 +362,31 @@ impl Visitor for Collector {
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if self.explain_depth > 0 {
+            // A plain EXPLAIN plans calls, it does not make them.
+            return ControlFlow::Continue(());
+        }
         if let Expr::Function(function) = expr {
             self.findings.functions.push(function_name(&function.name));
         }
         ControlFlow::Continue(())
     }
+}
+
+/// Whether an EXPLAIN executes its statement: `ANALYZE`, or `(ANALYZE [true|on|1])`.
+fn explain_runs(analyze: bool, options: Option<&[UtilityOption]>) -> bool {
+    analyze
+        || options.unwrap_or_default().iter().any(|option| {
+            let name = option.name.value.to_ascii_lowercase();
+            let off = option.arg.as_ref().is_some_and(|arg| {
+                let arg = arg.to_string().trim_matches('\'').to_ascii_lowercase();
+                matches!(arg.as_str(), "false" | "off" | "0")
+            });
+            (name == "analyze" || name == "analyse") && !off
+        })
+}
+
+/// Superuser settings that silence triggers (including audit triggers) or the server's log.
+pub(crate) fn is_admin_setting(name: &str) -> bool {
+    name == "session_replication_role" || name.starts_with("log_") || name.starts_with("pgaudit.")
 }

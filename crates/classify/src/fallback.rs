@@ -22,20 +22,53 @@ pub(crate) fn classify(statement: &str) -> (Vec<Facet>, Option<String>) {
             (Kind::Admin, "two-phase commit")
         }
         ("load", _) => (Kind::Admin, "LOAD loads a shared library"),
-        ("table", _) => {
-            return match table_statement_target(statement) {
-                Some(table) => (
-                    vec![Facet {
-                        kind: Kind::Read,
-                        table: Some(table),
-                    }],
-                    None,
+        ("insert" | "update" | "delete" | "merge" | "truncate" | "copy", _) => {
+            let table = dml_target(statement);
+            let kind = if word(0) == "copy" && !has_word(statement, "from") {
+                Kind::Read
+            } else {
+                Kind::Write
+            };
+            return (vec![Facet { kind, table }], Some(unparsed(statement)));
+        }
+        ("explain", _) if has_word(statement, "analyze") || has_word(statement, "analyse") => {
+            // It runs the statement: classify what follows the EXPLAIN options.
+            return match explained_statement(statement) {
+                Some(inner) => {
+                    let inner = crate::classify(inner, &[]);
+                    (inner.facets, inner.reasons.into_iter().next())
+                }
+                None => (
+                    vec![facet(Kind::Write)],
+                    Some("EXPLAIN ANALYZE runs the statement".into()),
                 ),
-                None => (vec![facet(Kind::Unknown)], Some(unparsed(statement))),
             };
         }
-        ("set", "constraints") => (Kind::Transaction, ""),
+        ("select" | "with" | "values" | "table", _) => {
+            let facet = lexical_select(statement);
+            let reason = (facet.kind != Kind::Read).then(|| unparsed(statement));
+            return (vec![facet], reason);
+        }
+        (
+            "begin" | "start" | "end" | "abort" | "commit" | "rollback" | "savepoint" | "release",
+            _,
+        ) => (Kind::Transaction, ""),
+        ("set", "constraints" | "transaction") => (Kind::Transaction, ""),
+        ("set", "role") if !matches!(word(2), "none" | "default") => (Kind::SessionPrivilege, ""),
+        ("set", "session") if word(2) == "authorization" => (Kind::SessionPrivilege, ""),
+        ("set", name) if crate::analyze::is_admin_setting(name) => {
+            (Kind::Admin, "logging and trigger settings")
+        }
+        ("set" | "reset" | "show" | "discard" | "deallocate" | "listen" | "unlisten", _) => {
+            (Kind::Utility, "")
+        }
+        ("fetch" | "move" | "close", _) => (Kind::Read, ""),
         ("reassign", "owned") | ("drop", "owned") => (Kind::Dcl, "ownership and privileges"),
+        ("create" | "alter" | "drop", "user") if word(2) == "mapping" => (Kind::Ddl, ""),
+        ("create" | "alter" | "drop", "user" | "role" | "group") => (Kind::Dcl, ""),
+        ("create" | "alter" | "drop", "publication" | "subscription") => {
+            (Kind::Admin, "logical replication")
+        }
         ("grant" | "revoke", _) => (Kind::Dcl, ""),
         ("create" | "alter" | "drop" | "comment" | "security" | "import", _) => (Kind::Ddl, ""),
         _ => return (vec![facet(Kind::Unknown)], Some(unparsed(statement))),
@@ -49,33 +82,250 @@ fn unparsed(statement: &str) -> String {
     format!("not understood by the SQL parser: {head:?}")
 }
 
-/// `TABLE [ONLY] name [*]`: the shorthand for `SELECT * FROM name`, only when nothing else
-/// follows that could hide more (ORDER BY and LIMIT are fine).
-fn table_statement_target(statement: &str) -> Option<TableName> {
-    let mut tokens = Lexer::new(statement).skip(1).peekable();
-    if matches!(tokens.peek(), Some(Ok(Token::Word(w))) if w.eq_ignore_ascii_case("only")) {
-        tokens.next();
-    }
-    let mut parts = Vec::new();
-    loop {
-        match tokens.next()?.ok()? {
-            Token::Word(w) => parts.push(w.to_lowercase()),
-            Token::QuotedIdent(q) if q.starts_with('"') => {
-                parts.push(q[1..q.len() - 1].replace("\"\"", "\""))
-            }
-            _ => return None,
+fn tokens(statement: &str) -> Vec<Token<'_>> {
+    Lexer::new(statement).map_while(Result::ok).collect()
+}
+
+fn is_word(token: &Token<'_>, word: &str) -> bool {
+    matches!(token, Token::Word(w) if w.eq_ignore_ascii_case(word))
+}
+
+fn has_word(statement: &str, word: &str) -> bool {
+    tokens(statement).iter().any(|t| is_word(t, word))
+}
+
+/// Words that make a SELECT-like statement do more than read.
+const NOT_READ_WORDS: &[&str] = &[
+    "insert",
+    "update",
+    "delete",
+    "merge",
+    "truncate",
+    "copy",
+    "call",
+    "do",
+    "into",
+    "grant",
+    "revoke",
+    "create",
+    "alter",
+    "drop",
+    "lock",
+    "notify",
+    "execute",
+    "prepare",
+    "listen",
+    "vacuum",
+    "analyze",
+    "refresh",
+    "returning",
+];
+
+/// Words that may stand right before a parenthesis without being a function call.
+const PAREN_KEYWORDS: &[&str] = &[
+    "in",
+    "exists",
+    "any",
+    "all",
+    "some",
+    "over",
+    "filter",
+    "from",
+    "values",
+    "as",
+    "on",
+    "using",
+    "cast",
+    "row",
+    "array",
+    "lateral",
+    "and",
+    "or",
+    "not",
+    "when",
+    "then",
+    "else",
+    "where",
+    "by",
+    "select",
+    "with",
+    "join",
+    "union",
+    "intersect",
+    "except",
+    "is",
+    "like",
+    "ilike",
+    "similar",
+    "to",
+    "between",
+    "having",
+    "partition",
+    "group",
+    "within",
+    "rows",
+    "only",
+    "table",
+    "case",
+    "distinct",
+    "recursive",
+    "materialized",
+    "ordinality",
+    "name",
+    "window",
+    "range",
+    "groups",
+    "cube",
+    "rollup",
+    "sets",
+    "escape",
+    "at",
+    "zone",
+    "first",
+    "last",
+    "nulls",
+    "limit",
+    "offset",
+    "fetch",
+    "asc",
+    "desc",
+    "cycle",
+    "search",
+];
+
+/// A SELECT-like statement sqlparser could not parse, read by its tokens. It is never taken
+/// for a read (the parser did not confirm what it is), except the `TABLE name` shorthand; but
+/// a row lock or a call of a function not known to be read-only makes it a `Write`, which is
+/// what the policy then weighs.
+fn lexical_select(statement: &str) -> Facet {
+    let unknown = Facet {
+        kind: Kind::Unknown,
+        table: None,
+    };
+    let Ok(tokens) = Lexer::new(statement).collect::<Result<Vec<Token<'_>>, _>>() else {
+        return unknown;
+    };
+    let mut only_table_shorthand = true;
+    for (i, token) in tokens.iter().enumerate() {
+        let Token::Word(word) = token else { continue };
+        let word = word.to_ascii_lowercase();
+        if NOT_READ_WORDS.contains(&word.as_str()) {
+            return unknown;
         }
-        match tokens.peek() {
-            Some(Ok(Token::Symbol("."))) => {
-                tokens.next();
+        if word == "for" && !tokens.get(i + 1).is_some_and(|t| is_word(t, "read")) {
+            return Facet {
+                kind: Kind::Write,
+                table: None,
+            };
+        }
+        if matches!(tokens.get(i + 1), Some(Token::Symbol("(")))
+            && !PAREN_KEYWORDS.contains(&word.as_str())
+        {
+            only_table_shorthand = false;
+            let qualified = match (
+                i.checked_sub(2).map(|j| &tokens[j]),
+                i.checked_sub(1).map(|j| &tokens[j]),
+            ) {
+                (Some(Token::Word(schema)), Some(Token::Symbol("."))) => {
+                    format!("{}.{word}", schema.to_ascii_lowercase())
+                }
+                _ => word.clone(),
+            };
+            if !crate::functions::is_read_only(&qualified, &[]) {
+                return Facet {
+                    kind: Kind::Write,
+                    table: None,
+                };
             }
-            _ => break,
         }
     }
-    for token in tokens {
+    match table_statement_target(statement) {
+        Some(table) if only_table_shorthand && table_shorthand_is_plain(&tokens) => Facet {
+            kind: Kind::Read,
+            table: Some(table),
+        },
+        _ => unknown,
+    }
+}
+
+/// `TABLE [ONLY] name [*] [ORDER BY ...] [LIMIT n] [OFFSET n]` and nothing else.
+fn table_shorthand_is_plain(tokens: &[Token<'_>]) -> bool {
+    const ALLOWED: &[&str] = &[
+        "table", "only", "order", "by", "asc", "desc", "nulls", "first", "last", "limit", "offset",
+        "all",
+    ];
+    tokens.iter().all(|t| {
+        matches!(
+            t,
+            Token::Word(_)
+                | Token::QuotedIdent(_)
+                | Token::Number(_)
+                | Token::Symbol("." | "," | "*")
+        )
+    }) && tokens
+        .iter()
+        .filter_map(|t| match t {
+            Token::Word(w) => Some(w.to_ascii_lowercase()),
+            _ => None,
+        })
+        .all(|w| ALLOWED.contains(&w.as_str()) || !PAREN_KEYWORDS.contains(&w.as_str()))
+}
+
+/// The statement after `EXPLAIN [ANALYZE|ANALYSE] [VERBOSE]` or `EXPLAIN (options)`.
+fn explained_statement(statement: &str) -> Option<&str> {
+    let mut lexer = Lexer::new(statement);
+    let mut depth = 0;
+    let mut at = 0;
+    while let Some(token) = lexer.next() {
         match token.ok()? {
-            Token::Word(_) | Token::Number(_) | Token::Symbol(",") | Token::Symbol("*") => {}
-            _ => return None,
+            Token::Symbol("(") => depth += 1,
+            Token::Symbol(")") => depth -= 1,
+            Token::Word(w)
+                if depth == 0
+                    && !["explain", "analyze", "analyse", "verbose"]
+                        .contains(&w.to_ascii_lowercase().as_str()) =>
+            {
+                return statement.get(at..);
+            }
+            _ => {}
+        }
+        at = lexer.offset();
+    }
+    None
+}
+
+/// The table a DML statement writes, read from its tokens.
+fn dml_target(statement: &str) -> Option<TableName> {
+    let tokens = tokens(statement);
+    let mut i = 1;
+    let skip = ["from", "into", "only", "table"];
+    while tokens
+        .get(i)
+        .is_some_and(|t| skip.iter().any(|w| is_word(t, w)))
+    {
+        i += 1;
+    }
+    qualified_name(&tokens[i.min(tokens.len())..])
+}
+
+/// `name[.name]` at the start of `tokens`, folded as PostgreSQL folds identifiers.
+fn qualified_name(tokens: &[Token<'_>]) -> Option<TableName> {
+    let uescape = tokens
+        .iter()
+        .position(|t| is_word(t, "uescape"))
+        .and_then(|i| match tokens.get(i + 1) {
+            Some(Token::Str(s)) => s.trim_matches('\'').chars().next(),
+            _ => None,
+        })
+        .unwrap_or('\\');
+    let mut parts = Vec::new();
+    let mut i = 0;
+    loop {
+        parts.push(identifier(tokens.get(i)?, uescape)?);
+        if matches!(tokens.get(i + 1), Some(Token::Symbol("."))) {
+            i += 2;
+        } else {
+            break;
         }
     }
     let name = parts.pop()?;
@@ -83,6 +333,59 @@ fn table_statement_target(statement: &str) -> Option<TableName> {
         schema: parts.pop(),
         name,
     })
+}
+
+fn identifier(token: &Token<'_>, uescape: char) -> Option<String> {
+    match token {
+        Token::Word(w) => Some(w.to_ascii_lowercase()),
+        Token::QuotedIdent(q) if q.starts_with('"') => {
+            Some(q[1..q.len() - 1].replace("\"\"", "\""))
+        }
+        Token::QuotedIdent(q) => {
+            decode_unicode_escapes(&q[3..q.len() - 1].replace("\"\"", "\""), uescape)
+        }
+        _ => None,
+    }
+}
+
+/// `U&"..."` escapes: `\XXXX` and `\+XXXXXX` (or another escape character from UESCAPE).
+fn decode_unicode_escapes(body: &str, escape: char) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != escape {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&escape) {
+            chars.next();
+            out.push(escape);
+            continue;
+        }
+        let digits = if chars.peek() == Some(&'+') {
+            chars.next();
+            6
+        } else {
+            4
+        };
+        let hex: String = (0..digits).filter_map(|_| chars.next()).collect();
+        out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+    }
+    Some(out)
+}
+
+/// `TABLE [ONLY] name [*]`: the shorthand for `SELECT * FROM name`.
+fn table_statement_target(statement: &str) -> Option<TableName> {
+    let tokens = tokens(statement);
+    if !tokens.first().is_some_and(|t| is_word(t, "table")) {
+        return None;
+    }
+    let start = if tokens.get(1).is_some_and(|t| is_word(t, "only")) {
+        2
+    } else {
+        1
+    };
+    qualified_name(&tokens[start.min(tokens.len())..])
 }
 
 #[cfg(test)]
@@ -103,6 +406,15 @@ mod tests {
         assert_eq!(kind("COMMIT PREPARED 'x'"), Kind::Admin);
         assert_eq!(kind("REASSIGN OWNED BY a TO b"), Kind::Dcl);
         assert_eq!(kind("SELECT ((( broken"), Kind::Unknown);
+        assert_eq!(
+            kind("SELECT x FROM t FOR NO KEY UPDATE NOWAIT ((("),
+            Kind::Write
+        );
+        assert_eq!(kind("SELECT my_fn(((1"), Kind::Write);
+        assert_eq!(
+            kind("WITH d AS (DELETE FROM t RETURNING *) SELECT ((("),
+            Kind::Unknown
+        );
         assert_eq!(kind("FROBNICATE"), Kind::Unknown);
     }
 
@@ -114,6 +426,6 @@ mod tests {
             facets[0].table.as_ref().unwrap().to_string(),
             "public.Users"
         );
-        assert_eq!(kind("TABLE t; DELETE FROM t"), Kind::Unknown);
+        assert_eq!(kind("TABLE jobs FOR UPDATE"), Kind::Write);
     }
 }

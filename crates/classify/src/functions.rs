@@ -152,6 +152,21 @@ fn read_only_set() -> &'static HashSet<&'static str> {
     })
 }
 
+/// information_schema's helpers (pgJDBC's metadata queries call `_pg_expandarray`).
+const INFORMATION_SCHEMA_READ_ONLY: &[&str] = &[
+    "_pg_expandarray",
+    "_pg_index_position",
+    "_pg_truetypid",
+    "_pg_truetypmod",
+    "_pg_char_max_length",
+    "_pg_char_octet_length",
+    "_pg_numeric_precision",
+    "_pg_numeric_precision_radix",
+    "_pg_numeric_scale",
+    "_pg_datetime_precision",
+    "_pg_interval_type",
+];
+
 /// Whether a call of `name` (folded, possibly schema-qualified) is known to change nothing.
 /// `extra` lists functions a DBA declared read-only (`schema.name` or `name`).
 pub(crate) fn is_read_only(name: &str, extra: &[String]) -> bool {
@@ -160,6 +175,7 @@ pub(crate) fn is_read_only(name: &str, extra: &[String]) -> bool {
     }
     let bare = match name.rsplit_once('.') {
         Some(("pg_catalog", bare)) => bare,
+        Some(("information_schema", bare)) => return INFORMATION_SCHEMA_READ_ONLY.contains(&bare),
         Some(_) => return false,
         None => name,
     };

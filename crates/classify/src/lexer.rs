@@ -46,6 +46,11 @@ impl<'a> Lexer<'a> {
         Lexer { src, pos: 0 }
     }
 
+    /// Byte offset just after the last token returned.
+    pub(crate) fn offset(&self) -> usize {
+        self.pos
+    }
+
     fn bytes(&self) -> &'a [u8] {
         self.src.as_bytes()
     }

@@ -5,7 +5,7 @@
 
 use crate::lexer::{Lexer, Token};
 
-/// The settings, and the values that keep them safe.
+/// The settings whose safe values are known.
 const PINNED: &[(&str, &[&str])] = &[
     (
         "standard_conforming_strings",
@@ -17,47 +17,117 @@ const PINNED: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// Why the statement text would unpin a setting, if it would.
-pub(crate) fn violation(sql: &str) -> Option<String> {
-    let tokens: Vec<Token<'_>> = Lexer::new(sql).collect::<Result<_, _>>().ok()?;
-    for (i, token) in tokens.iter().enumerate() {
-        let Some(name) = setting_name(token) else {
-            continue;
-        };
-        let Some((_, safe)) = PINNED.iter().find(|(n, _)| *n == name) else {
-            continue;
-        };
-        if !is_assignment(&tokens[..i], token) {
-            continue;
-        }
-        let value = tokens[i + 1..]
-            .iter()
-            .find(|t| !matches!(t, Token::Symbol("=" | ",")) && !is_word(t, "to"))
-            .and_then(setting_name);
-        let safe_value = value.as_deref().is_some_and(|v| safe.contains(&v));
-        if !safe_value {
-            return Some(format!(
-                "pgstepup pins {name}: the proxy and the server must read SQL text alike"
-            ));
-        }
-    }
-    None
-}
+/// Client encodings whose multi-byte characters can contain ASCII quote or backslash bytes
+/// (with their aliases): the server converts them before lexing, pgstepup would not.
+const UNSAFE_ENCODINGS: &[&str] = &[
+    "sjis",
+    "shift_jis",
+    "mskanji",
+    "win932",
+    "windows932",
+    "shift_jis_2004",
+    "big5",
+    "win950",
+    "windows950",
+    "gbk",
+    "win936",
+    "windows936",
+    "cp936",
+    "gb18030",
+    "uhc",
+    "win949",
+    "windows949",
+    "johab",
+];
 
 /// For a startup parameter or `-c name=value` option: `Some(false)` when `name` is pinned and
 /// `value` would unpin it, `Some(true)` when pinned and safe, `None` when not pinned.
 pub fn safe_value(name: &str, value: &str) -> Option<bool> {
     let name = name.trim().to_ascii_lowercase().replace('-', "_");
+    let value = value.trim().trim_matches('\'').to_ascii_lowercase();
+    if name == "client_encoding" || name == "names" {
+        let normalized = value.replace(['-', ' '], "_");
+        return Some(!UNSAFE_ENCODINGS.contains(&normalized.as_str()));
+    }
     let (_, safe) = PINNED.iter().find(|(n, _)| *n == name)?;
-    Some(
-        safe.contains(
-            &value
-                .trim()
-                .trim_matches('\'')
-                .to_ascii_lowercase()
-                .as_str(),
-        ),
-    )
+    Some(safe.contains(&value.as_str()))
+}
+
+fn pinned_message(name: &str) -> String {
+    format!("pgstepup pins {name}: the proxy and the server must read SQL text alike")
+}
+
+/// Why the statement text would unpin a setting, if it would.
+pub(crate) fn violation(sql: &str) -> Option<String> {
+    let tokens: Vec<Token<'_>> = Lexer::new(sql).collect::<Result<_, _>>().ok()?;
+    let lowered = sql.to_ascii_lowercase();
+    for statement in tokens.split(|t| matches!(t, Token::Semicolon)) {
+        let Some(leader) = statement.first().and_then(setting_name) else {
+            continue;
+        };
+        // Procedural bodies can set anything at run time.
+        if matches!(leader.as_str(), "do" | "create")
+            && PINNED.iter().any(|(name, _)| lowered.contains(name))
+            && statement
+                .iter()
+                .any(|t| matches!(t, Token::Str(_)) || is_word(t, "set"))
+        {
+            let name = PINNED
+                .iter()
+                .find(|(n, _)| lowered.contains(n))
+                .map(|(n, _)| *n)?;
+            return Some(pinned_message(name));
+        }
+        if leader == "update"
+            && statement
+                .iter()
+                .any(|t| setting_name(t).as_deref() == Some("pg_settings"))
+        {
+            return Some(
+                "pgstepup pins some settings: pg_settings cannot be updated through it".into(),
+            );
+        }
+        for (i, token) in statement.iter().enumerate() {
+            if setting_name(token).as_deref() == Some("set_config")
+                && matches!(statement.get(i + 1), Some(Token::Symbol("(")))
+            {
+                match statement.get(i + 2) {
+                    Some(Token::Str(name)) if name.starts_with('\'') => {
+                        let name = name.trim_matches('\'');
+                        let value = statement
+                            .get(i + 4)
+                            .and_then(setting_name)
+                            .unwrap_or_default();
+                        if safe_value(name, &value) == Some(false) {
+                            return Some(pinned_message(name));
+                        }
+                    }
+                    // A computed name is a write (step-up) like any set_config; if it turns
+                    // standard_conforming_strings off, the server reports it and the session ends.
+                    _ => {}
+                }
+                continue;
+            }
+            let Some(name) = setting_name(token) else {
+                continue;
+            };
+            let pinned = PINNED.iter().any(|(n, _)| *n == name)
+                || name == "client_encoding"
+                || name == "names";
+            if !pinned || !is_assignment(&leader, &statement[..i]) {
+                continue;
+            }
+            let value = statement[i + 1..]
+                .iter()
+                .find(|t| !matches!(t, Token::Symbol("=" | ",")) && !is_word(t, "to"))
+                .and_then(setting_name)
+                .unwrap_or_default();
+            if safe_value(&name, &value) != Some(true) {
+                return Some(pinned_message(&name));
+            }
+        }
+    }
+    None
 }
 
 fn is_word(token: &Token<'_>, word: &str) -> bool {
@@ -75,26 +145,15 @@ fn setting_name(token: &Token<'_>) -> Option<String> {
     }
 }
 
-/// `SET [SESSION|LOCAL] name`, `ALTER ... SET name`, or `set_config('name', ...)` (not a
+/// `SET [SESSION|LOCAL] name`, `ALTER ... SET name`, `CREATE FUNCTION ... SET name` (not a
 /// column of that name in `UPDATE ... SET`).
-fn is_assignment(before: &[Token<'_>], name: &Token<'_>) -> bool {
-    let statement_start = before
-        .iter()
-        .rposition(|t| matches!(t, Token::Semicolon))
-        .map_or(0, |i| i + 1);
-    let leader = before.get(statement_start);
-    let leader_sets = leader.is_some_and(|t| is_word(t, "set") || is_word(t, "alter"));
-    let mut back = before
-        .iter()
-        .rev()
-        .filter(|t| !is_word(t, "session") && !is_word(t, "local"));
-    match name {
-        Token::Str(_) => {
-            matches!(back.next(), Some(Token::Symbol("(")))
-                && matches!(back.next(), Some(t) if setting_name(t).as_deref() == Some("set_config"))
-        }
-        _ => leader_sets && back.next().is_some_and(|t| is_word(t, "set")),
-    }
+fn is_assignment(leader: &str, before: &[Token<'_>]) -> bool {
+    matches!(leader, "set" | "alter" | "create")
+        && before
+            .iter()
+            .rev()
+            .find(|t| !is_word(t, "session") && !is_word(t, "local"))
+            .is_some_and(|t| is_word(t, "set"))
 }
 
 #[cfg(test)]
@@ -113,6 +172,12 @@ mod tests {
             "ALTER DATABASE d SET standard_conforming_strings TO off",
             "SET backslash_quote = on",
             "SELECT 1; SET standard_conforming_strings = 0",
+            "SET client_encoding = 'SJIS'",
+            "SET NAMES 'GBK'",
+            "SELECT set_config('client_encoding', 'BIG5', false)",
+            "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET standard_conforming_strings = off AS 'SELECT 1'",
+            "DO $$ BEGIN SET standard_conforming_strings = off; END $$",
         ] {
             assert!(violation(sql).is_some(), "{sql}");
         }
@@ -138,6 +203,9 @@ mod tests {
             "SHOW standard_conforming_strings",
             "SELECT current_setting('standard_conforming_strings')",
             "SET backslash_quote = safe_encoding",
+            "SET client_encoding = 'LATIN1'",
+            "SET NAMES 'UTF8'",
+            "SELECT set_config('search_path', 'public', false)",
             "SELECT 'SET standard_conforming_strings = off'",
             "UPDATE t SET standard_conforming_strings = 0",
         ] {

@@ -54,11 +54,11 @@ impl fmt::Display for TableName {
     }
 }
 
-/// Case folding as PostgreSQL does it for identifiers.
+/// Case folding as PostgreSQL does it for identifiers: ASCII letters only.
 pub(crate) fn fold(ident: &Ident) -> String {
     match ident.quote_style {
         Some(_) => ident.value.clone(),
-        None => ident.value.to_lowercase(),
+        None => ident.value.to_ascii_lowercase(),
     }
 }
 

@@ -65,7 +65,8 @@ fn fill(template: &str, rng: &mut Rng) -> String {
     let mut rest = template;
     while let Some(at) = rest.find("{}") {
         out.push_str(&rest[..at]);
-        out.push_str(*rng.pick(LITERALS));
+        let literal: &&str = rng.pick(LITERALS);
+        out.push_str(literal);
         rest = &rest[at + 2..];
     }
     out.push_str(rest);
@@ -193,6 +194,7 @@ fn never_panics_on_garbage() {
         }
         let _ = shape(&sql);
     }
-    let deep = format!("SELECT {}1{}", "(".repeat(500), ")".repeat(500));
-    assert!(classify(&deep, &[]).kinds.contains(Kind::Unknown));
+    // Too deep for the parser: still never a read when it hides a call.
+    let deep = format!("SELECT {}my_fn(1){}", "(".repeat(500), ")".repeat(500));
+    assert!(classify(&deep, &[]).kinds.contains(Kind::Write));
 }

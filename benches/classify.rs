@@ -1,0 +1,79 @@
+//! The per-statement cost of deciding: a cache hit (the steady state, including the shape
+//! scan and the policy evaluation), a miss on a short statement, a miss on a long catalog
+//! query, and sqlparser's own parse for comparison.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use pgstepup_classify::{classify, Classifier};
+use pgstepup_policy::{Policy, Subject};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+const PGBENCH_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
+
+/// pgJDBC's DatabaseMetaData.getColumns query (what DBeaver sends when browsing a table).
+const JDBC_GET_COLUMNS: &str = "SELECT * FROM (SELECT n.nspname,c.relname,a.attname,a.atttypid,a.attnotnull OR (t.typtype = 'd' AND t.typnotnull) AS attnotnull,a.atttypmod,a.attlen,t.typtypmod,row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum) AS attnum, nullif(a.attidentity, '') as attidentity,nullif(a.attgenerated, '') as attgenerated,pg_catalog.pg_get_expr(def.adbin, def.adrelid) AS adsrc,dsc.description,t.typbasetype,t.typtype  FROM pg_catalog.pg_namespace n  JOIN pg_catalog.pg_class c ON (c.relnamespace = n.oid)  JOIN pg_catalog.pg_attribute a ON (a.attrelid=c.oid)  JOIN pg_catalog.pg_type t ON (a.atttypid = t.oid)  LEFT JOIN pg_catalog.pg_attrdef def ON (a.attrelid=def.adrelid AND a.attnum = def.adnum)  LEFT JOIN pg_catalog.pg_description dsc ON (c.oid=dsc.objoid AND a.attnum = dsc.objsubid)  LEFT JOIN pg_catalog.pg_class dc ON (dc.oid=dsc.classoid AND dc.relname='pg_class')  LEFT JOIN pg_catalog.pg_namespace dn ON (dc.relnamespace=dn.oid AND dn.nspname='pg_catalog')  WHERE c.relkind in ('r','p','v','f','m') and a.attnum > 0 AND NOT a.attisdropped  AND n.nspname LIKE 'public' AND c.relname LIKE 'orders') c WHERE true  ORDER BY nspname,c.relname,attnum";
+
+fn decide(c: &mut Criterion) {
+    let policy = Policy::builtin();
+    let subject = Subject::default();
+    let classifier = Classifier::new(10_000, Vec::new());
+    let mut scratch = String::new();
+    classifier.classify(PGBENCH_SELECT, &mut scratch);
+    // Simple-protocol clients inline a different literal every time; the shape still hits.
+    let other_literal = "SELECT abalance FROM pgbench_accounts WHERE aid = 7;";
+    c.bench_function("cache hit + policy (pgbench select, new literal)", |b| {
+        b.iter(|| {
+            let classification =
+                classifier.classify(std::hint::black_box(other_literal), &mut scratch);
+            policy.evaluate(&classification, &subject).action
+        })
+    });
+    c.bench_function("miss: short statement (classify + policy)", |b| {
+        b.iter(|| {
+            policy
+                .evaluate(
+                    &classify(std::hint::black_box(PGBENCH_SELECT), &[]),
+                    &subject,
+                )
+                .action
+        })
+    });
+    c.bench_function("miss: pgJDBC getColumns (classify + policy)", |b| {
+        b.iter(|| {
+            policy
+                .evaluate(
+                    &classify(std::hint::black_box(JDBC_GET_COLUMNS), &[]),
+                    &subject,
+                )
+                .action
+        })
+    });
+    c.bench_function("sqlparser parse only: short statement", |b| {
+        b.iter(|| {
+            Parser::parse_sql(&PostgreSqlDialect {}, std::hint::black_box(PGBENCH_SELECT))
+                .map(|s| s.len())
+        })
+    });
+    c.bench_function(
+        "cache fill: 1000 distinct shapes into a 256-entry cache",
+        |b| {
+            let statements: Vec<String> = (0..1000)
+                .map(|i| format!("SELECT c{i} FROM t WHERE id = 1"))
+                .collect();
+            b.iter_batched(
+                || Classifier::new(256, Vec::new()),
+                |small| {
+                    let mut scratch = String::new();
+                    for s in &statements {
+                        small.classify(s, &mut scratch);
+                    }
+                    small.len()
+                },
+                BatchSize::LargeInput,
+            )
+        },
+    );
+}
+
+criterion_group!(benches, decide);
+criterion_main!(benches);
