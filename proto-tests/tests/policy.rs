@@ -275,9 +275,20 @@ async fn unsafe_client_encodings_are_refused() {
     let proxy = proxy_with("");
     let (client, _c) = proxy.connect_app().await;
     // SJIS can hide a quote or backslash byte inside a multi-byte character.
-    let err = client.simple_query("SET client_encoding = 'SJIS'").await.unwrap_err();
-    assert!(err.as_db_error().unwrap().detail().unwrap().contains("client_encoding"));
-    client.simple_query("SET client_encoding = 'LATIN1'").await.unwrap();
+    let err = client
+        .simple_query("SET client_encoding = 'SJIS'")
+        .await
+        .unwrap_err();
+    assert!(err
+        .as_db_error()
+        .unwrap()
+        .detail()
+        .unwrap()
+        .contains("client_encoding"));
+    client
+        .simple_query("SET client_encoding = 'LATIN1'")
+        .await
+        .unwrap();
 
     let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -113,7 +113,7 @@ fn json(c: &Classification, d: &Decision) -> serde_json::Value {
     serde_json::json!({
         "decision": d.action.name(),
         "rule": d.rule,
-        "reason": d.reason,
+        "reason": d.reason(),
         "kinds": names(c.kinds.iter().map(|k| k.name())),
         "tables": tables(c),
         "reads": names(&c.reads),
@@ -136,7 +136,7 @@ fn human(c: &Classification, d: &Decision, policy: &Policy) -> String {
     let mut out = String::new();
     out.push_str(&format!("decision:  {}\n", d.action));
     out.push_str(&format!("rule:      {}\n", d.rule));
-    out.push_str(&format!("reason:    {}\n", d.reason));
+    out.push_str(&format!("reason:    {}\n", d.reason()));
     out.push_str(&format!(
         "kinds:     {}\n",
         list(names(c.kinds.iter().map(|k| k.name())))

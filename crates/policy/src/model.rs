@@ -96,16 +96,50 @@ pub struct Policy {
     pub read_only_functions: Vec<String>,
 }
 
-/// The outcome for one statement.
+/// The outcome for one statement. Borrowed from the policy and the classification, so deciding
+/// allocates nothing; [`Decision::reason`] builds the explanation only when someone asks.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
+pub struct Decision<'a> {
     pub action: Action,
     /// The rule that decided.
-    pub rule: String,
-    /// Why, for people.
-    pub reason: String,
+    pub rule: &'a str,
     pub lifetime: Duration,
     pub scope: Scope,
+    why: Why<'a>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Why<'a> {
+    Pinned(&'a str),
+    Empty,
+    Rule {
+        rule: &'a Rule,
+        facet: &'a Facet,
+        classification: &'a Classification,
+        barred_role: Option<&'a str>,
+    },
+}
+
+impl Decision<'_> {
+    /// Why, for people: the facet that decided, the rule (and its line), and the detail.
+    pub fn reason(&self) -> String {
+        match &self.why {
+            Why::Pinned(violation) => (*violation).to_owned(),
+            Why::Empty => "no statement".into(),
+            Why::Rule {
+                rule,
+                facet,
+                classification,
+                barred_role,
+            } => {
+                let mut reason = describe(facet, rule, classification);
+                if let Some(role) = barred_role {
+                    reason.push_str(&format!("; role {role} may not elevate"));
+                }
+                reason
+            }
+        }
+    }
 }
 
 /// How specifically a rule matches a facet; larger wins. Compared field by field in order.
@@ -159,14 +193,18 @@ impl Policy {
     /// DBA's beat the built-in defaults; then the most specific wins: an exact table beats a
     /// glob beats no table; naming roles beats not; naming kinds beats not; then the stricter
     /// action; then the earlier rule. The statement's decision is the strictest over its facets.
-    pub fn evaluate(&self, classification: &Classification, subject: &Subject) -> Decision {
+    pub fn evaluate<'a>(
+        &'a self,
+        classification: &'a Classification,
+        subject: &Subject,
+    ) -> Decision<'a> {
         if let Some(violation) = &classification.pinned_violation {
             return Decision {
                 action: Action::Deny,
-                rule: "pinned-setting".into(),
-                reason: violation.clone(),
+                rule: "pinned-setting",
                 lifetime: Duration::ZERO,
                 scope: Scope::Connection,
+                why: Why::Pinned(violation),
             };
         }
         let mut best: Option<(&Rule, &Facet)> = None;
@@ -181,14 +219,14 @@ impl Policy {
         let Some((rule, facet)) = best else {
             return Decision {
                 action: Action::Allow,
-                rule: "empty".into(),
-                reason: "no statement".into(),
+                rule: "empty",
                 lifetime: Duration::ZERO,
                 scope: Scope::Connection,
+                why: Why::Empty,
             };
         };
-        let mut reason = describe(facet, rule, classification);
         let mut action = rule.action;
+        let mut barred_role = None;
         if action == Action::StepUp {
             if let Some(barred) = self
                 .roles
@@ -196,15 +234,20 @@ impl Policy {
                 .find(|r| !r.can_elevate && subject.roles.contains(&r.name))
             {
                 action = Action::Deny;
-                reason = format!("{reason}; role {} may not elevate", barred.name);
+                barred_role = Some(barred.name.as_str());
             }
         }
         Decision {
             action,
-            rule: rule.name.clone(),
-            reason,
+            rule: &rule.name,
             lifetime: rule.lifetime,
             scope: rule.scope,
+            why: Why::Rule {
+                rule,
+                facet,
+                classification,
+                barred_role,
+            },
         }
     }
 

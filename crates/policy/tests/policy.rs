@@ -32,8 +32,9 @@ fn decide(policy: &Policy, user: &str, roles: &[&str], sql: &str) -> (Action, St
         user: user.into(),
         roles: roles.iter().map(|r| r.to_string()).collect(),
     };
-    let d = policy.evaluate(&classify(sql, &policy.read_only_functions), &subject);
-    (d.action, d.rule)
+    let classification = classify(sql, &policy.read_only_functions);
+    let d = policy.evaluate(&classification, &subject);
+    (d.action, d.rule.to_string())
 }
 
 const POLICY: &str = r#"
@@ -131,15 +132,16 @@ fn roles_select_rules_and_can_bar_elevation() {
         p.roles_of("carol", &["dba_team".into()]),
         vec!["dba".to_owned()]
     );
+    let update = classify("UPDATE orders SET x = 1", &[]);
     let d = p.evaluate(
-        &classify("UPDATE orders SET x = 1", &[]),
+        &update,
         &Subject {
             user: "alice".into(),
             roles: vec!["oncall".into()],
         },
     );
     assert_eq!(
-        (d.action, d.rule.as_str(), d.lifetime),
+        (d.action, d.rule, d.lifetime),
         (Action::StepUp, "oncall-writes", Duration::from_secs(1800))
     );
     // A role-specific rule beats the built-in default for the same kind; others get the default.
@@ -165,16 +167,12 @@ fn roles_select_rules_and_can_bar_elevation() {
 #[test]
 fn lifetimes_scopes_functions_and_pinned_settings() {
     let p = policy(POLICY);
-    let d = p.evaluate(
-        &classify("SELECT * FROM billing.x", &[]),
-        &Subject::default(),
-    );
+    let billing = classify("SELECT * FROM billing.x", &[]);
+    let d = p.evaluate(&billing, &Subject::default());
     assert_eq!(d.lifetime, Duration::from_secs(300));
     assert_eq!(d.scope, pgstepup_policy::Scope::User);
-    let d = p.evaluate(
-        &classify("GRANT SELECT ON t TO x", &[]),
-        &Subject::default(),
-    );
+    let grant = classify("GRANT SELECT ON t TO x", &[]);
+    let d = p.evaluate(&grant, &Subject::default());
     assert_eq!((d.action, d.lifetime), (Action::StepUp, Duration::ZERO));
     assert_eq!(
         decide(&p, "bob", &[], "SELECT app.safe_fn(1)").0,

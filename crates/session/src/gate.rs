@@ -113,13 +113,13 @@ impl Gate {
             }
             action if self.active.observe => {
                 tracing::info!(
-                    %action, rule = %decision.rule, reason = %decision.reason, sql = %truncate(&sql),
+                    %action, rule = %decision.rule, reason = %decision.reason(), sql = %truncate(&sql),
                     "observe mode: statement forwarded although the policy says {action}"
                 );
                 Verdict::Forward
             }
             action => {
-                tracing::info!(%action, rule = %decision.rule, reason = %decision.reason, sql = %truncate(&sql), "statement refused");
+                tracing::info!(%action, rule = %decision.rule, reason = %decision.reason(), sql = %truncate(&sql), "statement refused");
                 Verdict::Substitute(self.substitute(statement, refusal_error(&decision)))
             }
         }
@@ -277,7 +277,7 @@ fn refusal_error(decision: &Decision) -> PgError {
         ),
     };
     PgError::error(sqlstate::INSUFFICIENT_PRIVILEGE, message)
-        .with_detail(decision.reason.clone())
+        .with_detail(decision.reason())
         .with_hint(hint)
 }
 
