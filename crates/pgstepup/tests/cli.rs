@@ -98,3 +98,118 @@ async fn serves_with_flags_only_and_stops_on_sigterm() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+fn check(args: &[&str], stdin: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = pgstepup()
+        .arg("check")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_explains_a_decision_for_a_person() {
+    let (ok, out) = check(&["DELETE FROM public.orders WHERE id = 7"], "");
+    assert!(ok, "{out}");
+    assert!(out.contains("decision:  step_up"), "{out}");
+    assert!(out.contains("rule:      default-write"), "{out}");
+    assert!(out.contains("writes:    public.orders"), "{out}");
+    // SQL from stdin too.
+    let (ok, out) = check(&[], "SELECT * FROM pg_class");
+    assert!(ok && out.contains("decision:  allow"), "{out}");
+}
+
+#[test]
+fn check_jsonl_prints_one_object_per_line() {
+    let input = [
+        "\"SELECT 1\"",
+        "\"INSERT INTO t VALUES (1); SELECT 2\"",
+        "\"SET standard_conforming_strings = off\"",
+        "\"DO $$ BEGIN END $$\"",
+    ]
+    .join("\n");
+    let (ok, out) = check(&["--jsonl"], &input);
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    let decisions: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for key in ["decision", "kinds", "tables", "rule", "reason"] {
+                assert!(v.get(key).is_some(), "{key} missing in {l}");
+            }
+            v["decision"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(decisions, ["allow", "step_up", "deny", "step_up"]);
+}
+
+#[test]
+fn check_uses_the_configured_policy_and_the_users_roles() {
+    let policy = temp_file(
+        "policy.toml",
+        "[roles.oncall]\nusers = [\"alice\"]\n\n[[rule]]\nname = \"oncall-writes\"\nkinds = [\"write\"]\nroles = [\"oncall\"]\naction = \"allow\"\n",
+    );
+    let config = temp_file(
+        "with-policy.toml",
+        &format!("[policy]\nfile = \"{}\"\n", policy.display()),
+    );
+    let config = config.display().to_string();
+    let (_, out) = check(
+        &["--config", &config, "--user", "alice", "UPDATE t SET a = 1"],
+        "",
+    );
+    assert!(
+        out.contains("decision:  allow") && out.contains("oncall-writes"),
+        "{out}"
+    );
+    let (_, out) = check(
+        &["--config", &config, "--user", "bob", "UPDATE t SET a = 1"],
+        "",
+    );
+    assert!(out.contains("decision:  step_up"), "{out}");
+}
+
+#[test]
+fn lint_reports_problems_and_refuses_invalid_files() {
+    let good = temp_file(
+        "good-policy.toml",
+        "[[rule]]\nname = \"r\"\nkinds = [\"write\"]\naction = \"deny\"\n",
+    );
+    let (ok, out) = check(&["--policy", &good.display().to_string(), "--lint"], "");
+    assert!(ok, "{out}");
+    assert!(out.contains("valid, 1 rule(s)"), "{out}");
+
+    let warned = temp_file(
+        "warned-policy.toml",
+        "[[rule]]\nname = \"r\"\ntables = [\"public.Users\"]\naction = \"deny\"\n",
+    );
+    let (ok, out) = check(&["--policy", &warned.display().to_string(), "--lint"], "");
+    assert!(!ok && out.contains("upper case"), "{out}");
+
+    let bad = temp_file(
+        "bad-policy.toml",
+        "\n[[rule]]\nname = \"r\"\nkinds = [\"wirte\"]\naction = \"deny\"\n",
+    );
+    let (ok, out) = check(&["--policy", &bad.display().to_string(), "--lint"], "");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&bad.display().to_string()) && out.contains("wirte") && out.contains("line 4"),
+        "{out}"
+    );
+}
