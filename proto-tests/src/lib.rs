@@ -120,13 +120,8 @@ fn make_certs(dir: &Path) {
     ]);
 }
 
-/// Runs SQL as the superuser on the upstream (set-up only).
-pub async fn admin(sql: &str) {
-    admin_in("postgres", sql).await
-}
-
-/// Runs SQL as the superuser in a given database of the upstream.
-pub async fn admin_in(database: &str, sql: &str) {
+/// A superuser connection to the upstream, bypassing pgstepup (set-up and checks only).
+pub async fn admin_client(database: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(
         &format!("host=127.0.0.1 port=5432 user=postgres dbname={database}"),
         tokio_postgres::NoTls,
@@ -135,6 +130,17 @@ pub async fn admin_in(database: &str, sql: &str) {
     .expect("PostgreSQL on 127.0.0.1:5432 with trust auth for postgres");
     tokio::spawn(conn);
     client
+}
+
+/// Runs SQL as the superuser on the upstream (set-up only).
+pub async fn admin(sql: &str) {
+    admin_in("postgres", sql).await
+}
+
+/// Runs SQL as the superuser in a given database of the upstream.
+pub async fn admin_in(database: &str, sql: &str) {
+    admin_client(database)
+        .await
         .batch_execute(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -154,13 +160,7 @@ pub async fn app_role() {
              ALTER ROLE {APP_USER} PASSWORD '{APP_PASSWORD}';"
         ))
         .await;
-        let (client, conn) = tokio_postgres::connect(
-            "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-            tokio_postgres::NoTls,
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let client = admin_client("postgres").await;
         let exists = client
             .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&APP_DB])
             .await

@@ -41,13 +41,7 @@ async fn table(name: &str) -> String {
 }
 
 async fn count(table: &str) -> i64 {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port=5432 user=postgres dbname={APP_DB}"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let client = proto_tests::admin_client(APP_DB).await;
     client
         .query_one(&format!("SELECT count(*) FROM public.{table}"), &[])
         .await

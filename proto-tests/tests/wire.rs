@@ -449,13 +449,7 @@ async fn truncated_frame_then_close_leaves_no_session_behind() {
 }
 
 async fn wait_for_no_backend(application_name: &str) {
-    let (client, conn) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let client = proto_tests::admin_client("postgres").await;
     for _ in 0..100 {
         let n: i64 = client
             .query_one(
@@ -491,13 +485,7 @@ async fn client_vanishing_mid_copy_commits_nothing() {
     }
     drop(raw);
     wait_for_no_backend("vanish-copy").await;
-    let (client, conn) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let client = proto_tests::admin_client("postgres").await;
     let n: i64 = client
         .query_one(&format!("SELECT count(*) FROM {table}"), &[])
         .await
@@ -516,13 +504,7 @@ async fn upstream_going_away_mid_query_gives_the_client_an_error() {
     let (mut raw, _) = logged_in(&proxy, &[("application_name", "upstream-dies")]).await;
     raw.send(&query(b"SELECT pg_sleep(30)")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (admin, conn) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let admin = proto_tests::admin_client("postgres").await;
     admin
         .batch_execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'upstream-dies'",
@@ -617,13 +599,7 @@ async fn auth_query_through_a_security_definer_function_and_a_non_superuser_logi
 #[tokio::test]
 async fn verifier_file_replaces_the_auth_query() {
     app_role().await;
-    let (admin, conn) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let admin = proto_tests::admin_client("postgres").await;
     let verifier: String = admin
         .query_one(
             "SELECT rolpassword FROM pg_authid WHERE rolname = $1",

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::{classify, lexer, Classification, SharedClassification};
@@ -16,8 +15,6 @@ pub struct Classifier {
     shards: Vec<Mutex<HashMap<Box<str>, SharedClassification>>>,
     per_shard: usize,
     hasher: RandomState,
-    hits: AtomicU64,
-    misses: AtomicU64,
 }
 
 impl Classifier {
@@ -29,8 +26,6 @@ impl Classifier {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             hasher: RandomState::new(),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
         }
     }
 
@@ -43,10 +38,8 @@ impl Classifier {
         }
         let shard = &self.shards[(self.hasher.hash_one(scratch.as_str()) as usize) % SHARDS];
         if let Some(hit) = shard.lock().expect("cache shard").get(scratch.as_str()) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
             return hit.clone();
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
         let classification = Arc::new(classify(sql, &self.read_only_functions));
         let mut map = shard.lock().expect("cache shard");
         if map.len() >= self.per_shard {
@@ -60,14 +53,6 @@ impl Classifier {
     /// Classifies without the cache.
     pub fn classify_uncached(&self, sql: &str) -> Classification {
         classify(sql, &self.read_only_functions)
-    }
-
-    /// (hits, misses) so far.
-    pub fn stats(&self) -> (u64, u64) {
-        (
-            self.hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
-        )
     }
 
     /// Entries currently cached.

@@ -136,17 +136,10 @@ impl Gate {
 
     fn classify(&mut self, sql: &str) -> Arc<Classification> {
         match &self.unsafe_encoding {
-            Some(encoding) => Arc::new(Classification {
-                kinds: [Kind::Unknown].into_iter().collect(),
-                facets: vec![Facet {
-                    kind: Kind::Unknown,
-                    table: None,
-                }],
-                reasons: vec![format!(
-                    "client_encoding {encoding} can hide quotes inside multi-byte characters"
-                )],
-                ..Default::default()
-            }),
+            Some(encoding) => Arc::new(single_facet(
+                Kind::Unknown,
+                format!("client_encoding {encoding} can hide quotes inside multi-byte characters"),
+            )),
             None => self
                 .active
                 .classifier
@@ -246,15 +239,18 @@ fn decode(sql: &[u8]) -> Cow<'_, str> {
 }
 
 fn function_call(oid: u32) -> Classification {
+    single_facet(
+        Kind::Write,
+        format!("fast-path call of function OID {oid}: any function, no SQL to inspect"),
+    )
+}
+
+/// A classification pgstepup makes without parsing: one kind, one reason.
+fn single_facet(kind: Kind, reason: String) -> Classification {
     Classification {
-        kinds: [Kind::Write].into_iter().collect(),
-        facets: vec![Facet {
-            kind: Kind::Write,
-            table: None,
-        }],
-        reasons: vec![format!(
-            "fast-path call of function OID {oid}: any function, no SQL to inspect"
-        )],
+        kinds: [kind].into_iter().collect(),
+        facets: vec![Facet { kind, table: None }],
+        reasons: vec![reason],
         ..Default::default()
     }
 }
