@@ -343,3 +343,39 @@ where
     }
     panic!("the policy change never took effect");
 }
+
+#[tokio::test]
+async fn policy_roles_follow_upstream_role_membership() {
+    app_role().await;
+    let ledger = table("gate_ledger").await;
+    admin(
+        "DO $$BEGIN
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'stepup_bookkeepers') THEN
+             CREATE ROLE stepup_bookkeepers NOLOGIN;
+           END IF;
+         END$$;",
+    )
+    .await;
+    let policy = format!(
+        "[roles.bookkeeping]\nupstream_roles = [\"stepup_bookkeepers\"]\n\n\
+         [[rule]]\nname = \"bookkeepers-write-the-ledger\"\ntables = [\"public.{ledger}\"]\n\
+         kinds = [\"write\"]\nroles = [\"bookkeeping\"]\naction = \"allow\"\n"
+    );
+    let proxy = proxy_with(&policy);
+    let insert = format!("INSERT INTO public.{ledger} VALUES (1)");
+
+    admin(&format!("REVOKE stepup_bookkeepers FROM {APP_USER}")).await;
+    let (client, _c) = proxy.connect_app().await;
+    assert!(
+        client.batch_execute(&insert).await.is_err(),
+        "not a member yet"
+    );
+
+    // Membership is looked up by the auth login at each login.
+    admin(&format!("GRANT stepup_bookkeepers TO {APP_USER}")).await;
+    let (client, _c) = proxy.connect_app().await;
+    let result = client.batch_execute(&insert).await;
+    admin(&format!("REVOKE stepup_bookkeepers FROM {APP_USER}")).await;
+    result.expect("a member of the upstream role gets the policy role");
+    assert_eq!(count(&ledger).await, 1);
+}

@@ -2,17 +2,22 @@
 //! Lookups take one uncontended shard lock; the cache never holds more than its capacity.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
 
 use crate::{classify, lexer, Classification, SharedClassification};
 
 const SHARDS: usize = 16;
 
+/// Shape hash → (shape, classification).
+type Shard = Mutex<HashMap<u64, (Box<str>, SharedClassification), PreHashed>>;
+
 /// Classification with a shape-keyed cache.
 pub struct Classifier {
     read_only_functions: Vec<String>,
-    shards: Vec<Mutex<HashMap<Box<str>, SharedClassification>>>,
+    /// Keyed by the shape's hash (computed once, with a per-process random key); the entry
+    /// keeps the shape itself, compared on every hit, so a collision is only ever a miss.
+    shards: Vec<Shard>,
     per_shard: usize,
     hasher: RandomState,
 }
@@ -23,7 +28,9 @@ impl Classifier {
     pub fn new(capacity: usize, read_only_functions: Vec<String>) -> Self {
         Classifier {
             read_only_functions,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             hasher: RandomState::new(),
         }
@@ -36,9 +43,12 @@ impl Classifier {
             // Text the scanner refuses is classified every time (it is rare and suspicious).
             return Arc::new(classify(sql, &self.read_only_functions));
         }
-        let shard = &self.shards[(self.hasher.hash_one(scratch.as_str()) as usize) % SHARDS];
-        if let Some(hit) = shard.lock().expect("cache shard").get(scratch.as_str()) {
-            return hit.clone();
+        let hash = self.hasher.hash_one(scratch.as_str());
+        let shard = &self.shards[(hash as usize) % SHARDS];
+        if let Some((shape, hit)) = shard.lock().expect("cache shard").get(&hash) {
+            if **shape == *scratch {
+                return hit.clone();
+            }
         }
         let classification = Arc::new(classify(sql, &self.read_only_functions));
         let mut map = shard.lock().expect("cache shard");
@@ -46,7 +56,7 @@ impl Classifier {
             // Bounded: start the shard afresh rather than track recency on every hit.
             map.clear();
         }
-        map.insert(scratch.as_str().into(), classification.clone());
+        map.insert(hash, (scratch.as_str().into(), classification.clone()));
         classification
     }
 
@@ -66,5 +76,27 @@ impl Classifier {
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The keys are already hashes: hashing them again would only cost time.
+type PreHashed = BuildHasherDefault<IdentityHasher>;
+
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }

@@ -317,17 +317,30 @@ pub fn shape(sql: &str) -> Result<String, LexError> {
 }
 
 /// [`shape`] into a caller-owned buffer (cleared first), so the hot path reuses one allocation.
+/// One pass in the common case; a second only when a statement turns out to need its literals.
 pub fn shape_into(sql: &str, out: &mut String) -> Result<(), LexError> {
+    if write_shape(sql, out, true)? {
+        return Ok(());
+    }
+    write_shape(sql, out, false).map(|_| ())
+}
+
+/// Writes the shape; with `hide_literals`, stops early and returns `false` as soon as a
+/// statement whose literals may matter is seen.
+fn write_shape(sql: &str, out: &mut String, hide_literals: bool) -> Result<bool, LexError> {
     out.clear();
-    let literals_free = literals_never_matter(sql)?;
+    let mut at_start = true;
     for token in Lexer::new(sql) {
         let token = token?;
+        if hide_literals && !literal_free(&token, &mut at_start) {
+            return Ok(false);
+        }
         if !out.is_empty() {
             out.push(' ');
         }
         match token {
             Token::Word(w) => out.extend(w.chars().map(|c| c.to_ascii_lowercase())),
-            Token::Str(_) | Token::Number(_) if literals_free => out.push('?'),
+            Token::Str(_) | Token::Number(_) if hide_literals => out.push('?'),
             Token::Str(s)
             | Token::Number(s)
             | Token::QuotedIdent(s)
@@ -336,45 +349,37 @@ pub fn shape_into(sql: &str, out: &mut String) -> Result<(), LexError> {
             Token::Semicolon => out.push(';'),
         }
     }
-    Ok(())
+    Ok(true)
 }
 
-fn literals_never_matter(sql: &str) -> Result<bool, LexError> {
-    let mut at_start = true;
-    for token in Lexer::new(sql) {
-        match &token? {
-            Token::Semicolon => at_start = true,
-            Token::Word(w) if at_start => {
-                if !LITERAL_FREE_LEADERS
-                    .iter()
-                    .any(|k| w.eq_ignore_ascii_case(k))
-                {
-                    return Ok(false);
-                }
-                at_start = false;
-            }
-            // A statement that starts with a parenthesis, a literal or anything else: keep.
-            _ if at_start => return Ok(false),
-            Token::Word(w)
-                if LITERAL_SENSITIVE_NAMES
-                    .iter()
-                    .any(|n| w.eq_ignore_ascii_case(n)) =>
-            {
-                return Ok(false)
-            }
-            // Quoted or escaped identifiers could spell a sensitive name.
-            Token::QuotedIdent(q)
-                if !q.starts_with('"')
-                    || LITERAL_SENSITIVE_NAMES
-                        .iter()
-                        .any(|n| q.trim_matches('"') == *n) =>
-            {
-                return Ok(false)
-            }
-            _ => {}
+/// Whether, so far, every statement's literals are free to hide (see
+/// [`LITERAL_FREE_LEADERS`] and [`LITERAL_SENSITIVE_NAMES`]).
+fn literal_free(token: &Token<'_>, at_start: &mut bool) -> bool {
+    match token {
+        Token::Semicolon => {
+            *at_start = true;
+            true
         }
+        Token::Word(w) if *at_start => {
+            *at_start = false;
+            LITERAL_FREE_LEADERS
+                .iter()
+                .any(|k| w.eq_ignore_ascii_case(k))
+        }
+        // A statement that starts with a parenthesis, a literal or anything else: keep.
+        _ if *at_start => false,
+        Token::Word(w) => !LITERAL_SENSITIVE_NAMES
+            .iter()
+            .any(|n| w.eq_ignore_ascii_case(n)),
+        // Quoted or escaped identifiers could spell a sensitive name.
+        Token::QuotedIdent(q) => {
+            q.starts_with('"')
+                && !LITERAL_SENSITIVE_NAMES
+                    .iter()
+                    .any(|n| q.trim_matches('"') == *n)
+        }
+        _ => true,
     }
-    Ok(true)
 }
 
 /// The statements of a query text, as source slices (comments inside kept), empty ones
