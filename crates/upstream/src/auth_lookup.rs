@@ -94,6 +94,14 @@ const MEMBERSHIP_QUERY: &str = "SELECT r.rolname FROM pg_catalog.pg_roles r \
 impl AuthQuery {
     /// Runs `sql` with `$1 = user` on the kept auth connection; first column of every row.
     async fn run(&self, sql: &str, user: &str) -> Result<Vec<String>, UpstreamError> {
+        // A hung upstream must not hold every login behind this lock.
+        let limit = self.settings.connect_timeout * 2;
+        tokio::time::timeout(limit, self.run_untimed(sql, user))
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.settings.url.address()))?
+    }
+
+    async fn run_untimed(&self, sql: &str, user: &str) -> Result<Vec<String>, UpstreamError> {
         let mut conn = self.conn.lock().await;
         // One retry on a fresh connection: the kept one may have been closed upstream.
         match run_query(&mut conn, &self.settings, sql, user).await {
