@@ -96,9 +96,14 @@ impl AuthQuery {
     async fn run(&self, sql: &str, user: &str) -> Result<Vec<String>, UpstreamError> {
         // A hung upstream must not hold every login behind this lock.
         let limit = self.settings.connect_timeout * 2;
-        tokio::time::timeout(limit, self.run_untimed(sql, user))
-            .await
-            .map_err(|_| UpstreamError::Timeout(self.settings.url.address()))?
+        match tokio::time::timeout(limit, self.run_untimed(sql, user)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The kept connection may be mid-reply: never reuse it.
+                *self.conn.lock().await = None;
+                Err(UpstreamError::Timeout(self.settings.url.address()))
+            }
+        }
     }
 
     async fn run_untimed(&self, sql: &str, user: &str) -> Result<Vec<String>, UpstreamError> {
