@@ -186,6 +186,16 @@ kinds = ["write", "ddl"]
 action = "allow"
 "#;
 
+/// A fresh audit file path for one proxy.
+pub fn audit_file() -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    certs().dir.join(format!(
+        "audit-{}.jsonl",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
 /// Writes a policy file for a test and returns its path.
 pub fn write_policy(text: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -249,6 +259,7 @@ impl TestProxy {
         }
         config.origin = "test".into();
         use_policy_file(&mut config, &write_policy(PROTOCOL_TEST_POLICY));
+        config.audit.file = audit_file();
         tweak(&mut config);
         config.validate().expect("test configuration is valid");
         Self::from_config(config)

@@ -82,6 +82,55 @@ async fn refused_statement_reports_the_rule_and_the_session_goes_on() {
 }
 
 #[tokio::test]
+async fn refusals_and_reloads_are_audited_in_a_verifiable_chain() {
+    app_role().await;
+    let other = table("gate_other_audit").await;
+    let policy = write_policy(POLICY);
+    let audit = proto_tests::audit_file();
+    let proxy = TestProxy::with(Auth::Scram, true, |c| {
+        use_policy_file(c, &policy);
+        c.audit.file = audit.clone();
+    });
+    let (client, _c) = proxy
+        .connect_with(&format!(
+            "{} application_name=audit-test",
+            proxy.conn_str(APP_USER, proto_tests::APP_PASSWORD, APP_DB, "require")
+        ))
+        .await
+        .unwrap();
+    let delete = format!("DELETE FROM public.{other} WHERE v = 1");
+    client.simple_query(&delete).await.unwrap_err();
+    std::fs::write(&policy, format!("{POLICY}\n")).unwrap();
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = std::fs::read_to_string(&audit).unwrap_or_default();
+        if text.contains("policy_reload") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let refused = records
+        .iter()
+        .find(|r| r["event"] == "statement_refused")
+        .expect("refusal audited");
+    assert_eq!(refused["user"], APP_USER);
+    assert_eq!(refused["statement"], delete.as_str());
+    assert_eq!(refused["decision"], "step_up");
+    assert_eq!(refused["rule"], "default-write");
+    assert_eq!(refused["application_name"], "audit-test");
+    assert!(refused["client_addr"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert!(records.iter().any(|r| r["event"] == "policy_reload"));
+    assert_eq!(pgstepup_audit::verify(&audit).unwrap(), records.len());
+}
+
+#[tokio::test]
 async fn refusal_inside_a_transaction_fails_the_servers_transaction_too() {
     app_role().await;
     let ok = table("gate_ok_tx").await;

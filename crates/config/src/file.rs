@@ -39,6 +39,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub web: WebConfig,
     pub redis: RedisConfig,
+    pub audit: AuditConfig,
     /// The policy: `file = "..."`, or the policy itself inline (validated by pgstepup-policy).
     pub policy: Option<toml::Table>,
     /// The file the configuration was read from.
@@ -180,6 +181,20 @@ impl Default for WebConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     pub url: Option<String>,
+}
+
+/// The audit trail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// JSON-lines file to append to, or `-` for standard output.
+    pub file: PathBuf,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { file: "-".into() }
+    }
 }
 
 /// Values given on the command line; each replaces the file's.

@@ -6,7 +6,7 @@ mod file;
 mod upstream_url;
 
 pub use file::{
-    AuthConfig, AuthMethod, ClientTlsConfig, Config, ConfigError, LimitsConfig, Overrides,
-    ProxyConfig, UpstreamConfig, UpstreamTlsMode, WebConfig,
+    AuditConfig, AuthConfig, AuthMethod, ClientTlsConfig, Config, ConfigError, LimitsConfig,
+    Overrides, ProxyConfig, UpstreamConfig, UpstreamTlsMode, WebConfig,
 };
 pub use upstream_url::{UpstreamUrl, UpstreamUrlError};

@@ -28,6 +28,18 @@ enum Command {
     Serve(ServeArgs),
     /// Show how the policy decides SQL (from the argument, or stdin), or lint a policy.
     Check(check::CheckArgs),
+    /// Work with the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check an audit file's hash chain; names the first broken record.
+    Verify {
+        /// The JSON-lines audit file.
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -71,6 +83,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check::run(args),
+        Command::Audit(AuditCommand::Verify { file }) => {
+            let records = pgstepup_audit::verify(&file)?;
+            println!("{}: {records} record(s), chain intact", file.display());
+            Ok(())
+        }
     }
 }
 

@@ -213,3 +213,39 @@ fn lint_reports_problems_and_refuses_invalid_files() {
         "{out}"
     );
 }
+
+#[test]
+fn audit_verify_checks_the_chain() {
+    let path =
+        std::env::temp_dir().join(format!("pgstepup-cli-{}-audit.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let log = pgstepup_audit::AuditLog::open(&path, "test".into()).unwrap();
+    for user in ["alice", "bob"] {
+        log.record(&pgstepup_audit::Record {
+            event: "statement_refused",
+            user: Some(user.into()),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    drop(log);
+    let out = pgstepup()
+        .args(["audit", "verify"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 record(s)"));
+
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"bob\"", "\"eve\"");
+    std::fs::write(&path, text).unwrap();
+    let out = pgstepup()
+        .args(["audit", "verify"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+}

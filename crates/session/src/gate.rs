@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use pgstepup_audit::{AuditLog, Record};
 use pgstepup_classify::{Classification, Facet, Kind};
 use pgstepup_policy::{Action, Decision, Subject};
 use pgstepup_protocol::backend::{sqlstate, PgError};
@@ -33,6 +34,10 @@ const UNSAFE_CLIENT_ENCODINGS: &[&str] = &[
     "UHC",
 ];
 
+/// How much of a statement goes into a log line, and into an audit record.
+const LOGGED_SQL_CHARS: usize = 500;
+const AUDITED_SQL_CHARS: usize = 16 * 1024;
+
 /// What to send the server instead of the client's frame.
 pub(crate) enum Verdict {
     Forward,
@@ -46,8 +51,17 @@ struct PendingRefusal {
     error: PgError,
 }
 
+/// Who and where, for the audit trail.
+pub(crate) struct SessionContext {
+    pub connection_id: u64,
+    pub client_addr: String,
+    pub application_name: String,
+    pub audit: Arc<AuditLog>,
+}
+
 /// Per-session gate state.
 pub(crate) struct Gate {
+    context: SessionContext,
     store: Arc<PolicyStore>,
     active: Arc<ActivePolicy>,
     generation: u64,
@@ -70,11 +84,13 @@ impl Gate {
         user: String,
         upstream_roles: Vec<String>,
         marker: Arc<str>,
+        context: SessionContext,
     ) -> Self {
         let active = store.current();
         let generation = store.generation();
         let roles = active.policy.roles_of(&user, &upstream_roles);
         Gate {
+            context,
             store,
             active,
             generation,
@@ -112,16 +128,40 @@ impl Gate {
                 Verdict::Forward
             }
             action if self.active.observe => {
+                let reason = decision.reason();
                 tracing::info!(
-                    %action, rule = %decision.rule, reason = %decision.reason(), sql = %truncate(&sql),
+                    %action, rule = %decision.rule, %reason, sql = %clip(&sql, LOGGED_SQL_CHARS),
                     "observe mode: statement forwarded although the policy says {action}"
                 );
+                self.audit("statement_observed", &sql, decision.rule, action, reason);
                 Verdict::Forward
             }
             action => {
-                tracing::info!(%action, rule = %decision.rule, reason = %decision.reason(), sql = %truncate(&sql), "statement refused");
-                Verdict::Substitute(self.substitute(statement, refusal_error(&decision)))
+                let reason = decision.reason();
+                tracing::info!(%action, rule = %decision.rule, %reason, sql = %clip(&sql, LOGGED_SQL_CHARS), "statement refused");
+                let error = refusal_error(&decision);
+                let rule = decision.rule.to_owned();
+                self.audit("statement_refused", &sql, &rule, action, reason);
+                Verdict::Substitute(self.substitute(statement, error))
             }
+        }
+    }
+
+    fn audit(&self, event: &'static str, sql: &str, rule: &str, action: Action, reason: String) {
+        let record = Record {
+            event,
+            user: Some(self.subject.user.clone()),
+            client_addr: Some(self.context.client_addr.clone()),
+            application_name: Some(self.context.application_name.clone()),
+            connection_id: Some(self.context.connection_id),
+            statement_digest: Some(Record::digest(sql)),
+            statement: Some(clip(sql, AUDITED_SQL_CHARS).to_owned()),
+            rule: Some(rule.to_owned()),
+            decision: Some(action.name()),
+            reason: Some(reason),
+        };
+        if let Err(error) = self.context.audit.record(&record) {
+            tracing::error!(%error, "cannot write the audit trail");
         }
     }
 
@@ -277,8 +317,9 @@ fn refusal_error(decision: &Decision) -> PgError {
         .with_hint(hint)
 }
 
-fn truncate(sql: &str) -> &str {
-    match sql.char_indices().nth(500) {
+/// The first `chars` characters.
+fn clip(sql: &str, chars: usize) -> &str {
+    match sql.char_indices().nth(chars) {
         Some((i, _)) => &sql[..i],
         None => sql,
     }

@@ -18,7 +18,7 @@ use pgstepup_upstream::{UpstreamError, UpstreamSettings, VerifierSource};
 
 use crate::cancel::{upstream_request, CancelRegistry};
 use crate::client_auth::{authenticate, Refusal};
-use crate::gate::Gate;
+use crate::gate::{Gate, SessionContext};
 use crate::handshake::{open, Opening};
 use crate::policy_store::PolicyStore;
 use crate::proxy::Session;
@@ -38,6 +38,8 @@ pub enum ProxyError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Policy(#[from] pgstepup_policy::PolicyError),
+    #[error("audit trail: {0}")]
+    Audit(#[from] pgstepup_audit::AuditError),
 }
 
 /// State shared by every connection.
@@ -51,6 +53,7 @@ pub(crate) struct Shared {
     /// Secret behind unknown users' mock SCRAM salts.
     pub mock_secret: [u8; 32],
     pub policy: Arc<PolicyStore>,
+    pub audit: Arc<pgstepup_audit::AuditLog>,
     /// Name prefix of the never-existing function refused statements are swapped for.
     pub refusal_marker: Arc<str>,
     next_id: AtomicU64,
@@ -83,6 +86,10 @@ impl Proxy {
             .map_err(|source| ProxyError::Bind { address, source })?;
         let mut mock_secret = [0u8; 32];
         rand::rng().fill(&mut mock_secret);
+        let audit = Arc::new(pgstepup_audit::AuditLog::open(
+            &config.audit.file,
+            instance_name(&config.proxy.listen),
+        )?);
         let policy = Arc::new(PolicyStore::load(
             pgstepup_policy::PolicySource::for_config(
                 config.path.as_deref(),
@@ -90,6 +97,7 @@ impl Proxy {
             ),
             config.proxy.statement_cache_entries,
             config.proxy.observe,
+            audit.clone(),
         )?);
         let nonce: u64 = rand::rng().random();
         let refusal_marker: Arc<str> = format!("pgstepup_refused_{nonce:016x}_").into();
@@ -101,6 +109,7 @@ impl Proxy {
             cancels: Arc::default(),
             mock_secret,
             policy,
+            audit,
             refusal_marker,
             next_id: AtomicU64::new(1),
         });
@@ -145,9 +154,18 @@ impl Proxy {
             let shared = self.shared.clone();
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let span = tracing::info_span!("conn", id, %peer, user = tracing::field::Empty);
-            tokio::spawn(handle_client(shared, tcp, peer).instrument(span));
+            tokio::spawn(handle_client(shared, tcp, peer, id).instrument(span));
         }
     }
+}
+
+/// This instance's name in audit records: host name and client port.
+fn instance_name(listen: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "pgstepup".into());
+    let port = listen.rsplit_once(':').map_or("", |(_, p)| p);
+    format!("{host}:{port}")
 }
 
 /// How often the policy file's modification time is checked.
@@ -161,10 +179,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id: u64) {
     let _ = tcp.set_nodelay(true);
     let startup_timeout = Duration::from_secs(shared.config.limits.startup_timeout_secs);
-    let started = tokio::time::timeout(startup_timeout, establish(&shared, tcp, peer)).await;
+    let started = tokio::time::timeout(startup_timeout, establish(&shared, tcp, peer, id)).await;
     let session = match started {
         Err(_) => {
             tracing::info!("startup timed out");
@@ -178,7 +196,12 @@ async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
 }
 
 /// Handshake and authentication; `None` when the connection ended (refused, or a cancel).
-async fn establish(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Option<Session> {
+async fn establish(
+    shared: &Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+) -> Option<Session> {
     let (mut client, startup) = match open(shared, tcp, peer).await {
         Ok(Opening::Session { conn, startup }) => (conn, startup),
         Ok(Opening::Cancelled) => return None,
@@ -210,11 +233,21 @@ async fn establish(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Op
             .register(upstream_request(pid, secret), secret_len)
     });
     let upstream_roles = upstream_roles(shared, &user).await;
+    let context = SessionContext {
+        connection_id: id,
+        client_addr: peer.to_string(),
+        application_name: startup
+            .param("application_name")
+            .unwrap_or_default()
+            .to_owned(),
+        audit: shared.audit.clone(),
+    };
     let gate = Gate::new(
         shared.policy.clone(),
         user,
         upstream_roles,
         shared.refusal_marker.clone(),
+        context,
     );
     tracing::info!(
         database = startup.database().unwrap_or_default(),

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use pgstepup_audit::{AuditLog, Record};
 use pgstepup_classify::Classifier;
 use pgstepup_policy::{Mode, Policy, PolicyError, PolicySource};
 
@@ -24,6 +25,7 @@ pub struct PolicyStore {
     force_observe: bool,
     active: RwLock<Arc<ActivePolicy>>,
     generation: AtomicU64,
+    audit: Arc<AuditLog>,
 }
 
 impl PolicyStore {
@@ -32,6 +34,7 @@ impl PolicyStore {
         source: PolicySource,
         cache_entries: usize,
         force_observe: bool,
+        audit: Arc<AuditLog>,
     ) -> Result<Self, PolicyError> {
         let active = Arc::new(build(source.load()?, cache_entries, force_observe));
         Ok(PolicyStore {
@@ -40,6 +43,7 @@ impl PolicyStore {
             force_observe,
             active: RwLock::new(active),
             generation: AtomicU64::new(0),
+            audit,
         })
     }
 
@@ -64,12 +68,28 @@ impl PolicyStore {
                     Arc::new(build(policy, self.cache_entries, self.force_observe));
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 tracing::info!(trigger, rules, ?mode, source = ?self.source, "policy reloaded");
+                self.audit_reload(
+                    "policy_reload",
+                    format!("{trigger}: {rules} rule(s), mode {mode:?}"),
+                );
                 Ok(())
             }
             Err(error) => {
                 tracing::error!(trigger, %error, "policy reload rejected; the previous policy stays in force");
+                self.audit_reload("policy_reload_rejected", format!("{trigger}: {error}"));
                 Err(error)
             }
+        }
+    }
+
+    fn audit_reload(&self, event: &'static str, reason: String) {
+        let record = Record {
+            event,
+            reason: Some(reason),
+            ..Default::default()
+        };
+        if let Err(error) = self.audit.record(&record) {
+            tracing::error!(%error, "cannot write the audit trail");
         }
     }
 
