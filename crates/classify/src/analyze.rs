@@ -268,20 +268,22 @@ impl Collector {
                 self.add(Kind::SessionPrivilege, None, None)
             }
             Set::SetTransaction { .. } => self.add(Kind::Transaction, None, None),
-            Set::SingleAssignment { variable, .. } => {
-                let name = function_name(variable);
-                match name.as_str() {
-                    "role" | "session_authorization" | "session authorization" => {
-                        self.add(Kind::SessionPrivilege, None, None)
-                    }
-                    name if is_admin_setting(name) => self.add(
-                        Kind::Admin,
-                        None,
-                        Some("a setting that turns off triggers or the server's audit logging"),
-                    ),
-                    _ => self.add(Kind::Utility, None, None),
-                }
+            Set::SingleAssignment { variable, .. } => self.set_variable(&function_name(variable)),
+            _ => self.add(Kind::Utility, None, None),
+        }
+    }
+
+    /// `SET name = ...` (or `set_config('name', ...)`), by what the setting governs.
+    fn set_variable(&mut self, name: &str) {
+        match name {
+            "role" | "session_authorization" | "session authorization" => {
+                self.add(Kind::SessionPrivilege, None, None)
             }
+            name if is_admin_setting(name) => self.add(
+                Kind::Admin,
+                None,
+                Some("a setting that turns off triggers or the server's audit logging"),
+            ),
             _ => self.add(Kind::Utility, None, None),
         }
     }
@@ -367,9 +369,34 @@ impl Visitor for Collector {
             return ControlFlow::Continue(());
         }
         if let Expr::Function(function) = expr {
-            self.findings.functions.push(function_name(&function.name));
+            let name = function_name(&function.name);
+            match setting_of_set_config(&name, function) {
+                // set_config with a literal name is a SET of that setting (pgAdmin sends
+                // `set_config('bytea_output', 'hex', false)` on connect).
+                Some(setting) => self.set_variable(&setting),
+                None => self.findings.functions.push(name),
+            }
         }
         ControlFlow::Continue(())
+    }
+}
+
+/// The setting a `set_config(...)` call assigns, when its first argument is a plain string
+/// literal (lower-cased, as setting names are case-insensitive).
+fn setting_of_set_config(name: &str, function: &sqlparser::ast::Function) -> Option<String> {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments, Value};
+    if name != "set_config" && name != "pg_catalog.set_config" {
+        return None;
+    }
+    let FunctionArguments::List(list) = &function.args else {
+        return None;
+    };
+    match list.args.first()? {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(value))) => match &value.value {
+            Value::SingleQuotedString(setting) => Some(setting.to_ascii_lowercase()),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
