@@ -428,3 +428,37 @@ async fn policy_roles_follow_upstream_role_membership() {
     result.expect("a member of the upstream role gets the policy role");
     assert_eq!(count(&ledger).await, 1);
 }
+
+#[tokio::test]
+async fn prepared_statements_are_decided_again_after_a_policy_change() {
+    app_role().await;
+    let ok = table("gate_ok_prepared").await;
+    let path = write_policy(POLICY);
+    let proxy = TestProxy::with(Auth::Scram, true, |c| use_policy_file(c, &path));
+    let (client, _c) = proxy.connect_app().await;
+    let insert = client
+        .prepare(&format!("INSERT INTO public.{ok} VALUES ($1)"))
+        .await
+        .unwrap();
+    client.execute(&insert, &[&1i32]).await.unwrap();
+
+    // The statement was parsed under the old policy; its next execution must not escape the
+    // new one, although no Parse is sent again.
+    let probe_table = table("gate_ok_probe").await;
+    let probe = format!("INSERT INTO public.{probe_table} VALUES (1)");
+    std::fs::write(&path, "").unwrap();
+    wait_until(|| async { client.batch_execute(&probe).await.is_err() }).await;
+    for value in [2i32, 3] {
+        let err = client.execute(&insert, &[&value]).await.unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    }
+    let err = client.execute(&insert, &[&4i32]).await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    let rows = client.query_one("SELECT 1::int", &[]).await.unwrap();
+    assert_eq!(rows.get::<_, i32>(0), 1);
+    assert_eq!(
+        count(&ok).await,
+        1,
+        "only the execution under the old policy ran"
+    );
+}

@@ -8,7 +8,7 @@
 //! explanation on the way back. Responses stay in order, whatever was pipelined before.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -59,8 +59,19 @@ pub(crate) struct SessionContext {
     pub audit: Arc<AuditLog>,
 }
 
+/// A named prepared statement the gate let through, kept so its executions can be re-decided
+/// when the policy changes after it was parsed.
+struct Prepared {
+    classification: Arc<Classification>,
+    sql: String,
+    /// The policy generation it was last decided under, and the refusal if it was refused.
+    generation: u64,
+    refusal: Option<PgError>,
+}
+
 /// Per-session gate state.
 pub(crate) struct Gate {
+    prepared: HashMap<Box<[u8]>, Prepared>,
     context: SessionContext,
     store: Arc<PolicyStore>,
     active: Arc<ActivePolicy>,
@@ -90,6 +101,7 @@ impl Gate {
         let generation = store.generation();
         let roles = active.policy.roles_of(&user, &upstream_roles);
         Gate {
+            prepared: HashMap::new(),
             context,
             store,
             active,
@@ -121,7 +133,32 @@ impl Gate {
                 Cow::Owned(format!("<fast-path call of function OID {oid}>")),
             ),
         };
+        if let Statement::Parse { name, .. } = statement {
+            if !name.is_empty() {
+                self.prepared.remove(name);
+            }
+        } else if let Statement::Query { sql: text } = statement {
+            if starts_with_word(text, b"discard") || starts_with_word(text, b"deallocate") {
+                self.prepared.clear();
+            }
+        }
         let decision = self.active.policy.evaluate(&classification, &self.subject);
+        if let (Statement::Parse { name, .. }, true) = (
+            statement,
+            decision.action == Action::Allow || self.active.observe,
+        ) {
+            if !name.is_empty() {
+                self.prepared.insert(
+                    name.into(),
+                    Prepared {
+                        classification: classification.clone(),
+                        sql: sql.clone().into_owned(),
+                        generation: self.generation,
+                        refusal: None,
+                    },
+                );
+            }
+        }
         match decision.action {
             Action::Allow => {
                 tracing::debug!(rule = %decision.rule, sql = %sql, "allow");
@@ -143,6 +180,63 @@ impl Gate {
                 let rule = decision.rule.to_owned();
                 self.audit("statement_refused", &sql, &rule, action, reason);
                 Verdict::Substitute(self.substitute(statement, error))
+            }
+        }
+    }
+
+    /// A Bind of a named statement parsed under an older policy is decided again under the
+    /// policy now in force; refused, it is swapped for a failing Parse (the server then skips
+    /// the rest of the batch, as for any error).
+    pub(crate) fn check_bind(&mut self, frame: &Frame) -> Verdict {
+        if self.store.generation() != self.generation {
+            self.refresh();
+        }
+        let Some((_, at)) = frame.cstr_at(0) else {
+            return Verdict::Forward;
+        };
+        let Some((name, _)) = frame.cstr_at(at) else {
+            return Verdict::Forward;
+        };
+        let generation = self.generation;
+        let Some(prepared) = self.prepared.get_mut(name) else {
+            return Verdict::Forward;
+        };
+        if prepared.generation != generation {
+            prepared.generation = generation;
+            let decision = self
+                .active
+                .policy
+                .evaluate(&prepared.classification, &self.subject);
+            prepared.refusal = None;
+            if decision.action != Action::Allow && !self.active.observe {
+                let reason = decision.reason();
+                tracing::info!(action = %decision.action, rule = %decision.rule, %reason, "a prepared statement is refused under the reloaded policy");
+                prepared.refusal = Some(refusal_error(&decision));
+                let (rule, action, sql) = (
+                    decision.rule.to_owned(),
+                    decision.action,
+                    prepared.sql.clone(),
+                );
+                self.audit("statement_refused", &sql, &rule, action, reason);
+            }
+        }
+        let Some(error) = self.prepared.get(name).and_then(|p| p.refusal.clone()) else {
+            return Verdict::Forward;
+        };
+        Verdict::Substitute(self.substitute(
+            Statement::Parse {
+                name: b"",
+                sql: b"",
+            },
+            error,
+        ))
+    }
+
+    /// A Close of a named statement forgets it.
+    pub(crate) fn on_close(&mut self, frame: &Frame) {
+        if frame.body().first() == Some(&b'S') {
+            if let Some((name, _)) = frame.cstr_at(1) {
+                self.prepared.remove(name);
             }
         }
     }
@@ -315,6 +409,16 @@ fn refusal_error(decision: &Decision) -> PgError {
     PgError::error(sqlstate::INSUFFICIENT_PRIVILEGE, message)
         .with_detail(decision.reason())
         .with_hint(hint)
+}
+
+/// Whether the text's first word (after spaces) is `word` (ASCII, any case).
+fn starts_with_word(text: &[u8], word: &[u8]) -> bool {
+    let text = text.trim_ascii_start();
+    text.len() >= word.len()
+        && text[..word.len()].eq_ignore_ascii_case(word)
+        && text
+            .get(word.len())
+            .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
 }
 
 /// The first `chars` characters.

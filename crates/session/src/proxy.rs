@@ -155,7 +155,16 @@ impl Session {
                     Verdict::Forward => self.server.queue_frame(&frame),
                     Verdict::Substitute(substitute) => self.server.queue_frame(&substitute),
                 },
-                Ok(None) => self.server.queue_frame(&frame),
+                Ok(None) if frame.tag() == tag::BIND => match self.gate.check_bind(&frame) {
+                    Verdict::Forward => self.server.queue_frame(&frame),
+                    Verdict::Substitute(substitute) => self.server.queue_frame(&substitute),
+                },
+                Ok(None) => {
+                    if frame.tag() == tag::CLOSE {
+                        self.gate.on_close(&frame);
+                    }
+                    self.server.queue_frame(&frame)
+                }
                 Err(malformed) => {
                     // Never forward what cannot be read: the server would see something else
                     // than pgstepup did.
