@@ -17,7 +17,7 @@ need_cmd psql postgresql-client
 need_cmd pg_ctlcluster postgresql
 need_cmd redis-server redis-server
 need_cmd openssl openssl
-need_cmd java default-jre-headless
+need_cmd javac default-jdk-headless   # single-file source launch needs the compiler
 need_cmd node nodejs
 need_cmd npm npm
 need_cmd python3 python3
