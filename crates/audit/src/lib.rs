@@ -99,7 +99,8 @@ impl AuditLog {
             }
         } else {
             let prev = match File::open(path) {
-                Ok(file) => last_hash(path, file)?,
+                // Appending to a broken chain would hide the break: refuse instead.
+                Ok(file) => walk(path, file)?.1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => GENESIS.to_owned(),
                 Err(e) => return Err(io_error(e)),
             };
@@ -150,25 +151,6 @@ impl AuditLog {
     }
 }
 
-fn last_hash(path: &Path, file: File) -> Result<String, AuditError> {
-    let mut prev = GENESIS.to_owned();
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|source| AuditError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        prev = check_line(&line, &prev).map_err(|reason| AuditError::Broken {
-            path: path.to_owned(),
-            line: n + 1,
-            reason: format!("{reason}; refusing to append to a broken chain"),
-        })?;
-    }
-    Ok(prev)
-}
-
 /// Checks one line against the previous hash; returns its own hash.
 fn check_line(line: &str, prev: &str) -> Result<String, String> {
     serde_json::from_str::<serde_json::Value>(line).map_err(|e| format!("not JSON: {e}"))?;
@@ -199,6 +181,11 @@ pub fn verify(path: &Path) -> Result<usize, AuditError> {
         path: path.to_owned(),
         source,
     })?;
+    walk(path, file).map(|(count, _)| count)
+}
+
+/// Checks every record of an open audit file; returns the count and the last hash.
+fn walk(path: &Path, file: File) -> Result<(usize, String), AuditError> {
     let mut prev = GENESIS.to_owned();
     let mut count = 0;
     for (n, line) in BufReader::new(file).lines().enumerate() {
@@ -216,7 +203,7 @@ pub fn verify(path: &Path) -> Result<usize, AuditError> {
         })?;
         count += 1;
     }
-    Ok(count)
+    Ok((count, prev))
 }
 
 fn hex(bytes: &[u8]) -> String {
