@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
 
-use crate::{classify, lexer, Classification, SharedClassification};
+use crate::{classify, lexer, SharedClassification};
 
 const SHARDS: usize = 16;
 
@@ -58,11 +58,6 @@ impl Classifier {
         }
         map.insert(hash, (scratch.as_str().into(), classification.clone()));
         classification
-    }
-
-    /// Classifies without the cache.
-    pub fn classify_uncached(&self, sql: &str) -> Classification {
-        classify(sql, &self.read_only_functions)
     }
 
     /// Entries currently cached.

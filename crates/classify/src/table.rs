@@ -29,20 +29,6 @@ impl TableName {
             name: name.clone(),
         })
     }
-
-    /// Parses `schema.table` or `table` as written in reports and tests (no quoting).
-    pub fn parse(text: &str) -> Self {
-        match text.rsplit_once('.') {
-            Some((schema, name)) => TableName {
-                schema: Some(schema.to_owned()),
-                name: name.to_owned(),
-            },
-            None => TableName {
-                schema: None,
-                name: text.to_owned(),
-            },
-        }
-    }
 }
 
 impl fmt::Display for TableName {

@@ -37,15 +37,6 @@ impl Stream {
             _ => None,
         }
     }
-
-    /// The TCP socket underneath, for addresses and socket options.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::TlsServer(s) => s.get_ref().0,
-            Stream::TlsClient(s) => s.get_ref().0,
-        }
-    }
 }
 
 macro_rules! delegate {
