@@ -249,3 +249,95 @@ fn audit_verify_checks_the_chain() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_policy() {
+    let table = format!("cli_sighup_{}", std::process::id());
+    let allow = format!(
+        "[[rule]]\nname = \"may-write\"\ntables = [\"public.{table}\"]\nkinds = [\"write\", \"ddl\"]\naction = \"allow\"\n"
+    );
+    let policy = temp_file("sighup-policy.toml", &allow);
+    let config = temp_file(
+        "sighup.toml",
+        &format!(
+            "[policy]\nfile = \"{}\"\n[audit]\nfile = \"{}.audit\"\n",
+            policy.display(),
+            policy.display()
+        ),
+    );
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgstepup"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", "postgres://127.0.0.1:5432"])
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let conn_str = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+    let mut attempt = 0;
+    let (client, conn) = loop {
+        match tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await {
+            Ok(c) => break c,
+            Err(_) if attempt < 50 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("pgstepup did not come up: {e}"),
+        }
+    };
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS public.{table}; CREATE TABLE public.{table} (v int)"
+        ))
+        .await
+        .unwrap();
+    let insert = format!("INSERT INTO public.{table} VALUES (1)");
+    client.batch_execute(&insert).await.unwrap();
+
+    // Rewrite the policy but keep its modification time, so only SIGHUP can bring it in.
+    let modified = std::fs::metadata(&policy).unwrap().modified().unwrap();
+    std::fs::write(&policy, "").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&policy)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    client
+        .batch_execute(&insert)
+        .await
+        .expect("not reloaded without a signal");
+
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut refused = false;
+    for _ in 0..50 {
+        if client.batch_execute(&insert).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "SIGHUP did not reload the policy");
+    let _ = child.kill().await;
+    let admin = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(admin.1);
+    admin
+        .0
+        .batch_execute(&format!("DROP TABLE public.{table}"))
+        .await
+        .unwrap();
+}
