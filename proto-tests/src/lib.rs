@@ -172,6 +172,7 @@ pub async fn app_role() {
                 .batch_execute(&format!("CREATE DATABASE {APP_DB} OWNER {APP_USER}"))
                 .await;
         }
+        drop_leftover_tables().await;
     })
     .await;
 }
@@ -217,6 +218,28 @@ pub fn use_policy_file(config: &mut Config, path: &Path) {
     );
     config.policy = Some(table);
     config.path = Some(certs().dir.join("pgstepup.toml"));
+}
+
+/// Tests name their tables `<name>_<pid>`; tables of test processes that are gone (a run that
+/// failed before cleaning up) are dropped so runs do not pile them up.
+async fn drop_leftover_tables() {
+    let client = admin_client(APP_DB).await;
+    let rows = client
+        .query(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename ~ '_[0-9]+$'",
+            &[],
+        )
+        .await
+        .unwrap_or_default();
+    for row in rows {
+        let name: String = row.get(0);
+        let pid = name.rsplit('_').next().unwrap_or_default();
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = client
+                .batch_execute(&format!("DROP TABLE IF EXISTS public.\"{name}\""))
+                .await;
+        }
+    }
 }
 
 /// How a test proxy authenticates clients.

@@ -274,3 +274,28 @@ fn embedded_in_the_main_configuration() {
     assert_eq!(p.rules[0].name, "r");
     assert_eq!(p.rules[0].line, Some(7));
 }
+
+#[test]
+fn the_documented_example_policy_loads_and_lints_clean() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/policy.example.toml");
+    let p = pgstepup_policy::PolicySource::File {
+        path,
+        embedded: false,
+    }
+    .load()
+    .unwrap();
+    assert!(p.lint().is_empty(), "{:?}", p.lint());
+    assert_eq!(
+        decide(
+            &p,
+            "alice",
+            &p.roles_of("alice", &[])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            "SELECT * FROM public.customers"
+        )
+        .1,
+        "customer-data"
+    );
+}
