@@ -8,7 +8,7 @@
 //! explanation on the way back. Responses stay in order, whatever was pipelined before.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -69,8 +69,17 @@ struct Prepared {
     refusal: Option<PgError>,
 }
 
+/// Texts this long or longer are not remembered as recently allowed.
+const RECENT_TEXT_MAX: usize = 1024;
+/// Bytes of recently allowed text a session keeps before starting afresh.
+const RECENT_BYTES_MAX: usize = 16 * 1024;
+
 /// Per-session gate state.
 pub(crate) struct Gate {
+    /// Exact texts allowed under the policy in force, so a repeat (the extended protocol sends
+    /// the same text with new parameters) costs one hash lookup: no scan, no decision.
+    recent_allowed: HashSet<Box<str>>,
+    recent_bytes: usize,
     prepared: HashMap<Box<[u8]>, Prepared>,
     context: SessionContext,
     store: Arc<PolicyStore>,
@@ -101,6 +110,8 @@ impl Gate {
         let generation = store.generation();
         let roles = active.policy.roles_of(&user, &upstream_roles);
         Gate {
+            recent_allowed: HashSet::new(),
+            recent_bytes: 0,
             prepared: HashMap::new(),
             context,
             store,
@@ -123,6 +134,20 @@ impl Gate {
         if self.store.generation() != self.generation {
             self.refresh();
         }
+        if let Statement::Query { sql: text } = statement {
+            if starts_with_word(text, b"discard") || starts_with_word(text, b"deallocate") {
+                self.prepared.clear();
+            }
+        }
+        let repeatable = match statement {
+            Statement::Query { sql } | Statement::Parse { name: b"", sql } => {
+                std::str::from_utf8(sql).ok()
+            }
+            _ => None,
+        };
+        if repeatable.is_some_and(|text| self.recent_allowed.contains(text)) {
+            return Verdict::Forward;
+        }
         let (classification, sql) = match statement {
             Statement::Query { sql } | Statement::Parse { sql, .. } => {
                 let text = decode(sql);
@@ -136,10 +161,6 @@ impl Gate {
         if let Statement::Parse { name, .. } = statement {
             if !name.is_empty() {
                 self.prepared.remove(name);
-            }
-        } else if let Statement::Query { sql: text } = statement {
-            if starts_with_word(text, b"discard") || starts_with_word(text, b"deallocate") {
-                self.prepared.clear();
             }
         }
         let decision = self.active.policy.evaluate(&classification, &self.subject);
@@ -162,6 +183,9 @@ impl Gate {
         match decision.action {
             Action::Allow => {
                 tracing::debug!(rule = %decision.rule, sql = %sql, "allow");
+                if let Some(text) = repeatable.filter(|t| t.len() < RECENT_TEXT_MAX) {
+                    self.remember_allowed(text);
+                }
                 Verdict::Forward
             }
             action if self.active.observe => {
@@ -259,7 +283,21 @@ impl Gate {
         }
     }
 
+    fn remember_allowed(&mut self, text: &str) {
+        if self.recent_bytes + text.len() > RECENT_BYTES_MAX {
+            self.forget_recent();
+        }
+        self.recent_bytes += text.len();
+        self.recent_allowed.insert(text.into());
+    }
+
+    fn forget_recent(&mut self) {
+        self.recent_allowed = HashSet::new();
+        self.recent_bytes = 0;
+    }
+
     fn refresh(&mut self) {
+        self.forget_recent();
         self.active = self.store.current();
         self.generation = self.store.generation();
         self.subject.roles = self
@@ -349,6 +387,7 @@ impl Gate {
         let (value, _) = frame.cstr_at(at).unwrap_or_default();
         match name {
             b"client_encoding" => {
+                self.forget_recent();
                 let value = String::from_utf8_lossy(value).to_ascii_uppercase();
                 self.unsafe_encoding = UNSAFE_CLIENT_ENCODINGS
                     .contains(&value.as_str())
