@@ -586,14 +586,7 @@ async fn auth_query_through_a_security_definer_function_and_a_non_superuser_logi
         c.upstream.url = "postgres://pgstepup_auth:auth-pass@127.0.0.1:5432/postgres".into();
         c.auth.query = Some("SELECT pgstepup.get_auth($1)".into());
     });
-    let (client, _c) = proxy.connect_app().await;
-    let row = client.query_one("SELECT current_user", &[]).await.unwrap();
-    assert_eq!(row.get::<_, String>(0), APP_USER);
-    let err = proxy
-        .connect_with(&proxy.conn_str(APP_USER, "nope", APP_DB, "require"))
-        .await
-        .expect_err("refused");
-    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
+    app_login_works_and_a_wrong_password_does_not(&proxy).await;
 }
 
 #[tokio::test]
@@ -619,6 +612,18 @@ async fn verifier_file_replaces_the_auth_query() {
         c.upstream.url = "postgres://127.0.0.1:5432".into();
         c.auth.file = Some(path.clone());
     });
+    app_login_works_and_a_wrong_password_does_not(&proxy).await;
+    // A user missing from the file is refused the same way.
+    let err = proxy
+        .connect_with(&proxy.conn_str("postgres", "anything", "postgres", "require"))
+        .await
+        .expect_err("unknown user refused");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// The app user logs in through `proxy` as itself; a wrong password gets PostgreSQL's error.
+async fn app_login_works_and_a_wrong_password_does_not(proxy: &TestProxy) {
     let (client, _c) = proxy.connect_app().await;
     let row = client.query_one("SELECT current_user", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), APP_USER);
@@ -627,11 +632,4 @@ async fn verifier_file_replaces_the_auth_query() {
         .await
         .expect_err("wrong password refused");
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
-    // A user missing from the file is refused the same way.
-    let err = proxy
-        .connect_with(&proxy.conn_str("postgres", "anything", "postgres", "require"))
-        .await
-        .expect_err("unknown user refused");
-    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
-    std::fs::remove_file(&path).unwrap();
 }

@@ -61,28 +61,34 @@ fn config_errors_name_the_file_the_key_and_the_problem() {
     );
 }
 
-#[tokio::test]
-async fn serves_with_flags_only_and_stops_on_sigterm() {
+/// Starts `pgstepup serve` with `args` on a free port and connects as `postgres` (trust
+/// upstream, passthrough auth), retrying while it comes up.
+async fn serve_and_connect(args: &[&str]) -> (tokio::process::Child, tokio_postgres::Client) {
     let port = free_port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgstepup"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgstepup"))
+        .arg("serve")
+        .args(args)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--upstream", "postgres://127.0.0.1:5432"])
         .stderr(Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let conn_str = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
-    let mut attempt = 0;
-    let (client, conn) = loop {
-        match tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await {
-            Ok(c) => break c,
-            Err(_) if attempt < 50 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("pgstepup did not come up: {e}"),
+    for _ in 0..50 {
+        if let Ok((client, conn)) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await
+        {
+            tokio::spawn(conn);
+            return (child, client);
         }
-    };
-    tokio::spawn(conn);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("pgstepup did not come up on port {port}");
+}
+
+#[tokio::test]
+async fn serves_with_flags_only_and_stops_on_sigterm() {
+    let (mut child, client) = serve_and_connect(&[]).await;
     let row = client.query_one("SELECT 40 + 2", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
 
@@ -265,29 +271,8 @@ async fn sighup_reloads_the_policy() {
             policy.display()
         ),
     );
-    let port = free_port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgstepup"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--upstream", "postgres://127.0.0.1:5432"])
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let conn_str = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
-    let mut attempt = 0;
-    let (client, conn) = loop {
-        match tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await {
-            Ok(c) => break c,
-            Err(_) if attempt < 50 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("pgstepup did not come up: {e}"),
-        }
-    };
-    tokio::spawn(conn);
+    let config = config.display().to_string();
+    let (mut child, client) = serve_and_connect(&["--config", &config]).await;
     client
         .batch_execute(&format!(
             "DROP TABLE IF EXISTS public.{table}; CREATE TABLE public.{table} (v int)"
@@ -328,15 +313,14 @@ async fn sighup_reloads_the_policy() {
     }
     assert!(refused, "SIGHUP did not reload the policy");
     let _ = child.kill().await;
-    let admin = tokio_postgres::connect(
+    let (admin, conn) = tokio_postgres::connect(
         "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
         tokio_postgres::NoTls,
     )
     .await
     .unwrap();
-    tokio::spawn(admin.1);
+    tokio::spawn(conn);
     admin
-        .0
         .batch_execute(&format!("DROP TABLE public.{table}"))
         .await
         .unwrap();

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use rand::Rng;
 use subtle::ConstantTimeEq;
 
@@ -79,19 +78,18 @@ impl CancelRegistry {
     }
 }
 
-/// The upstream key as a cancel request.
-pub(crate) fn upstream_request(pid: i32, secret: Bytes) -> CancelRequest {
-    CancelRequest { pid, secret }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn resolves_only_exact_keys_while_registered() {
         let registry = Arc::new(CancelRegistry::default());
-        let upstream = upstream_request(77, Bytes::from_static(&[1, 2, 3, 4]));
+        let upstream = CancelRequest {
+            pid: 77,
+            secret: Bytes::from_static(&[1, 2, 3, 4]),
+        };
         let (registration, pid, secret) = registry.register(upstream.clone(), 32);
         assert_eq!(secret.len(), 32);
         let ok = CancelRequest {

@@ -16,7 +16,7 @@ use pgstepup_protocol::startup::CancelRequest;
 use pgstepup_protocol::Connection;
 use pgstepup_upstream::{UpstreamError, UpstreamSettings, VerifierSource};
 
-use crate::cancel::{upstream_request, CancelRegistry};
+use crate::cancel::CancelRegistry;
 use crate::client_auth::{authenticate, Refusal};
 use crate::gate::{Gate, SessionContext};
 use crate::handshake::{open, Opening};
@@ -230,7 +230,7 @@ async fn establish(
         let secret_len = if minor >= 2 { 32 } else { 4 };
         shared
             .cancels
-            .register(upstream_request(pid, secret), secret_len)
+            .register(CancelRequest { pid, secret }, secret_len)
     });
     let upstream_roles = upstream_roles(shared, &user).await;
     let context = SessionContext {

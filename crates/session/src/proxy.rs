@@ -1,7 +1,8 @@
 //! The session loop: one task per client, relaying frames both ways between the client and its
-//! own upstream connection. Every statement-carrying frame is seen (and, in later stages,
-//! classified and possibly held) before it is forwarded; everything else passes through as the
-//! original bytes. Output is coalesced and flushed once per batch of input, not per message.
+//! own upstream connection. Every statement-carrying frame (and every Bind of a remembered
+//! statement) passes the gate before it is forwarded, as is or swapped for a refusal;
+//! everything else passes through as the original bytes. Output is coalesced and flushed once
+//! per batch of input, not per message.
 
 use pgstepup_protocol::backend::{self, sqlstate, PgError};
 use pgstepup_protocol::{tag, Connection, ConnectionError, Frame};
