@@ -21,6 +21,7 @@ need_cmd javac default-jdk-headless   # single-file source launch needs the comp
 need_cmd node nodejs
 need_cmd npm npm
 need_cmd python3 python3
+need_cmd chromium chromium
 [ -f /usr/share/java/postgresql.jar ] || apt_missing+=(libpostgresql-jdbc-java)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   say "installing with apt: ${apt_missing[*]}"
@@ -35,6 +36,10 @@ fi
 if [ ! -d proto-tests/clients/node/node_modules/pg ]; then
   say "installing with npm: pg, pg-copy-streams (proto-tests/clients/node, from package-lock.json)"
   (cd proto-tests/clients/node && npm ci --silent --no-audit --no-fund)
+fi
+if [ ! -d proto-tests/browser/node_modules/playwright-core ]; then
+  say "installing with npm: playwright-core (proto-tests/browser, from package-lock.json)"
+  (cd proto-tests/browser && npm ci --silent --no-audit --no-fund)
 fi
 
 say "PostgreSQL on 127.0.0.1:5432"
