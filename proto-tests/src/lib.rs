@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
+use pgstepup::Service;
 use pgstepup_config::{AuthMethod, Config};
-use pgstepup_session::Proxy;
 use tokio::sync::oneshot;
 
 /// The PostgreSQL every test runs against (trust auth on loopback, as set up by the test command).
@@ -30,6 +30,8 @@ pub struct Certs {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
+
+pub mod stepup;
 
 /// Makes the certificates once per test process.
 pub fn certs() -> &'static Certs {
@@ -197,8 +199,32 @@ pub fn audit_file() -> PathBuf {
     ))
 }
 
-/// Writes a policy file for a test and returns its path.
+/// Gives a test proxy its own web port, admin socket and credential file, so proxies in
+/// parallel tests never meet.
+pub fn isolate(config: &mut Config) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    config.web.listen = "127.0.0.1:0".into();
+    config.step_up.admin_socket = Some(certs().dir.join(format!("admin-{n}.sock")));
+    config.step_up.credentials = certs()
+        .dir
+        .join(format!("credentials-{n}.json"))
+        .display()
+        .to_string();
+}
+
+/// Appended to test policies that exercise refusals: a statement that needs step-up is
+/// refused at once (with its link) instead of being held, so such tests never wait.
+pub const REFUSE_AT_ONCE: &str = "\n[applications]\nrefuse_at_once = [\"*\"]\n";
+
+/// Writes a policy file (with [`REFUSE_AT_ONCE`] appended) and returns its path.
 pub fn write_policy(text: &str) -> PathBuf {
+    write_policy_as_is(&format!("{text}{REFUSE_AT_ONCE}"))
+}
+
+/// Writes a policy file exactly as given: statements needing step-up are held.
+pub fn write_policy_as_is(text: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let path = certs().dir.join(format!(
@@ -254,6 +280,10 @@ pub enum Auth {
 /// A running pgstepup for one test.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// The web side's address and the base of its links.
+    pub web_addr: SocketAddr,
+    pub public_url: String,
+    pub admin_socket: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -283,6 +313,7 @@ impl TestProxy {
         config.origin = "test".into();
         use_policy_file(&mut config, &write_policy(PROTOCOL_TEST_POLICY));
         config.audit.file = audit_file();
+        isolate(&mut config);
         tweak(&mut config);
         config.validate().expect("test configuration is valid");
         Self::from_config(config)
@@ -291,6 +322,7 @@ impl TestProxy {
     /// Runs the proxy for an explicit configuration.
     pub fn from_config(config: Config) -> Self {
         init_logs();
+        let admin_socket = config.admin_socket();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -300,9 +332,15 @@ impl TestProxy {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                let proxy = Proxy::bind(config).await.expect("proxy binds");
-                addr_tx.send(proxy.local_addr().unwrap()).unwrap();
-                proxy
+                let service = Service::bind(config).await.expect("pgstepup binds");
+                addr_tx
+                    .send((
+                        service.proxy_addr().unwrap(),
+                        service.web_addr().unwrap(),
+                        service.public_url().to_owned(),
+                    ))
+                    .unwrap();
+                service
                     .run(async {
                         let _ = stopped.await;
                     })
@@ -311,9 +349,12 @@ impl TestProxy {
             // Sessions still running are dropped with the runtime.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
         });
-        let addr = addr_rx.recv().expect("proxy started");
+        let (addr, web_addr, public_url) = addr_rx.recv().expect("proxy started");
         TestProxy {
             addr,
+            web_addr,
+            public_url,
+            admin_socket,
             stop: Some(stop),
             thread: Some(thread),
         }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use proto_tests::{
     admin, admin_in, app_role, use_policy_file, write_policy, Auth, TestProxy, APP_DB, APP_USER,
+    REFUSE_AT_ONCE,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::SimpleQueryMessage;
@@ -100,7 +101,7 @@ async fn refusals_and_reloads_are_audited_in_a_verifiable_chain() {
         .unwrap();
     let delete = format!("DELETE FROM public.{other} WHERE v = 1");
     client.simple_query(&delete).await.unwrap_err();
-    std::fs::write(&policy, format!("{POLICY}\n")).unwrap();
+    std::fs::write(&policy, format!("{POLICY}\n{REFUSE_AT_ONCE}")).unwrap();
     let mut text = String::new();
     for _ in 0..50 {
         text = std::fs::read_to_string(&audit).unwrap_or_default();
@@ -359,7 +360,7 @@ async fn policy_file_changes_apply_to_the_next_statement_and_bad_ones_are_reject
     let allow = format!(
         "[[rule]]\nname = \"now-allowed\"\ntables = [\"public.{other}\"]\naction = \"allow\"\n"
     );
-    std::fs::write(&path, allow).unwrap();
+    std::fs::write(&path, format!("{allow}{REFUSE_AT_ONCE}")).unwrap();
     wait_until(|| async { client.batch_execute(&insert).await.is_ok() }).await;
 
     // An invalid file is rejected and the previous policy stays in force.
@@ -375,7 +376,7 @@ async fn policy_file_changes_apply_to_the_next_statement_and_bad_ones_are_reject
         .expect("old policy still applies");
 
     // A valid tighter policy applies again, on the same connection.
-    std::fs::write(&path, "").unwrap();
+    std::fs::write(&path, REFUSE_AT_ONCE).unwrap();
     wait_until(|| async { client.batch_execute(&insert).await.is_err() }).await;
 }
 
@@ -446,7 +447,7 @@ async fn prepared_statements_are_decided_again_after_a_policy_change() {
     // new one, although no Parse is sent again.
     let probe_table = table("gate_ok_probe").await;
     let probe = format!("INSERT INTO public.{probe_table} VALUES (1)");
-    std::fs::write(&path, "").unwrap();
+    std::fs::write(&path, REFUSE_AT_ONCE).unwrap();
     wait_until(|| async { client.batch_execute(&probe).await.is_err() }).await;
     for value in [2i32, 3] {
         let err = client.execute(&insert, &[&value]).await.unwrap_err();

@@ -39,6 +39,15 @@ pub struct Record {
     pub decision: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// When the elevation granted or used ends (unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elevation_expires: Option<u64>,
+    /// The WebAuthn credential (base64url id) that approved, failed or was revoked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
+    /// The step-up challenge the event belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub challenge_id: Option<String>,
 }
 
 impl Record {

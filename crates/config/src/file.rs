@@ -39,6 +39,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub web: WebConfig,
     pub redis: RedisConfig,
+    pub step_up: StepUpConfig,
     pub audit: AuditConfig,
     /// The policy: `file = "..."`, or the policy itself inline (validated by pgstepup-policy).
     pub policy: Option<toml::Table>,
@@ -166,21 +167,69 @@ impl Default for LimitsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
     pub listen: String,
+    /// The address engineers open links at (`https://stepup.example.com`); it is also the
+    /// WebAuthn origin, and its host the relying-party id. Default `http://localhost:PORT`.
+    pub public_url: Option<String>,
+    /// PEM certificate chain and key: serve HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
         WebConfig {
             listen: "127.0.0.1:8443".into(),
+            public_url: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
 
 /// Shared state; absent means in-memory, single instance.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     pub url: Option<String>,
+    /// Prefix of every key and channel, so several deployments can share one Redis.
+    pub prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            prefix: "pgstepup:".into(),
+        }
+    }
+}
+
+/// Step-up links, enrollment and registered keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StepUpConfig {
+    /// Seconds an approval link works (an approval after the statement's hold timed out still
+    /// elevates the user, so a re-run passes).
+    pub link_ttl_secs: u64,
+    /// Seconds an enrollment link works.
+    pub enrollment_ttl_secs: u64,
+    /// Where registered keys live: `postgres://...` (a table, shared by every instance) or a
+    /// file path.
+    pub credentials: String,
+    /// The Unix socket admin commands (`pgstepup enroll`, `pgstepup keys`) use; only the
+    /// service's own user may connect. Default `/tmp/.s.pgstepup.PORT` (the proxy's port).
+    pub admin_socket: Option<PathBuf>,
+}
+
+impl Default for StepUpConfig {
+    fn default() -> Self {
+        StepUpConfig {
+            link_ttl_secs: 600,
+            enrollment_ttl_secs: 24 * 3600,
+            credentials: "pgstepup-credentials.json".into(),
+            admin_socket: None,
+        }
+    }
 }
 
 /// The audit trail.
@@ -203,7 +252,9 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub web_listen: Option<String>,
+    pub public_url: Option<String>,
     pub redis: Option<String>,
+    pub admin_socket: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// `--observe`.
@@ -244,7 +295,9 @@ impl Config {
         let cli = o.listen.is_some()
             || o.upstream.is_some()
             || o.web_listen.is_some()
+            || o.public_url.is_some()
             || o.redis.is_some()
+            || o.admin_socket.is_some()
             || o.tls_cert.is_some()
             || o.tls_key.is_some()
             || o.observe;
@@ -260,8 +313,14 @@ impl Config {
         if let Some(v) = o.web_listen {
             self.web.listen = v;
         }
+        if let Some(v) = o.public_url {
+            self.web.public_url = Some(v);
+        }
         if let Some(v) = o.redis {
             self.redis.url = Some(v);
+        }
+        if let Some(v) = o.admin_socket {
+            self.step_up.admin_socket = Some(v);
         }
         if let Some(v) = o.tls_cert {
             self.tls.cert = Some(v);
@@ -304,6 +363,22 @@ impl Config {
                 return Err(self.invalid("redis.url", "must start with redis:// or rediss://"));
             }
         }
+        if let Some(url) = &self.web.public_url {
+            let parsed =
+                url::Url::parse(url).map_err(|e| self.invalid("web.public_url", e.to_string()))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(self.invalid("web.public_url", "must be http(s)://HOST[:PORT]"));
+            }
+        }
+        if self.web.tls_cert.is_some() != self.web.tls_key.is_some() {
+            return Err(self.invalid("web.tls_cert", "web.tls_cert and web.tls_key go together"));
+        }
+        if self.step_up.link_ttl_secs == 0 || self.step_up.enrollment_ttl_secs == 0 {
+            return Err(self.invalid(
+                "step_up.link_ttl_secs",
+                "link lifetimes must be at least 1 second",
+            ));
+        }
         if self.limits.max_message_bytes < 1024 {
             return Err(self.invalid("limits.max_message_bytes", "must be at least 1024"));
         }
@@ -337,6 +412,34 @@ impl Config {
     }
 
     /// The parsed upstream URL.
+    /// The public address of the web side: configured, or `http://localhost:PORT` of the
+    /// web listener (`bound_port` when it was bound to port 0).
+    pub fn public_url(&self, bound_port: u16) -> String {
+        match &self.web.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let scheme = if self.web.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://localhost:{bound_port}")
+            }
+        }
+    }
+
+    /// Where admin commands reach the running server.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.step_up.admin_socket.clone().unwrap_or_else(|| {
+            let port = self
+                .proxy
+                .listen
+                .rsplit_once(':')
+                .map_or("6432", |(_, p)| p);
+            PathBuf::from(format!("/tmp/.s.pgstepup.{port}"))
+        })
+    }
+
     pub fn upstream_url(&self) -> Result<UpstreamUrl, ConfigError> {
         UpstreamUrl::parse(&self.upstream.url)
             .map_err(|e| self.invalid("upstream.url", e.to_string()))

@@ -1,13 +1,15 @@
-//! The `pgstepup` binary: command-line parsing, logging set-up and the serve loop. Everything
-//! else lives in the library crates; errors become `anyhow` only here, at the edge.
+//! The `pgstepup` binary: command-line parsing, logging set-up, the serve loop and the admin
+//! commands. Everything else lives in the library crates; errors become `anyhow` only here,
+//! at the edge.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use pgstepup::Service;
 use pgstepup_config::{Config, Overrides};
-use pgstepup_session::Proxy;
+use pgstepup_web::admin::{self, Reply, Request};
 
 mod check;
 
@@ -31,6 +33,35 @@ enum Command {
     /// Work with the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print a one-time link that registers a security key or passkey for USER (asks the
+    /// running server; give the same --config/flags as `serve`).
+    Enroll {
+        /// The PostgreSQL user name the key will belong to.
+        user: String,
+        #[command(flatten)]
+        server: ServeArgs,
+    },
+    /// List or revoke a user's registered keys (asks the running server).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// A user's keys: id, when registered, when last used.
+    List {
+        user: String,
+        #[command(flatten)]
+        server: ServeArgs,
+    },
+    /// Remove one of a user's keys.
+    Revoke {
+        user: String,
+        /// The key id `keys list` shows.
+        id: String,
+        #[command(flatten)]
+        server: ServeArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -60,6 +91,13 @@ struct ServeArgs {
     /// Redis for state shared between instances; absent = in memory, single instance.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// Where engineers open approval links; also the WebAuthn origin (its host is the RP id)
+    /// [default: http://localhost:PORT of --web-listen].
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// Unix socket for `enroll` and `keys` [default: /tmp/.s.pgstepup.PORT].
+    #[arg(long, value_name = "PATH")]
+    admin_socket: Option<PathBuf>,
     /// PEM certificate chain for client-facing TLS.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -88,27 +126,76 @@ fn main() -> anyhow::Result<()> {
             println!("{}: {records} record(s), chain intact", file.display());
             Ok(())
         }
+        Command::Enroll { user, server } => ask(server, Request::Enroll { user }),
+        Command::Keys(KeysCommand::List { user, server }) => {
+            ask(server, Request::KeysList { user })
+        }
+        Command::Keys(KeysCommand::Revoke { user, id, server }) => {
+            ask(server, Request::KeysRevoke { user, id })
+        }
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// Sends an admin command to the running server and prints its answer.
+fn ask(args: ServeArgs, request: Request) -> anyhow::Result<()> {
+    let config = load_config(args)?;
+    let socket = config.admin_socket();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let reply = runtime
+        .block_on(admin::request(&socket, &request))
+        .context("is `pgstepup serve` running with the same configuration?")?;
+    match reply {
+        Reply::Enrollment { url, expires_at } => {
+            println!("{url}");
+            eprintln!(
+                "Open this link in a browser to register a security key or passkey; it works once, for {} minutes.",
+                expires_at.saturating_sub(pgstepup_stepup::unix_now()) / 60
+            );
+        }
+        Reply::Keys { keys } => {
+            if keys.is_empty() {
+                eprintln!("no keys registered");
+            }
+            for key in keys {
+                let used = key
+                    .last_used_at
+                    .map_or_else(|| "never used".to_owned(), |t| format!("last used {t}"));
+                println!("{}\tregistered {}\t{used}", key.id, key.created_at);
+            }
+        }
+        Reply::Revoked => eprintln!("key revoked"),
+        Reply::Error { message } => anyhow::bail!(message),
+    }
+    Ok(())
+}
+
+fn load_config(args: ServeArgs) -> anyhow::Result<Config> {
     let overrides = Overrides {
         listen: args.listen,
         upstream: args.upstream,
         web_listen: args.web_listen,
+        public_url: args.public_url,
         redis: args.redis,
+        admin_socket: args.admin_socket,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         observe: args.observe,
     };
-    let config = Config::load(args.config.as_deref(), overrides)?;
+    Ok(Config::load(args.config.as_deref(), overrides)?)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = load_config(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let proxy = Proxy::bind(config).await?;
-        let policy = proxy.policy();
+        let service = Service::bind(config).await?;
+        let policy = service.policy();
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("installing the SIGHUP handler")?;
         tokio::spawn(async move {
@@ -117,7 +204,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let _ = policy.reload("SIGHUP");
             }
         });
-        proxy.run(shutdown_signal()).await;
+        service.run(shutdown_signal()).await;
         tracing::info!("pgstepup stopped");
         Ok(())
     })

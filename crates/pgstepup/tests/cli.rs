@@ -70,6 +70,7 @@ async fn serve_and_connect(args: &[&str]) -> (tokio::process::Child, tokio_postg
         .args(args)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--upstream", "postgres://127.0.0.1:5432"])
+        .args(["--web-listen", "127.0.0.1:0"])
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -284,7 +285,8 @@ async fn sighup_reloads_the_policy() {
 
     // Rewrite the policy but keep its modification time, so only SIGHUP can bring it in.
     let modified = std::fs::metadata(&policy).unwrap().modified().unwrap();
-    std::fs::write(&policy, "").unwrap();
+    // The built-in default, with step-up refused at once rather than held.
+    std::fs::write(&policy, "[applications]\nrefuse_at_once = [\"*\"]\n").unwrap();
     std::fs::File::options()
         .write(true)
         .open(&policy)

@@ -62,6 +62,8 @@ pub struct Rule {
     /// How long a step-up under this rule lasts; zero = this statement only.
     pub lifetime: Duration,
     pub scope: Scope,
+    /// How long a statement waits for approval before it is refused.
+    pub hold_timeout: Duration,
     /// Built-in rules lose ties against the DBA's.
     pub builtin: bool,
     /// 1-based line in the policy file, for `check` output.
@@ -94,7 +96,13 @@ pub struct Policy {
     pub(crate) roles: Vec<RoleDef>,
     /// Functions declared free of side effects, beyond PostgreSQL's own.
     pub read_only_functions: Vec<String>,
+    /// application_name patterns of clients that show notices only after a statement ends
+    /// (pgJDBC tools such as DBeaver): they get the link in an immediate refusal, not a hold.
+    pub refuse_at_once_applications: Vec<String>,
 }
+
+/// How long a statement is held when its rule does not say.
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The outcome for one statement. Borrowed from the policy and the classification, so deciding
 /// allocates nothing; [`Decision::reason`] builds the explanation only when someone asks.
@@ -105,6 +113,7 @@ pub struct Decision<'a> {
     pub rule: &'a str,
     pub lifetime: Duration,
     pub scope: Scope,
+    pub hold_timeout: Duration,
     why: Why<'a>,
 }
 
@@ -166,7 +175,16 @@ impl Policy {
             rules: builtin_rules(),
             roles: Vec::new(),
             read_only_functions: Vec::new(),
+            refuse_at_once_applications: Vec::new(),
         }
+    }
+
+    /// Whether a client with this application_name gets an immediate refusal with the link
+    /// instead of a hold.
+    pub fn refuses_at_once(&self, application_name: &str) -> bool {
+        self.refuse_at_once_applications
+            .iter()
+            .any(|pattern| glob::matches(pattern, application_name))
     }
 
     /// The policy roles `user` holds, given the upstream roles they are a member of.
@@ -204,6 +222,7 @@ impl Policy {
                 rule: "pinned-setting",
                 lifetime: Duration::ZERO,
                 scope: Scope::Connection,
+                hold_timeout: DEFAULT_HOLD_TIMEOUT,
                 why: Why::Pinned(violation),
             };
         }
@@ -222,6 +241,7 @@ impl Policy {
                 rule: "empty",
                 lifetime: Duration::ZERO,
                 scope: Scope::Connection,
+                hold_timeout: DEFAULT_HOLD_TIMEOUT,
                 why: Why::Empty,
             };
         };
@@ -242,6 +262,7 @@ impl Policy {
             rule: &rule.name,
             lifetime: rule.lifetime,
             scope: rule.scope,
+            hold_timeout: rule.hold_timeout,
             why: Why::Rule {
                 rule,
                 facet,
@@ -351,6 +372,7 @@ fn builtin_rules() -> Vec<Rule> {
         action,
         lifetime,
         scope: Scope::Connection,
+        hold_timeout: DEFAULT_HOLD_TIMEOUT,
         builtin: true,
         line: None,
     })

@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use pgstepup_classify::Kind;
 
-use crate::model::{Action, Mode, Policy, RoleDef, Rule, Scope};
+use crate::model::{Action, Mode, Policy, RoleDef, Rule, Scope, DEFAULT_HOLD_TIMEOUT};
 
 /// Why a policy was refused.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,8 @@ struct PolicySpec {
     roles: BTreeMap<String, Spanned<RoleSpec>>,
     #[serde(default)]
     rule: Vec<Spanned<RuleSpec>>,
+    #[serde(default)]
+    applications: ApplicationsSpec,
     /// Only meaningful in the main configuration: where the policy file is.
     #[serde(default)]
     file: Option<PathBuf>,
@@ -92,6 +94,16 @@ struct RuleSpec {
     lifetime: Option<LifetimeSpec>,
     #[serde(default)]
     scope: Option<ScopeSpec>,
+    /// How long a statement is held waiting for approval.
+    #[serde(default)]
+    timeout: Option<LifetimeSpec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApplicationsSpec {
+    #[serde(default)]
+    refuse_at_once: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -276,6 +288,16 @@ pub fn parse(text: &str, path: &Path, embedded: bool) -> Result<Policy, PolicyEr
             check_pattern(pattern)
                 .map_err(|m| invalid(start, format!("rule {:?}: {m}", rule.name)))?;
         }
+        let hold_timeout = match rule.timeout {
+            Some(LifetimeSpec(t)) if t.is_zero() => {
+                return Err(invalid(
+                    start,
+                    format!("rule {:?}: timeout must be more than 0", rule.name),
+                ))
+            }
+            Some(LifetimeSpec(t)) => t,
+            None => DEFAULT_HOLD_TIMEOUT,
+        };
         rules.push(Rule {
             name: rule.name,
             tables: rule.tables,
@@ -291,6 +313,7 @@ pub fn parse(text: &str, path: &Path, embedded: bool) -> Result<Policy, PolicyEr
                 Some(ScopeSpec::User) => Scope::User,
                 _ => Scope::Connection,
             },
+            hold_timeout,
             builtin: false,
             line: Some(line_of(start)),
         });
@@ -300,6 +323,7 @@ pub fn parse(text: &str, path: &Path, embedded: bool) -> Result<Policy, PolicyEr
     policy.rules = rules;
     policy.roles = roles;
     policy.read_only_functions = spec.read_only_functions;
+    policy.refuse_at_once_applications = spec.applications.refuse_at_once;
     policy.mode = match spec.mode {
         Some(ModeSpec::Observe) => Mode::Observe,
         _ => Mode::Enforce,

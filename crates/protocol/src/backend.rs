@@ -28,6 +28,11 @@ impl PgError {
         Self::new("FATAL", code, message)
     }
 
+    /// A NOTICE: information the client shows while the session goes on.
+    pub fn notice(message: impl Into<String>) -> Self {
+        Self::new("NOTICE", "00000", message)
+    }
+
     fn new(severity: &'static str, code: &'static str, message: impl Into<String>) -> Self {
         PgError {
             severity,

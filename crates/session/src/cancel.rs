@@ -1,8 +1,12 @@
 //! pgstepup's own cancel keys. Each client gets a fresh random BackendKeyData; a CancelRequest
-//! carrying it is translated to the upstream's key, which clients never see.
+//! carrying it is translated to the upstream's key, which clients never see, or, while the
+//! session holds a statement for approval, cancels the hold (nothing runs upstream then).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 use rand::Rng;
 use subtle::ConstantTimeEq;
@@ -18,6 +22,34 @@ pub(crate) struct CancelRegistry {
 struct Entry {
     secret: Vec<u8>,
     upstream: CancelRequest,
+    hold: Arc<HoldSignal>,
+}
+
+/// Lets a cancel request reach a session while it holds a statement.
+#[derive(Default)]
+pub(crate) struct HoldSignal {
+    holding: AtomicBool,
+    cancel: Notify,
+}
+
+impl HoldSignal {
+    pub(crate) fn set_holding(&self, holding: bool) {
+        self.holding.store(holding, Ordering::SeqCst);
+    }
+
+    /// Completes when a cancel request arrives for the held statement.
+    pub(crate) async fn cancelled(&self) {
+        self.cancel.notified().await
+    }
+}
+
+/// What a valid cancel request acts on.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CancelTarget {
+    /// The session is running a statement upstream: forward the upstream's key.
+    Upstream(CancelRequest),
+    /// The session is holding a statement: the hold was cancelled.
+    Held,
 }
 
 /// Removes the session's key when the session ends.
@@ -43,7 +75,7 @@ impl CancelRegistry {
         self: &Arc<Self>,
         upstream: CancelRequest,
         secret_len: usize,
-    ) -> (Registration, i32, Vec<u8>) {
+    ) -> (Registration, i32, Vec<u8>, Arc<HoldSignal>) {
         let mut rng = rand::rng();
         let mut secret = vec![0u8; secret_len];
         rng.fill(&mut secret[..]);
@@ -54,27 +86,45 @@ impl CancelRegistry {
                 break pid;
             }
         };
+        let hold = Arc::new(HoldSignal::default());
         sessions.insert(
             pid,
             Entry {
                 secret: secret.clone(),
                 upstream,
+                hold: hold.clone(),
             },
         );
         let registration = Registration {
             registry: self.clone(),
             pid,
         };
-        (registration, pid, secret)
+        (registration, pid, secret, hold)
     }
 
-    /// The upstream key for a client's cancel request, if the key is one we issued.
-    pub(crate) fn resolve(&self, request: &CancelRequest) -> Option<CancelRequest> {
+    /// What a client's cancel request acts on, if the key is one we issued. A session that
+    /// holds a statement is told at once.
+    pub(crate) fn resolve(&self, request: &CancelRequest) -> Option<CancelTarget> {
         let sessions = self.sessions.lock().expect("cancel registry lock");
         let entry = sessions.get(&request.pid)?;
         let matches = entry.secret.len() == request.secret.len()
             && bool::from(entry.secret.ct_eq(&request.secret));
-        matches.then(|| entry.upstream.clone())
+        if !matches {
+            return None;
+        }
+        if entry.hold.holding.load(Ordering::SeqCst) {
+            entry.hold.cancel.notify_one();
+            return Some(CancelTarget::Held);
+        }
+        Some(CancelTarget::Upstream(entry.upstream.clone()))
+    }
+
+    /// Whether `pid` is one of this instance's live keys.
+    pub(crate) fn is_local(&self, pid: i32) -> bool {
+        self.sessions
+            .lock()
+            .expect("cancel registry lock")
+            .contains_key(&pid)
     }
 }
 
@@ -90,13 +140,20 @@ mod tests {
             pid: 77,
             secret: Bytes::from_static(&[1, 2, 3, 4]),
         };
-        let (registration, pid, secret) = registry.register(upstream.clone(), 32);
+        let (registration, pid, secret, hold) = registry.register(upstream.clone(), 32);
         assert_eq!(secret.len(), 32);
         let ok = CancelRequest {
             pid,
             secret: Bytes::from(secret.clone()),
         };
-        assert_eq!(registry.resolve(&ok), Some(upstream));
+        assert_eq!(
+            registry.resolve(&ok),
+            Some(CancelTarget::Upstream(upstream.clone()))
+        );
+        // While a statement is held, the cancel goes to the session, not upstream.
+        hold.set_holding(true);
+        assert_eq!(registry.resolve(&ok), Some(CancelTarget::Held));
+        hold.set_holding(false);
         let mut wrong = secret.clone();
         wrong[0] ^= 1;
         assert_eq!(

@@ -1,5 +1,6 @@
 //! The gate every statement passes before it is forwarded: classify (cached by shape), decide
-//! with the policy in force, and either forward the client's bytes or refuse.
+//! with the policy in force, and either forward the client's bytes, refuse, or report that the
+//! statement needs step-up (the session then checks for an elevation or holds it).
 //!
 //! Refusing keeps client and server in step: instead of the statement, the server gets a
 //! call to a function that cannot exist (`pg_catalog.pgstepup_refused_<nonce>_<n>()`), so it
@@ -10,14 +11,16 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use pgstepup_audit::{AuditLog, Record};
 use pgstepup_classify::{Classification, Facet, Kind};
-use pgstepup_policy::{Action, Decision, Subject};
+use pgstepup_policy::{Action, Decision, Scope, Subject};
 use pgstepup_protocol::backend::{sqlstate, PgError};
 use pgstepup_protocol::{error_message, tag, Frame};
+use pgstepup_stepup::unix_now;
 
 use crate::policy_store::{ActivePolicy, PolicyStore};
 use crate::statement::Statement;
@@ -38,10 +41,55 @@ const UNSAFE_CLIENT_ENCODINGS: &[&str] = &[
 const LOGGED_SQL_CHARS: usize = 500;
 const AUDITED_SQL_CHARS: usize = 16 * 1024;
 
-/// What to send the server instead of the client's frame.
+/// What to do with the client's frame.
 pub(crate) enum Verdict {
     Forward,
+    /// Send this instead.
     Substitute(Frame),
+    /// Forward only under an elevation; otherwise challenge, hold or refuse.
+    StepUp(StepUpNeed),
+}
+
+/// A statement that needs step-up, with what it takes to challenge, release or refuse it.
+#[derive(Debug, Clone)]
+pub(crate) struct StepUpNeed {
+    pub rule: StepUpRule,
+    pub sql: String,
+    pub digest: String,
+    refusable: Refusable,
+}
+
+/// The parts of a step-up decision that outlive the policy borrow.
+#[derive(Debug, Clone)]
+pub(crate) struct StepUpRule {
+    pub name: String,
+    pub reason: String,
+    pub lifetime: Duration,
+    pub user_scope: bool,
+    pub hold_timeout: Duration,
+}
+
+impl StepUpRule {
+    fn from_decision(decision: &Decision) -> Self {
+        StepUpRule {
+            name: decision.rule.to_owned(),
+            reason: decision.reason(),
+            lifetime: decision.lifetime,
+            user_scope: decision.scope == Scope::User,
+            hold_timeout: decision.hold_timeout,
+        }
+    }
+}
+
+/// How a held frame is swapped for a failing one when it is refused.
+#[derive(Debug, Clone)]
+enum Refusable {
+    Query,
+    Parse {
+        name: Vec<u8>,
+    },
+    /// A Bind (of a remembered named statement) becomes a failing unnamed Parse.
+    Bind,
 }
 
 struct PendingRefusal {
@@ -64,9 +112,17 @@ pub(crate) struct SessionContext {
 struct Prepared {
     classification: Arc<Classification>,
     sql: String,
-    /// The policy generation it was last decided under, and the refusal if it was refused.
+    /// The policy generation it was last decided under, and what was decided.
     generation: u64,
-    refusal: Option<PgError>,
+    decided: PreparedDecision,
+}
+
+#[derive(Clone)]
+enum PreparedDecision {
+    Allow,
+    /// Each execution needs an elevation under this rule.
+    StepUp(StepUpRule),
+    Refused(PgError),
 }
 
 /// Texts this long or longer are not remembered as recently allowed.
@@ -96,6 +152,12 @@ pub(crate) struct Gate {
     sent_cycles: u64,
     /// ReadyForQuery messages received.
     received_cycles: u64,
+    /// The classification of the statement last reported as needing step-up.
+    held_classification: Option<Arc<Classification>>,
+    /// Elevations this session knows of, by rule, until they end.
+    elevations: HashMap<String, Instant>,
+    /// A statement approved for one run also covers its own batch (the Binds up to Sync).
+    approved_batch: Option<(String, u64)>,
 }
 
 impl Gate {
@@ -126,7 +188,36 @@ impl Gate {
             next_number: 0,
             sent_cycles: 0,
             received_cycles: 0,
+            held_classification: None,
+            elevations: HashMap::new(),
+            approved_batch: None,
         }
+    }
+
+    pub(crate) fn user(&self) -> &str {
+        &self.subject.user
+    }
+
+    pub(crate) fn context(&self) -> &SessionContext {
+        &self.context
+    }
+
+    /// Whether this client gets the link in an immediate refusal instead of a hold.
+    pub(crate) fn refuses_at_once(&self) -> bool {
+        self.active
+            .policy
+            .refuses_at_once(&self.context.application_name)
+    }
+
+    /// Whether the session already knows of an elevation covering `rule`.
+    fn is_elevated(&self, rule: &str) -> bool {
+        self.elevations
+            .get(rule)
+            .is_some_and(|until| *until > Instant::now())
+            || self
+                .approved_batch
+                .as_ref()
+                .is_some_and(|(r, cycle)| r == rule && *cycle == self.sent_cycles)
     }
 
     /// Decides a statement before its frame is forwarded.
@@ -175,12 +266,34 @@ impl Gate {
                         classification: classification.clone(),
                         sql: sql.clone().into_owned(),
                         generation: self.generation,
-                        refusal: None,
+                        decided: PreparedDecision::Allow,
                     },
                 );
             }
         }
         match decision.action {
+            Action::StepUp if !self.active.observe => {
+                let rule = StepUpRule::from_decision(&decision);
+                let refusable = match statement {
+                    Statement::Parse { name, .. } => Refusable::Parse {
+                        name: name.to_vec(),
+                    },
+                    _ => Refusable::Query,
+                };
+                let need = StepUpNeed {
+                    digest: Record::digest(&sql),
+                    sql: sql.into_owned(),
+                    rule,
+                    refusable,
+                };
+                if self.is_elevated(&need.rule.name) {
+                    self.released(&need, None, classification);
+                    return Verdict::Forward;
+                }
+                // Kept so a release can remember a named statement's classification.
+                self.held_classification = Some(classification);
+                Verdict::StepUp(need)
+            }
             Action::Allow => {
                 tracing::debug!(rule = %decision.rule, sql = %sql, "allow");
                 if let Some(text) = repeatable.filter(|t| t.len() < RECENT_TEXT_MAX) {
@@ -203,14 +316,21 @@ impl Gate {
                 let error = refusal_error(&decision);
                 let rule = decision.rule.to_owned();
                 self.audit("statement_refused", &sql, &rule, action, reason);
-                Verdict::Substitute(self.substitute(statement, error))
+                let refusable = match statement {
+                    Statement::Parse { name, .. } => Refusable::Parse {
+                        name: name.to_vec(),
+                    },
+                    _ => Refusable::Query,
+                };
+                Verdict::Substitute(self.substitute(&refusable, error))
             }
         }
     }
 
-    /// A Bind of a named statement parsed under an older policy is decided again under the
-    /// policy now in force; refused, it is swapped for a failing Parse (the server then skips
-    /// the rest of the batch, as for any error).
+    /// A Bind of a named statement: parsed under an older policy, it is decided again under
+    /// the policy now in force; needing step-up, it needs an elevation at each execution (one
+    /// may have ended since the Parse). Refused, it is swapped for a failing Parse (the server
+    /// then skips the rest of the batch, as for any error).
     pub(crate) fn check_bind(&mut self, frame: &Frame) -> Verdict {
         if self.store.generation() != self.generation {
             self.refresh();
@@ -222,38 +342,107 @@ impl Gate {
             return Verdict::Forward;
         };
         let generation = self.generation;
-        let Some(prepared) = self.prepared.get_mut(name) else {
+        let Some(prepared) = self.prepared.get(name) else {
             return Verdict::Forward;
         };
         if prepared.generation != generation {
-            prepared.generation = generation;
             let decision = self
                 .active
                 .policy
                 .evaluate(&prepared.classification, &self.subject);
-            prepared.refusal = None;
-            if decision.action != Action::Allow && !self.active.observe {
-                let reason = decision.reason();
-                tracing::info!(action = %decision.action, rule = %decision.rule, %reason, "a prepared statement is refused under the reloaded policy");
-                prepared.refusal = Some(refusal_error(&decision));
-                let (rule, action, sql) = (
-                    decision.rule.to_owned(),
-                    decision.action,
-                    prepared.sql.clone(),
-                );
-                self.audit("statement_refused", &sql, &rule, action, reason);
+            let decided = match decision.action {
+                _ if self.active.observe => PreparedDecision::Allow,
+                Action::Allow => PreparedDecision::Allow,
+                Action::StepUp => PreparedDecision::StepUp(StepUpRule::from_decision(&decision)),
+                Action::Deny => {
+                    let reason = decision.reason();
+                    tracing::info!(rule = %decision.rule, %reason, "a prepared statement is refused under the reloaded policy");
+                    let (rule, sql) = (decision.rule.to_owned(), prepared.sql.clone());
+                    let error = refusal_error(&decision);
+                    self.audit("statement_refused", &sql, &rule, Action::Deny, reason);
+                    PreparedDecision::Refused(error)
+                }
+            };
+            if let Some(prepared) = self.prepared.get_mut(name) {
+                prepared.generation = generation;
+                prepared.decided = decided;
             }
         }
-        let Some(error) = self.prepared.get(name).and_then(|p| p.refusal.clone()) else {
+        let Some(prepared) = self.prepared.get(name) else {
             return Verdict::Forward;
         };
-        Verdict::Substitute(self.substitute(
-            Statement::Parse {
-                name: b"",
-                sql: b"",
-            },
-            error,
-        ))
+        match prepared.decided.clone() {
+            PreparedDecision::Allow => Verdict::Forward,
+            PreparedDecision::StepUp(rule) if self.is_elevated(&rule.name) => Verdict::Forward,
+            PreparedDecision::StepUp(rule) => {
+                let sql = prepared.sql.clone();
+                Verdict::StepUp(StepUpNeed {
+                    digest: Record::digest(&sql),
+                    sql,
+                    rule,
+                    refusable: Refusable::Bind,
+                })
+            }
+            PreparedDecision::Refused(error) => {
+                Verdict::Substitute(self.substitute(&Refusable::Bind, error))
+            }
+        }
+    }
+
+    /// A statement that needed step-up is being forwarded under an elevation ending at
+    /// `until` (unix seconds; None: approved for this run, and the Binds of its batch).
+    pub(crate) fn released(
+        &mut self,
+        need: &StepUpNeed,
+        until: Option<u64>,
+        classification: Arc<Classification>,
+    ) {
+        match until {
+            Some(until) => {
+                let left = Duration::from_secs(until.saturating_sub(unix_now()));
+                self.elevations
+                    .insert(need.rule.name.clone(), Instant::now() + left);
+            }
+            None => self.approved_batch = Some((need.rule.name.clone(), self.sent_cycles)),
+        }
+        if let Refusable::Parse { name } = &need.refusable {
+            if !name.is_empty() {
+                self.prepared.insert(
+                    name.as_slice().into(),
+                    Prepared {
+                        classification,
+                        sql: need.sql.clone(),
+                        generation: self.generation,
+                        decided: PreparedDecision::StepUp(need.rule.clone()),
+                    },
+                );
+            }
+        }
+        self.record(Record {
+            event: "statement_elevated",
+            statement_digest: Some(need.digest.clone()),
+            statement: Some(clip(&need.sql, AUDITED_SQL_CHARS).to_owned()),
+            rule: Some(need.rule.name.clone()),
+            decision: Some(Action::StepUp.name()),
+            elevation_expires: until.or_else(|| {
+                self.elevations
+                    .get(&need.rule.name)
+                    .map(|i| unix_now() + i.saturating_duration_since(Instant::now()).as_secs())
+            }),
+            ..Default::default()
+        });
+    }
+
+    /// Releases the statement last reported as needing step-up.
+    pub(crate) fn release_held(&mut self, need: &StepUpNeed, until: Option<u64>) {
+        let classification = self.held_classification.take().unwrap_or_default();
+        self.released(need, until, classification);
+    }
+
+    /// The frame that replaces a held statement that will not run.
+    pub(crate) fn refuse_held(&mut self, need: &StepUpNeed, error: PgError) -> Frame {
+        self.held_classification = None;
+        self.substitute(&need.refusable, error)
     }
 
     /// A Close of a named statement forgets it.
@@ -266,17 +455,25 @@ impl Gate {
     }
 
     fn audit(&self, event: &'static str, sql: &str, rule: &str, action: Action, reason: String) {
-        let record = Record {
+        self.record(Record {
             event,
-            user: Some(self.subject.user.clone()),
-            client_addr: Some(self.context.client_addr.clone()),
-            application_name: Some(self.context.application_name.clone()),
-            connection_id: Some(self.context.connection_id),
             statement_digest: Some(Record::digest(sql)),
             statement: Some(clip(sql, AUDITED_SQL_CHARS).to_owned()),
             rule: Some(rule.to_owned()),
             decision: Some(action.name()),
             reason: Some(reason),
+            ..Default::default()
+        });
+    }
+
+    /// Writes an audit record, filling in who and where.
+    pub(crate) fn record(&self, record: Record) {
+        let record = Record {
+            user: Some(self.subject.user.clone()),
+            client_addr: Some(self.context.client_addr.clone()),
+            application_name: Some(self.context.application_name.clone()),
+            connection_id: Some(self.context.connection_id),
+            ..record
         };
         if let Err(error) = self.context.audit.record(&record) {
             tracing::error!(%error, "cannot write the audit trail");
@@ -327,7 +524,7 @@ impl Gate {
         }
     }
 
-    fn substitute(&mut self, statement: Statement<'_>, error: PgError) -> Frame {
+    fn substitute(&mut self, refusable: &Refusable, error: PgError) -> Frame {
         let number = self.next_number;
         self.next_number += 1;
         // A Query or FunctionCall ends the next cycle itself; a Parse belongs to the cycle its
@@ -339,8 +536,13 @@ impl Gate {
             error,
         });
         let sql = format!("SELECT pg_catalog.{}{number}()", self.marker);
-        match statement {
-            Statement::Parse { name, .. } => {
+        let parse_name: Option<&[u8]> = match refusable {
+            Refusable::Parse { name } => Some(name),
+            Refusable::Bind => Some(b""),
+            Refusable::Query => None,
+        };
+        match parse_name {
+            Some(name) => {
                 let mut body = Vec::with_capacity(name.len() + sql.len() + 4);
                 body.extend_from_slice(name);
                 body.push(0);
@@ -348,7 +550,7 @@ impl Gate {
                 body.extend_from_slice(&[0, 0, 0]);
                 Frame::new(tag::PARSE, &body)
             }
-            _ => {
+            None => {
                 let mut body = sql.into_bytes();
                 body.push(0);
                 Frame::new(tag::QUERY, &body)
@@ -428,26 +630,17 @@ fn single_facet(kind: Kind, reason: String) -> Classification {
     }
 }
 
+/// Why a statement the policy denies was not run.
 fn refusal_error(decision: &Decision) -> PgError {
-    let (message, hint) = match decision.action {
-        Action::Deny => (
-            format!(
-                "pgstepup: statement denied by policy rule \"{}\"",
-                decision.rule
-            ),
-            "Ask a DBA to run it, or to change the policy.",
+    PgError::error(
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+        format!(
+            "pgstepup: statement denied by policy rule \"{}\"",
+            decision.rule
         ),
-        _ => (
-            format!(
-                "pgstepup: this statement needs step-up authentication (policy rule \"{}\")",
-                decision.rule
-            ),
-            "Step-up approval is not enabled on this pgstepup; the statement was not run.",
-        ),
-    };
-    PgError::error(sqlstate::INSUFFICIENT_PRIVILEGE, message)
-        .with_detail(decision.reason())
-        .with_hint(hint)
+    )
+    .with_detail(decision.reason())
+    .with_hint("Ask a DBA to run it, or to change the policy.")
 }
 
 /// Whether the text's first word (after spaces) is `word` (ASCII, any case).

@@ -6,12 +6,14 @@
 //! or the upstream's own authentication relayed) and logs into the upstream as that user;
 //! [`cancel`] maps pgstepup's own cancel keys to the upstream's; [`proxy`] is the session loop
 //! that frames both directions and coalesces writes; every statement ([`statement`]) passes
-//! the [`gate`] (classification and the policy in [`policy_store`]) before it is forwarded.
+//! the [`gate`] (classification and the policy in [`policy_store`]) before it is forwarded;
+//! statements that need step-up are run under an elevation or held ([`hold`]) until approved.
 
 mod cancel;
 mod client_auth;
 mod gate;
 mod handshake;
+mod hold;
 mod listener;
 mod policy_store;
 mod proxy;

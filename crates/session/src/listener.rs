@@ -16,12 +16,15 @@ use pgstepup_protocol::startup::CancelRequest;
 use pgstepup_protocol::Connection;
 use pgstepup_upstream::{UpstreamError, UpstreamSettings, VerifierSource};
 
-use crate::cancel::CancelRegistry;
+use pgstepup_audit::AuditLog;
+use pgstepup_stepup::StepUp;
+
+use crate::cancel::{CancelRegistry, CancelTarget};
 use crate::client_auth::{authenticate, Refusal};
 use crate::gate::{Gate, SessionContext};
 use crate::handshake::{open, Opening};
 use crate::policy_store::PolicyStore;
-use crate::proxy::Session;
+use crate::proxy::{Session, SessionParts};
 use crate::tls::{self, ClientTls};
 
 /// Why the proxy could not start.
@@ -53,7 +56,8 @@ pub(crate) struct Shared {
     /// Secret behind unknown users' mock SCRAM salts.
     pub mock_secret: [u8; 32],
     pub policy: Arc<PolicyStore>,
-    pub audit: Arc<pgstepup_audit::AuditLog>,
+    pub audit: Arc<AuditLog>,
+    pub stepup: StepUp,
     /// Name prefix of the never-existing function refused statements are swapped for.
     pub refusal_marker: Arc<str>,
     next_id: AtomicU64,
@@ -67,7 +71,13 @@ pub struct Proxy {
 
 impl Proxy {
     /// Prepares TLS and the verifier source and binds the client listener.
-    pub async fn bind(config: Config) -> Result<Self, ProxyError> {
+    /// Binds the client listener. Step-up state and the audit trail are shared with the web
+    /// side, so they come from the caller.
+    pub async fn bind(
+        config: Config,
+        stepup: StepUp,
+        audit: Arc<AuditLog>,
+    ) -> Result<Self, ProxyError> {
         let upstream = UpstreamSettings::from_config(&config)?;
         let tls = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) => Some(tls::load(cert, key).map_err(ProxyError::Tls)?),
@@ -86,10 +96,6 @@ impl Proxy {
             .map_err(|source| ProxyError::Bind { address, source })?;
         let mut mock_secret = [0u8; 32];
         rand::rng().fill(&mut mock_secret);
-        let audit = Arc::new(pgstepup_audit::AuditLog::open(
-            &config.audit.file,
-            instance_name(&config.proxy.listen),
-        )?);
         let policy = Arc::new(PolicyStore::load(
             pgstepup_policy::PolicySource::for_config(
                 config.path.as_deref(),
@@ -110,6 +116,7 @@ impl Proxy {
             mock_secret,
             policy,
             audit,
+            stepup,
             refusal_marker,
             next_id: AtomicU64::new(1),
         });
@@ -131,6 +138,21 @@ impl Proxy {
         tokio::pin!(shutdown);
         let watcher = tokio::spawn(self.shared.policy.clone().watch(POLICY_POLL));
         let _stop_watching = AbortOnDrop(watcher);
+        let (wake_ups, mut cancels) = self.shared.stepup.listen();
+        let _stop_listening = AbortOnDrop(tokio::spawn(wake_ups));
+        let shared = self.shared.clone();
+        let _stop_cancels = AbortOnDrop(tokio::spawn(async move {
+            // Cancel requests that reached another instance for one of our sessions.
+            while let Some((pid, secret)) = cancels.next().await {
+                cancel_locally(
+                    &shared,
+                    &CancelRequest {
+                        pid,
+                        secret: secret.into(),
+                    },
+                );
+            }
+        }));
         tracing::info!(
             listen = %self.shared.config.proxy.listen,
             upstream = %self.shared.upstream.url,
@@ -160,14 +182,6 @@ impl Proxy {
 }
 
 /// This instance's name in audit records: host name and client port.
-fn instance_name(listen: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "pgstepup".into());
-    let port = listen.rsplit_once(':').map_or("", |(_, p)| p);
-    format!("{host}:{port}")
-}
-
 /// How often the policy file's modification time is checked.
 const POLICY_POLL: Duration = Duration::from_secs(1);
 
@@ -191,8 +205,17 @@ async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id
         Ok(None) => return,
         Ok(Some(session)) => session,
     };
+    let key = session.cancel_pid();
+    if let (Some(pid), true) = (key, shared.stepup.is_shared()) {
+        if let Err(error) = shared.stepup.register_cancel_key(pid).await {
+            tracing::warn!(%error, "cancel key not shared; cancels through other instances will not reach this session");
+        }
+    }
     let ending = session.run().await;
     tracing::debug!(?ending, "session ended");
+    if let (Some(pid), true) = (key, shared.stepup.is_shared()) {
+        let _ = shared.stepup.forget_cancel_key(pid).await;
+    }
 }
 
 /// Handshake and authentication; `None` when the connection ended (refused, or a cancel).
@@ -255,15 +278,14 @@ async fn establish(
         tls = client.stream().is_tls(),
         "session started"
     );
-    match Session::start(
-        client,
-        logged_in.upstream,
-        logged_in.reply,
+    let parts = SessionParts {
+        reply: logged_in.reply,
         cancel_key,
         gate,
-    )
-    .await
-    {
+        stepup: shared.stepup.clone(),
+        max_backlog_bytes: shared.config.limits.max_message_bytes,
+    };
+    match Session::start(client, logged_in.upstream, parts).await {
         Ok(session) => Some(session),
         Err((client, error)) => {
             refuse(client, &Refusal::Error(error)).await;
@@ -298,10 +320,32 @@ async fn refuse(mut conn: Connection, refusal: &Refusal) {
 /// Translates a client's cancel request to the upstream's key and sends it, in a task of its
 /// own so it completes even if the client closes its cancel connection at once.
 pub(crate) fn forward_cancel(shared: &Shared, request: CancelRequest, peer: SocketAddr) {
-    let Some(upstream) = shared.cancels.resolve(&request) else {
-        // Like PostgreSQL: a wrong key gets no answer at all.
-        tracing::info!(%peer, "cancel request with an unknown key ignored");
+    if shared.cancels.is_local(request.pid) || !shared.stepup.is_shared() {
+        if !cancel_locally(shared, &request) {
+            tracing::info!(%peer, "cancel request with an unknown key ignored");
+        }
         return;
+    }
+    // Maybe another instance's session: the state store knows which.
+    let stepup = shared.stepup.clone();
+    tokio::spawn(async move {
+        match stepup.route_cancel(request.pid, &request.secret).await {
+            Ok(true) => tracing::debug!(%peer, "cancel request passed to the owning instance"),
+            Ok(false) => tracing::info!(%peer, "cancel request with an unknown key ignored"),
+            Err(error) => tracing::warn!(%error, "cannot route a cancel request"),
+        }
+    });
+}
+
+/// Acts on a cancel request for one of this instance's sessions; false if the key is not ours.
+fn cancel_locally(shared: &Shared, request: &CancelRequest) -> bool {
+    let upstream = match shared.cancels.resolve(request) {
+        None => return false,
+        Some(CancelTarget::Held) => {
+            tracing::info!("cancel request for a held statement");
+            return true;
+        }
+        Some(CancelTarget::Upstream(upstream)) => upstream,
     };
     let settings = shared.upstream.clone();
     tokio::spawn(async move {
@@ -309,4 +353,5 @@ pub(crate) fn forward_cancel(shared: &Shared, request: CancelRequest, peer: Sock
             tracing::warn!(error = %e, "forwarding cancel request failed");
         }
     });
+    true
 }

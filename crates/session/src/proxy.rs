@@ -1,23 +1,43 @@
 //! The session loop: one task per client, relaying frames both ways between the client and its
 //! own upstream connection. Every statement-carrying frame (and every Bind of a remembered
-//! statement) passes the gate before it is forwarded, as is or swapped for a refusal;
-//! everything else passes through as the original bytes. Output is coalesced and flushed once
-//! per batch of input, not per message.
+//! statement) passes the gate before it is forwarded, as is, swapped for a refusal, or after
+//! step-up ([`crate::hold`]); everything else passes through as the original bytes. Output is
+//! coalesced and flushed once per batch of input, not per message.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 use pgstepup_protocol::backend::{self, sqlstate, PgError};
 use pgstepup_protocol::{tag, Connection, ConnectionError, Frame};
+use pgstepup_stepup::StepUp;
 use pgstepup_upstream::LoginReply;
 
-use crate::cancel::Registration;
+use crate::cancel::{HoldSignal, Registration};
 use crate::gate::{Gate, Verdict};
 use crate::statement::Statement;
 
 /// A live, authenticated session.
 pub(crate) struct Session {
-    client: Connection,
-    server: Connection,
-    gate: Gate,
+    pub(crate) client: Connection,
+    pub(crate) server: Connection,
+    pub(crate) gate: Gate,
+    pub(crate) stepup: StepUp,
+    /// Client frames read while a statement was held, to be handled after it.
+    pub(crate) backlog: VecDeque<Frame>,
+    pub(crate) backlog_bytes: usize,
+    pub(crate) max_backlog_bytes: usize,
+    pub(crate) hold_signal: Arc<HoldSignal>,
+    cancel_pid: Option<i32>,
     _cancel_key: Option<Registration>,
+}
+
+/// What a new session needs besides its two connections.
+pub(crate) struct SessionParts {
+    pub reply: LoginReply,
+    pub cancel_key: Option<(Registration, i32, Vec<u8>, Arc<HoldSignal>)>,
+    pub gate: Gate,
+    pub stepup: StepUp,
+    pub max_backlog_bytes: usize,
 }
 
 /// Which side produced input.
@@ -43,10 +63,15 @@ impl Session {
     pub(crate) async fn start(
         mut client: Connection,
         server: Connection,
-        reply: LoginReply,
-        cancel_key: Option<(Registration, i32, Vec<u8>)>,
-        mut gate: Gate,
+        parts: SessionParts,
     ) -> Result<Self, (Connection, PgError)> {
+        let SessionParts {
+            reply,
+            cancel_key,
+            mut gate,
+            stepup,
+            max_backlog_bytes,
+        } = parts;
         for frame in &reply.relay {
             if frame.tag() == tag::PARAMETER_STATUS {
                 if let Err(error) = gate.on_parameter_status(frame) {
@@ -57,8 +82,12 @@ impl Session {
         for frame in &reply.relay {
             client.queue_frame(frame);
         }
-        let registration = cancel_key.map(|(registration, pid, secret)| {
+        let mut hold_signal = Arc::default();
+        let mut cancel_pid = None;
+        let registration = cancel_key.map(|(registration, pid, secret, signal)| {
             client.queue(&backend::backend_key_data(pid, &secret));
+            hold_signal = signal;
+            cancel_pid = Some(pid);
             registration
         });
         client.queue(&backend::ready_for_query(reply.ready_status));
@@ -69,8 +98,19 @@ impl Session {
             client,
             server,
             gate,
+            stepup,
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            max_backlog_bytes,
+            hold_signal,
+            cancel_pid,
             _cancel_key: registration,
         })
+    }
+
+    /// The pid of the cancel key the client holds.
+    pub(crate) fn cancel_pid(&self) -> Option<i32> {
+        self.cancel_pid
     }
 
     /// Relays until either side ends the session.
@@ -117,7 +157,7 @@ impl Session {
         Ok(())
     }
 
-    fn relay_server_frame(&mut self, frame: &Frame) -> Result<(), Ending> {
+    pub(crate) fn relay_server_frame(&mut self, frame: &Frame) -> Result<(), Ending> {
         match frame.tag() {
             // Clients hold pgstepup's key, never the upstream's.
             tag::BACKEND_KEY_DATA => {}
@@ -147,43 +187,20 @@ impl Session {
     ) -> Result<(), Ending> {
         let mut next = Some(first.map_err(|e| self.client_error(e))?);
         while let Some(frame) = next {
-            if frame.tag() == tag::TERMINATE {
-                self.server.queue_frame(&frame);
-                return Err(Ending::ClientTerminated);
-            }
-            match Statement::from_frame(&frame) {
-                Ok(Some(statement)) => match self.gate.check(statement) {
-                    Verdict::Forward => self.server.queue_frame(&frame),
-                    Verdict::Substitute(substitute) => self.server.queue_frame(&substitute),
-                },
-                Ok(None) if frame.tag() == tag::BIND => match self.gate.check_bind(&frame) {
-                    Verdict::Forward => self.server.queue_frame(&frame),
-                    Verdict::Substitute(substitute) => self.server.queue_frame(&substitute),
-                },
-                Ok(None) => {
-                    if frame.tag() == tag::CLOSE {
-                        self.gate.on_close(&frame);
-                    }
-                    self.server.queue_frame(&frame)
-                }
-                Err(malformed) => {
-                    // Never forward what cannot be read: the server would see something else
-                    // than pgstepup did.
-                    self.refuse_fatal(PgError::fatal(
-                        sqlstate::PROTOCOL_VIOLATION,
-                        malformed.to_string(),
-                    ));
-                    return Err(Ending::ClientProtocolError);
-                }
-            }
-            self.gate.note_forwarded(frame.tag());
+            self.on_client_frame(frame).await?;
             if self.server.should_flush() {
                 self.server.flush().await.map_err(|_| Ending::ServerGone)?;
             }
-            next = self
-                .client
-                .try_read_frame()
-                .map_err(|e| self.client_error(e))?;
+            next = match self.backlog.pop_front() {
+                Some(frame) => {
+                    self.backlog_bytes -= frame.as_bytes().len();
+                    Some(frame)
+                }
+                None => self
+                    .client
+                    .try_read_frame()
+                    .map_err(|e| self.client_error(e))?,
+            };
         }
         if self.server.has_queued() && !self.client.has_partial_input() {
             self.server.flush().await.map_err(|_| Ending::ServerGone)?;
@@ -191,7 +208,40 @@ impl Session {
         Ok(())
     }
 
-    fn client_error(&mut self, e: ConnectionError) -> Ending {
+    async fn on_client_frame(&mut self, frame: Frame) -> Result<(), Ending> {
+        if frame.tag() == tag::TERMINATE {
+            self.server.queue_frame(&frame);
+            return Err(Ending::ClientTerminated);
+        }
+        let verdict = match Statement::from_frame(&frame) {
+            Ok(Some(statement)) => self.gate.check(statement),
+            Ok(None) if frame.tag() == tag::BIND => self.gate.check_bind(&frame),
+            Ok(None) => {
+                if frame.tag() == tag::CLOSE {
+                    self.gate.on_close(&frame);
+                }
+                Verdict::Forward
+            }
+            Err(malformed) => {
+                // Never forward what cannot be read: the server would see something else
+                // than pgstepup did.
+                self.refuse_fatal(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    malformed.to_string(),
+                ));
+                return Err(Ending::ClientProtocolError);
+            }
+        };
+        match verdict {
+            Verdict::Forward => self.server.queue_frame(&frame),
+            Verdict::Substitute(substitute) => self.server.queue_frame(&substitute),
+            Verdict::StepUp(need) => self.step_up(&frame, need).await?,
+        }
+        self.gate.note_forwarded(frame.tag());
+        Ok(())
+    }
+
+    pub(crate) fn client_error(&mut self, e: ConnectionError) -> Ending {
         match e {
             ConnectionError::Closed | ConnectionError::Truncated | ConnectionError::Io(_) => {
                 Ending::ClientGone
@@ -213,7 +263,7 @@ impl Session {
         }
     }
 
-    fn refuse_fatal(&mut self, error: PgError) {
+    pub(crate) fn refuse_fatal(&mut self, error: PgError) {
         tracing::info!(%error, "closing session");
         self.client.queue(&error.to_error_response());
     }

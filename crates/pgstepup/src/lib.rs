@@ -1,0 +1,153 @@
+//! One pgstepup instance, assembled: the client listener (pgstepup-session), the web side
+//! (pgstepup-web), the admin socket, and the step-up state and audit trail they share. The
+//! binary and the integration tests both start pgstepup through [`Service`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::net::TcpListener;
+
+use pgstepup_audit::AuditLog;
+use pgstepup_config::Config;
+use pgstepup_session::{PolicyStore, Proxy, ProxyError};
+use pgstepup_stepup::{Credentials, StepUp, Store, StoreError};
+use pgstepup_web::admin::{AdminError, AdminListener};
+use pgstepup_web::{Web, WebError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Web(#[from] WebError),
+    #[error("redis.url: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("audit trail: {0}")]
+    Audit(#[from] pgstepup_audit::AuditError),
+    #[error("cannot listen on {address} (web.listen): {source}")]
+    WebBind {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+/// A bound, ready-to-run instance.
+pub struct Service {
+    proxy: Proxy,
+    web: Arc<Web>,
+    web_listener: TcpListener,
+    web_tls: Option<tokio_rustls::TlsAcceptor>,
+    admin: AdminListener,
+    public_url: String,
+}
+
+impl Service {
+    /// Binds every listener and opens the stores; nothing is accepted until [`Service::run`].
+    pub async fn bind(config: Config) -> Result<Self, ServiceError> {
+        let web_listener = TcpListener::bind(&config.web.listen)
+            .await
+            .map_err(|source| ServiceError::WebBind {
+                address: config.web.listen.clone(),
+                source,
+            })?;
+        let web_port = web_listener
+            .local_addr()
+            .map_err(|source| ServiceError::WebBind {
+                address: config.web.listen.clone(),
+                source,
+            })?
+            .port();
+        let public_url = config.public_url(web_port);
+        let web_tls = match (&config.web.tls_cert, &config.web.tls_key) {
+            (Some(cert), Some(key)) => Some(pgstepup_web::tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        let instance = instance_name(&config.proxy.listen);
+        let audit = Arc::new(AuditLog::open(&config.audit.file, instance.clone())?);
+        let store = match &config.redis.url {
+            Some(url) => Store::redis(url, &config.redis.prefix)?,
+            None => Store::memory(),
+        };
+        let stepup = StepUp::new(
+            store,
+            &instance,
+            &public_url,
+            Duration::from_secs(config.step_up.link_ttl_secs),
+        );
+        let credentials = Credentials::open(&config.step_up.credentials);
+        let web = Web::new(
+            stepup.clone(),
+            credentials.clone(),
+            audit.clone(),
+            Duration::from_secs(config.step_up.enrollment_ttl_secs),
+        )?;
+        let admin = AdminListener::bind(&config.admin_socket())?;
+        tracing::info!(
+            web = %config.web.listen,
+            %public_url,
+            state = stepup.store().backend(),
+            credentials = %credentials.describe(),
+            admin_socket = %config.admin_socket().display(),
+            "step-up ready"
+        );
+        let proxy = Proxy::bind(config, stepup, audit).await?;
+        Ok(Service {
+            proxy,
+            web,
+            web_listener,
+            web_tls,
+            admin,
+            public_url,
+        })
+    }
+
+    pub fn proxy_addr(&self) -> std::io::Result<SocketAddr> {
+        self.proxy.local_addr()
+    }
+
+    pub fn web_addr(&self) -> std::io::Result<SocketAddr> {
+        self.web_listener.local_addr()
+    }
+
+    /// Where links point (also the WebAuthn origin).
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    pub fn policy(&self) -> Arc<PolicyStore> {
+        self.proxy.policy()
+    }
+
+    /// Runs until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_web, web_stopped) = tokio::sync::oneshot::channel::<()>();
+        let web = tokio::spawn(
+            self.web
+                .clone()
+                .serve(self.web_listener, self.web_tls, async {
+                    let _ = web_stopped.await;
+                }),
+        );
+        let admin = tokio::spawn(self.admin.serve(self.web));
+        self.proxy.run(shutdown).await;
+        let _ = stop_web.send(());
+        admin.abort();
+        let _ = admin.await;
+        let _ = web.await;
+    }
+}
+
+/// `host:port:random`: names the instance in the audit trail and addresses it in Redis.
+fn instance_name(listen: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "pgstepup".into());
+    let port = listen.rsplit_once(':').map_or("", |(_, p)| p);
+    let tag: u32 = rand::rng().random();
+    format!("{host}:{port}:{tag:08x}")
+}

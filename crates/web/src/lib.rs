@@ -1,0 +1,155 @@
+//! pgstepup's web side: the enrollment, approval and pending pages, the JSON API their script
+//! drives (WebAuthn ceremonies with webauthn-rs), and the local admin channel.
+//!
+//! [`pages`] serves the static pages with strict headers; [`api`] runs the ceremonies and
+//! records outcomes through [`pgstepup_stepup`]; [`admin`] answers `pgstepup enroll` and
+//! `pgstepup keys` over a Unix socket only the service's user can use. Ceremony state lives
+//! in the state store and is consumed with one atomic read-and-delete, so an assertion can
+//! be used once; tokens are stored only as hashes.
+
+pub mod admin;
+mod api;
+mod pages;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use webauthn_rs::prelude::{Url, Webauthn, WebauthnBuilder};
+
+use pgstepup_audit::{AuditLog, Record};
+use pgstepup_stepup::{Credentials, StepUp};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("web.public_url {url:?}: {reason}")]
+    PublicUrl { url: String, reason: String },
+    #[error("web TLS: {0}")]
+    Tls(String),
+}
+
+/// Everything the web side needs; shared by every request.
+pub struct Web {
+    stepup: StepUp,
+    credentials: Credentials,
+    webauthn: Webauthn,
+    audit: Arc<AuditLog>,
+    enrollment_ttl: Duration,
+}
+
+impl Web {
+    /// The relying party is the public URL: its origin is the WebAuthn origin, its host the
+    /// RP id.
+    pub fn new(
+        stepup: StepUp,
+        credentials: Credentials,
+        audit: Arc<AuditLog>,
+        enrollment_ttl: Duration,
+    ) -> Result<Arc<Self>, WebError> {
+        let url = stepup.public_url().to_owned();
+        let invalid = |reason: String| WebError::PublicUrl {
+            url: url.clone(),
+            reason,
+        };
+        let origin = Url::parse(&url).map_err(|e| invalid(e.to_string()))?;
+        let rp_id = origin
+            .host_str()
+            .ok_or_else(|| invalid("has no host".into()))?
+            .to_owned();
+        let webauthn = WebauthnBuilder::new(&rp_id, &origin)
+            .and_then(|b| b.rp_name("pgstepup").build())
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(Arc::new(Web {
+            stepup,
+            credentials,
+            webauthn,
+            audit,
+            enrollment_ttl,
+        }))
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        pages::routes()
+            .merge(api::routes(self.clone()))
+            .fallback(api::unknown)
+            .layer(axum::middleware::map_response(pages::secure_headers))
+    }
+
+    /// Serves HTTP (or HTTPS with `tls`) until `shutdown` completes.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let router = self.router();
+        let Some(acceptor) = tls else {
+            if let Err(error) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(%error, "web listener failed");
+            }
+            return;
+        };
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, _) = tokio::select! {
+                _ = &mut shutdown => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(error) => {
+                        tracing::warn!(%error, "web accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let (acceptor, router) = (acceptor.clone(), router.clone());
+            tokio::spawn(async move {
+                let Ok(Ok(tls)) =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(router);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    }
+
+    fn audit(&self, record: Record) {
+        if let Err(error) = self.audit.record(&record) {
+            tracing::error!(%error, "cannot write the audit trail");
+        }
+    }
+}
+
+/// A rustls acceptor for the web listener from PEM files.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<TlsAcceptor, WebError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| WebError::Tls(format!("{}: {e}", cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| WebError::Tls(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| WebError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| WebError::Tls(format!("certificate and key do not fit together: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,503 @@
+//! Step-up end to end: a real pgstepup holds statements for tokio-postgres, the approval runs
+//! through the real web API with a software passkey (webauthn-authenticator-rs), state lives
+//! in memory or in a real Redis, and the audit trail records every step.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio_postgres::error::SqlState;
+
+use proto_tests::stepup::{
+    connect_noticed, enrolled, enrollment_link, last_segment, link_in, stepup_policy,
+    Authenticator, WebClient,
+};
+use proto_tests::{
+    admin_client, admin_in, app_role, use_policy_file, write_policy_as_is, Auth, TestProxy, APP_DB,
+    APP_USER,
+};
+
+fn proxy(timeout: &str, tweak: impl FnOnce(&mut pgstepup_config::Config)) -> TestProxy {
+    let policy = write_policy_as_is(&stepup_policy(timeout));
+    TestProxy::with(Auth::Scram, true, |c| {
+        use_policy_file(c, &policy);
+        tweak(c);
+    })
+}
+
+/// A table owned by the app user, with rows 1..=3.
+async fn table(name: &str) -> String {
+    let table = format!("{name}_{}", std::process::id());
+    admin_in(
+        APP_DB,
+        &format!(
+            "DROP TABLE IF EXISTS public.{table}; CREATE TABLE public.{table} (v int); \
+             INSERT INTO public.{table} VALUES (1), (2), (3); \
+             ALTER TABLE public.{table} OWNER TO {APP_USER};"
+        ),
+    )
+    .await;
+    table
+}
+
+async fn count(table: &str) -> i64 {
+    admin_client(APP_DB)
+        .await
+        .query_one(&format!("SELECT count(*) FROM public.{table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn audit_events(proxy_audit: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(proxy_audit)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn held_delete_runs_after_approval_and_the_elevation_lasts() {
+    app_role().await;
+    let orders = table("stepup_orders").await;
+    let audit = proto_tests::audit_file();
+    let proxy = proxy("30s", |c| c.audit.file = audit.clone());
+    let web = WebClient::of(&proxy);
+    let mut key = enrolled(&proxy, &web, APP_USER).await;
+    let (client, mut notices) = connect_noticed(&proxy, "psql").await;
+
+    // Reads never wait.
+    let rows = client
+        .query(&format!("SELECT v FROM public.{orders}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+
+    let delete = format!("DELETE FROM public.{orders} WHERE v = 1");
+    let held = tokio::spawn(async move {
+        let result = client.execute(delete.as_str(), &[]).await;
+        (client, result)
+    });
+    let link = notices.next_link().await;
+    assert!(link.starts_with(&proxy.public_url), "{link}");
+    assert!(last_segment(&link).len() >= 43, "at least 128 random bits");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&orders).await, 3, "nothing runs while held");
+
+    // What the approval page shows.
+    let (status, details) = web
+        .get(&format!("/api/approve/{}", last_segment(&link)))
+        .await;
+    assert_eq!(status, 200, "{details}");
+    assert_eq!(details["user"], APP_USER);
+    assert_eq!(details["status"], "pending");
+    assert_eq!(details["rule"], "stepup-tables");
+    assert_eq!(details["application_name"], "psql");
+    assert!(details["statement"]
+        .as_str()
+        .unwrap()
+        .contains("DELETE FROM"));
+    assert!(details["seconds_left"].as_u64().unwrap() > 60);
+
+    let (_, status, reply) = web.approve(&link, &mut key).await;
+    assert_eq!(
+        (status, reply["result"].as_str()),
+        (200, Some("approved")),
+        "{reply}"
+    );
+    let (client, result) = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held statement runs after approval")
+        .unwrap();
+    assert_eq!(result.unwrap(), 1);
+    assert_eq!(count(&orders).await, 2);
+
+    // For the rule's lifetime, further writes run without asking.
+    let started = Instant::now();
+    let deleted = client
+        .execute(&format!("DELETE FROM public.{orders} WHERE v = 2"), &[])
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(notices.0.try_recv().is_err(), "no second challenge");
+
+    // The link was single-use.
+    let (status, reply) = web
+        .post(
+            &format!("/api/approve/{}/begin", last_segment(&link)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["result"], "invalid");
+
+    let events = audit_events(&audit);
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "enrollment_issued",
+        "enrollment_completed",
+        "challenge_issued",
+        "challenge_approved",
+        "statement_elevated",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    let approved = events
+        .iter()
+        .find(|e| e["event"] == "challenge_approved")
+        .unwrap();
+    assert!(approved["credential_id"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty()));
+    assert!(approved["elevation_expires"].as_u64().is_some());
+    assert_eq!(approved["user"], APP_USER);
+    assert!(approved["statement"].as_str().unwrap().contains("DELETE"));
+    let elevated = events
+        .iter()
+        .filter(|e| e["event"] == "statement_elevated")
+        .count();
+    assert_eq!(
+        elevated, 2,
+        "every statement run under the elevation is audited"
+    );
+    assert_eq!(pgstepup_audit::verify(&audit).unwrap(), events.len());
+}
+
+#[tokio::test]
+async fn denial_inside_a_transaction_fails_the_servers_transaction_too() {
+    app_role().await;
+    let orders = table("stepup_orders_tx").await;
+    let free = table("free_tx").await;
+    let proxy = proxy("30s", |_| {});
+    let web = WebClient::of(&proxy);
+    let (client, mut notices) = connect_noticed(&proxy, "psql").await;
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute(&format!("INSERT INTO public.{free} VALUES (10)"))
+        .await
+        .unwrap();
+    let delete = format!("DELETE FROM public.{orders}");
+    let held = tokio::spawn(async move {
+        let result = client.batch_execute(&delete).await;
+        (client, result)
+    });
+    let link = notices.next_link().await;
+    let (status, reply) = web
+        .post(
+            &format!("/api/approve/{}/deny", last_segment(&link)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!((status, reply["result"].as_str()), (200, Some("denied")));
+    let (client, result) = held.await.unwrap();
+    let error = result.unwrap_err();
+    assert_eq!(error.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    assert!(error.as_db_error().unwrap().message().contains("denied"));
+    // The server's transaction failed with it: COMMIT cannot commit the INSERT before.
+    let after = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(after.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        count(&free).await,
+        3,
+        "the INSERT before the refusal was not committed"
+    );
+    assert_eq!(count(&orders).await, 3);
+    let (_, page) = web
+        .get(&format!("/api/approve/{}", last_segment(&link)))
+        .await;
+    assert_eq!(page["status"], "denied");
+}
+
+#[tokio::test]
+async fn timeout_refuses_with_the_link_and_a_later_approval_lets_the_rerun_pass() {
+    app_role().await;
+    let orders = table("stepup_orders_late").await;
+    let proxy = proxy("2s", |_| {});
+    let web = WebClient::of(&proxy);
+    let mut key = enrolled(&proxy, &web, APP_USER).await;
+    let (client, _notices) = connect_noticed(&proxy, "DBeaver 24.1").await;
+    let delete = format!("DELETE FROM public.{orders} WHERE v = 3");
+    let started = Instant::now();
+    let error = client.execute(delete.as_str(), &[]).await.unwrap_err();
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let db = error.as_db_error().unwrap();
+    assert_eq!(db.code(), &SqlState::INSUFFICIENT_PRIVILEGE);
+    let link = link_in(db.message()).expect("the error repeats the link");
+    assert!(db
+        .hint()
+        .unwrap()
+        .contains("re-running the statement will pass"));
+    assert_eq!(count(&orders).await, 3);
+
+    // Approved after the timeout: the user is elevated and the re-run passes at once.
+    let (_, status, reply) = web.approve(&link, &mut key).await;
+    assert_eq!(
+        (status, reply["result"].as_str()),
+        (200, Some("approved")),
+        "{reply}"
+    );
+    assert_eq!(client.execute(delete.as_str(), &[]).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn applications_listed_in_the_policy_get_the_link_at_once() {
+    app_role().await;
+    let orders = table("stepup_orders_atonce").await;
+    let policy = write_policy_as_is(&format!(
+        "{}\n[applications]\nrefuse_at_once = [\"DBeaver*\"]\n",
+        stepup_policy("60s")
+    ));
+    let proxy = TestProxy::with(Auth::Scram, true, |c| use_policy_file(c, &policy));
+    let (client, _notices) = connect_noticed(&proxy, "DBeaver 24.1").await;
+    let started = Instant::now();
+    let error = client
+        .batch_execute(&format!("DELETE FROM public.{orders}"))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "not held");
+    let db = error.as_db_error().unwrap();
+    assert_eq!(db.code(), &SqlState::INSUFFICIENT_PRIVILEGE);
+    let link = link_in(db.message()).expect("the link is in the error");
+    let (status, page) = WebClient::of(&proxy)
+        .get(&format!("/api/approve/{}", last_segment(&link)))
+        .await;
+    assert_eq!((status, page["status"].as_str()), (200, Some("pending")));
+}
+
+#[tokio::test]
+async fn replayed_assertions_other_users_keys_and_tampered_tokens_fail() {
+    app_role().await;
+    let orders = table("stepup_orders_attack").await;
+    let audit = proto_tests::audit_file();
+    let proxy = proxy("30s", |c| c.audit.file = audit.clone());
+    let web = WebClient::of(&proxy);
+    let mut alice = enrolled(&proxy, &web, APP_USER).await;
+    let mut mallory = enrolled(&proxy, &web, "mallory").await;
+    let (client, mut notices) = connect_noticed(&proxy, "psql").await;
+    let delete = format!("DELETE FROM public.{orders} WHERE v = 1");
+    let held = tokio::spawn(async move { client.execute(delete.as_str(), &[]).await });
+    let link = notices.next_link().await;
+    let token = last_segment(&link).to_owned();
+
+    // Tampered and garbage tokens and bodies: clear errors, no statement runs.
+    let mut tampered = token.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    for bad in [tampered.as_str(), "x", "../../etc/passwd", &"A".repeat(43)] {
+        let (status, reply) = web.get(&format!("/api/approve/{bad}")).await;
+        assert!(status == 400 || status == 404, "{bad}: {status} {reply}");
+        assert_eq!(reply["result"], "invalid", "{bad}");
+        let (status, reply) = web
+            .post(&format!("/api/approve/{bad}/finish"), &json!({}))
+            .await;
+        assert!(status == 400 || status == 404, "{bad}: {status} {reply}");
+        assert_eq!(reply["result"], "invalid", "{bad}");
+    }
+    let (status, reply) = web
+        .post_raw(
+            &format!("/api/approve/{token}/finish"),
+            b"\xff{not json".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (status, reply["result"].as_str()),
+        (403, Some("invalid")),
+        "{reply}"
+    );
+
+    // Mallory's key, in a ceremony started for alice's statement: refused.
+    let (status, options) = web
+        .post(&format!("/api/approve/{token}/begin"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let (_, mallory_options) = web
+        .post("/api/pending/begin", &json!({"user": "mallory"}))
+        .await;
+    assert!(
+        options["publicKey"]["allowCredentials"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    );
+    let foreign = mallory.assert(&web.origin, mallory_options);
+    let (status, reply) = web
+        .post(&format!("/api/approve/{token}/finish"), &foreign)
+        .await;
+    assert_eq!(
+        (status, reply["result"].as_str()),
+        (403, Some("invalid")),
+        "{reply}"
+    );
+
+    // Alice approves; replaying her exact assertion fails.
+    let (assertion, status, reply) = web.approve(&link, &mut alice).await;
+    assert_eq!(
+        (status, reply["result"].as_str()),
+        (200, Some("approved")),
+        "{reply}"
+    );
+    assert_eq!(held.await.unwrap().unwrap(), 1);
+    let (status, reply) = web
+        .post(&format!("/api/approve/{token}/finish"), &assertion)
+        .await;
+    assert_eq!(reply["result"], "invalid", "{status} {reply}");
+
+    // Replayed against a fresh ceremony (the pending page's sign-in): its challenge differs.
+    let (status, _) = web
+        .post("/api/pending/begin", &json!({"user": APP_USER}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, reply) = web
+        .post(
+            "/api/pending/finish",
+            &json!({"user": APP_USER, "credential": assertion}),
+        )
+        .await;
+    assert_eq!(
+        (status, reply["result"].as_str()),
+        (403, Some("invalid")),
+        "{reply}"
+    );
+
+    let failures: Vec<Value> = audit_events(&audit)
+        .into_iter()
+        .filter(|e| e["event"] == "webauthn_failed")
+        .collect();
+    assert!(failures.len() >= 3, "{failures:?}");
+    assert!(failures.iter().all(|f| f["reason"].as_str().is_some()));
+}
+
+#[tokio::test]
+async fn cancel_and_disconnect_while_held_run_nothing() {
+    app_role().await;
+    let orders = table("stepup_orders_cancel").await;
+    let proxy = proxy("60s", |_| {});
+    let web = WebClient::of(&proxy);
+
+    // Cancel (what Ctrl-C in psql sends): 57014 at once, nothing runs.
+    let (client, mut notices) = connect_noticed(&proxy, "psql").await;
+    let cancel = client.cancel_token();
+    let delete = format!("DELETE FROM public.{orders}");
+    let held = tokio::spawn(async move {
+        let result = client.batch_execute(&delete).await;
+        (client, result)
+    });
+    let link = notices.next_link().await;
+    cancel
+        .cancel_query(proto_tests::tls_connector())
+        .await
+        .unwrap();
+    let (client, result) = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("cancel ends the hold")
+        .unwrap();
+    assert_eq!(result.unwrap_err().code(), Some(&SqlState::QUERY_CANCELED));
+    assert_eq!(
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    let (status, reply) = web
+        .post(
+            &format!("/api/approve/{}/begin", last_segment(&link)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, reply["result"].as_str()),
+        (410, Some("expired")),
+        "{reply}"
+    );
+    assert_eq!(count(&orders).await, 3);
+
+    // Disconnect: the challenge is dropped.
+    let (client, mut notices) = connect_noticed(&proxy, "psql").await;
+    let delete = format!("DELETE FROM public.{orders}");
+    let held = tokio::spawn(async move { client.batch_execute(&delete).await });
+    let link = notices.next_link().await;
+    notices.disconnect();
+    assert!(held.await.unwrap().is_err());
+    let mut status = Value::Null;
+    for _ in 0..50 {
+        status = web
+            .get(&format!("/api/approve/{}", last_segment(&link)))
+            .await
+            .1["status"]
+            .clone();
+        if status == "cancelled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "cancelled");
+    assert_eq!(count(&orders).await, 3);
+}
+
+#[tokio::test]
+async fn enrolling_a_second_key_needs_the_first() {
+    app_role().await;
+    let proxy = proxy("30s", |_| {});
+    let web = WebClient::of(&proxy);
+    let mut first = enrolled(&proxy, &web, "erin").await;
+    let link = enrollment_link(&proxy.admin_socket, "erin").await;
+    let token = last_segment(&link);
+    let (_, info) = web.get(&format!("/api/enroll/{token}")).await;
+    assert_eq!(info["has_keys"], true);
+    // Skipping the proof of the existing key is refused.
+    let (_, options) = web
+        .post(&format!("/api/enroll/{token}/begin"), &json!({}))
+        .await;
+    assert_eq!(options["step"], "authenticate");
+    let mut second = Authenticator::default();
+    let (status, reply) = web
+        .post(&format!("/api/enroll/{token}/finish"), &json!({"id": "x"}))
+        .await;
+    assert_eq!(
+        (status, reply["result"].as_str()),
+        (403, Some("invalid")),
+        "{reply}"
+    );
+    // With the proof, the second key is added; both are listed.
+    let (_, options) = web
+        .post(&format!("/api/enroll/{token}/begin"), &json!({}))
+        .await;
+    let proof = first.assert(&web.origin, options);
+    let (status, options) = web
+        .post(&format!("/api/enroll/{token}/authenticate"), &proof)
+        .await;
+    assert_eq!(
+        (status, options["step"].as_str()),
+        (200, Some("register")),
+        "{options}"
+    );
+    let registration = second.register(&web.origin, options);
+    let (_, reply) = web
+        .post(&format!("/api/enroll/{token}/finish"), &registration)
+        .await;
+    assert_eq!(reply["result"], "enrolled", "{reply}");
+    let keys = match pgstepup_web::admin::request(
+        &proxy.admin_socket,
+        &pgstepup_web::admin::Request::KeysList {
+            user: "erin".into(),
+        },
+    )
+    .await
+    .unwrap()
+    {
+        pgstepup_web::admin::Reply::Keys { keys } => keys,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(keys.len(), 2);
+}
