@@ -116,8 +116,12 @@ async fn refusals_and_reloads_are_audited_in_a_verifiable_chain() {
         .collect();
     let refused = records
         .iter()
-        .find(|r| r["event"] == "statement_refused")
-        .expect("refusal audited");
+        .find(|r| r["event"] == "challenge_issued")
+        .expect("refusal audited, with the challenge it was refused with");
+    assert!(refused["reason"]
+        .as_str()
+        .unwrap()
+        .contains("refused at once"));
     assert_eq!(refused["user"], APP_USER);
     assert_eq!(refused["statement"], delete.as_str());
     assert_eq!(refused["decision"], "step_up");

@@ -501,3 +501,70 @@ async fn enrolling_a_second_key_needs_the_first() {
     };
     assert_eq!(keys.len(), 2);
 }
+
+#[tokio::test]
+async fn a_prepared_statement_needs_step_up_again_once_the_elevation_ended() {
+    app_role().await;
+    let orders = table("stepup_prepared").await;
+    let policy = write_policy_as_is(
+        r#"
+[[rule]]
+name = "short-elevation"
+tables = ["public.stepup_*"]
+kinds = ["write"]
+action = "step_up"
+lifetime = "2s"
+timeout = "30s"
+"#,
+    );
+    let proxy = TestProxy::with(Auth::Scram, true, |c| use_policy_file(c, &policy));
+    let web = WebClient::of(&proxy);
+    let mut key = enrolled(&proxy, &web, APP_USER).await;
+    let (client, mut notices) = connect_noticed(&proxy, "app").await;
+    let client = std::sync::Arc::new(client);
+
+    // The Parse of a named statement is held, like any statement.
+    let sql = format!("DELETE FROM public.{orders} WHERE v = $1");
+    let preparing = tokio::spawn({
+        let client = client.clone();
+        async move { client.prepare(&sql).await }
+    });
+    let link = notices.next_link().await;
+    let (_, status, reply) = web.approve(&link, &mut key).await;
+    assert_eq!(
+        (status, reply["result"].as_str()),
+        (200, Some("approved")),
+        "{reply}"
+    );
+    let statement = preparing.await.unwrap().unwrap();
+    assert_eq!(client.execute(&statement, &[&1i32]).await.unwrap(), 1);
+
+    // Once the elevation ends, executing the same statement (a Bind, no new Parse) is held.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let executing = tokio::spawn({
+        let client = client.clone();
+        let statement = statement.clone();
+        async move { client.execute(&statement, &[&2i32]).await }
+    });
+    let link = notices.next_link().await;
+    assert_eq!(count(&orders).await, 2, "held at Bind");
+    let (status, reply) = web
+        .post(
+            &format!("/api/approve/{}/deny", last_segment(&link)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!((status, reply["result"].as_str()), (200, Some("denied")));
+    let error = executing.await.unwrap().unwrap_err();
+    assert_eq!(error.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    assert_eq!(count(&orders).await, 2);
+    // The session and the prepared statement are still usable.
+    assert_eq!(
+        client
+            .query_one("SELECT 7::int", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        7
+    );
+}
