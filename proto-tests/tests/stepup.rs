@@ -448,7 +448,8 @@ async fn cancel_and_disconnect_while_held_run_nothing() {
 #[tokio::test]
 async fn enrolling_a_second_key_needs_the_first() {
     app_role().await;
-    let proxy = proxy("30s", |_| {});
+    let audit = proto_tests::audit_file();
+    let proxy = proxy("30s", |c| c.audit.file = audit.clone());
     let web = WebClient::of(&proxy);
     let mut first = enrolled(&proxy, &web, "erin").await;
     let link = enrollment_link(&proxy.admin_socket, "erin").await;
@@ -500,6 +501,35 @@ async fn enrolling_a_second_key_needs_the_first() {
         other => panic!("{other:?}"),
     };
     assert_eq!(keys.len(), 2);
+
+    // Revoking the first key: it can no longer approve anything; the second still can.
+    let revoked = pgstepup_web::admin::request(
+        &proxy.admin_socket,
+        &pgstepup_web::admin::Request::KeysRevoke {
+            user: "erin".into(),
+            id: keys[0].id.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(revoked, pgstepup_web::admin::Reply::Revoked),
+        "{revoked:?}"
+    );
+    let (_, options) = web
+        .post("/api/pending/begin", &json!({"user": "erin"}))
+        .await;
+    assert_eq!(
+        options["publicKey"]["allowCredentials"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let events = audit_events(&audit);
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "key_revoked" && e["credential_id"] == keys[0].id.as_str()));
 }
 
 #[tokio::test]
@@ -567,4 +597,70 @@ timeout = "30s"
             .get::<_, i32>(0),
         7
     );
+}
+
+#[tokio::test]
+async fn the_pending_page_lists_requests_to_approve_and_keys_survive_a_restart() {
+    app_role().await;
+    let orders = table("stepup_pending").await;
+    let credentials = proto_tests::certs()
+        .dir
+        .join(format!("pending-credentials-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&credentials);
+    let keep_credentials = |c: &mut pgstepup_config::Config| {
+        c.step_up.credentials = credentials.display().to_string();
+    };
+    let first = proxy("1s", keep_credentials);
+    let web = WebClient::of(&first);
+    let mut key = enrolled(&first, &web, APP_USER).await;
+
+    // A client that never shows the NOTICE: the hold times out.
+    let (client, _notices) = connect_noticed(&first, "PostgreSQL JDBC Driver").await;
+    let delete = format!("DELETE FROM public.{orders} WHERE v = 1");
+    client.execute(delete.as_str(), &[]).await.unwrap_err();
+
+    // Signed in with the passkey, the pending page lists it with a fresh link.
+    let (status, options) = web
+        .post("/api/pending/begin", &json!({"user": APP_USER}))
+        .await;
+    assert_eq!(status, 200, "{options}");
+    let assertion = key.assert(&web.origin, options);
+    let (status, listing) = web
+        .post(
+            "/api/pending/finish",
+            &json!({"user": APP_USER, "credential": assertion}),
+        )
+        .await;
+    assert_eq!(status, 200, "{listing}");
+    let requests = listing["requests"].as_array().unwrap();
+    let request = requests
+        .iter()
+        .find(|r| r["statement"] == delete.as_str())
+        .expect("the timed-out request is listed");
+    assert_eq!(request["status"], "pending");
+    let link = request["approve_url"].as_str().unwrap().to_owned();
+    let (_, status, reply) = web.approve(&link, &mut key).await;
+    assert_eq!(
+        (status, reply["result"].as_str()),
+        (200, Some("approved")),
+        "{reply}"
+    );
+    assert_eq!(client.execute(delete.as_str(), &[]).await.unwrap(), 1);
+    drop(client);
+    drop(first);
+
+    // A new pgstepup process with the same credential file: the key still approves.
+    let second = proxy("30s", keep_credentials);
+    let web = WebClient::of(&second);
+    let (client, mut notices) = connect_noticed(&second, "psql").await;
+    let delete = format!("DELETE FROM public.{orders} WHERE v = 2");
+    let held = tokio::spawn(async move { client.execute(delete.as_str(), &[]).await });
+    let link = notices.next_link().await;
+    let (_, status, reply) = web.approve(&link, &mut key).await;
+    assert_eq!(
+        (status, reply["result"].as_str()),
+        (200, Some("approved")),
+        "{reply}"
+    );
+    assert_eq!(held.await.unwrap().unwrap(), 1);
 }

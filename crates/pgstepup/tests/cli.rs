@@ -327,3 +327,98 @@ async fn sighup_reloads_the_policy() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn enroll_and_keys_reach_the_running_server_through_its_admin_socket() {
+    let socket =
+        std::env::temp_dir().join(format!("pgstepup-cli-admin-{}.sock", std::process::id()));
+    let socket = socket.display().to_string();
+    let credentials = temp_file("cli-credentials.json", "[]");
+    let config = temp_file(
+        "admin.toml",
+        &format!(
+            "[step_up]\ncredentials = \"{}\"\n[web]\npublic_url = \"https://stepup.example.com\"\n",
+            credentials.display()
+        ),
+    );
+    let config = config.display().to_string();
+    let (mut child, _client) =
+        serve_and_connect(&["--config", &config, "--admin-socket", &socket]).await;
+    let mode = std::fs::metadata(&socket).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600,
+        "only the service's user may use the admin socket"
+    );
+
+    let out = pgstepup()
+        .args([
+            "enroll",
+            "alice",
+            "--config",
+            &config,
+            "--admin-socket",
+            &socket,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        link.starts_with("https://stepup.example.com/enroll/") && link.len() > 50,
+        "{link}"
+    );
+
+    let out = pgstepup()
+        .args([
+            "keys",
+            "list",
+            "alice",
+            "--config",
+            &config,
+            "--admin-socket",
+            &socket,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no keys registered"));
+
+    let out = pgstepup()
+        .args([
+            "keys",
+            "revoke",
+            "alice",
+            "nope",
+            "--config",
+            &config,
+            "--admin-socket",
+            &socket,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("alice has no key nope"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = child.kill().await;
+
+    // With no server behind the socket, the command says what to check.
+    let out = pgstepup()
+        .args([
+            "enroll",
+            "alice",
+            "--admin-socket",
+            "/nonexistent/pgstepup.sock",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pgstepup serve"));
+}

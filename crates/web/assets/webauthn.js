@@ -379,7 +379,8 @@ function initApprove () {
       setText('expires', formatTime(req.expires_at))
       if (req.status !== 'pending') {
         setText('time-left', 'none')
-        const word = STATUS_TEXT[req.status] ? req.status : 'invalid'
+        // A cancelled statement can no longer be approved: for the reader, it has expired.
+        const word = req.status === 'cancelled' ? 'expired' : (STATUS_TEXT[req.status] ? req.status : 'invalid')
         finish(word, STATUS_TEXT[req.status] || 'unknown request status ' + JSON.stringify(req.status))
         return
       }
