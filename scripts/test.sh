@@ -3,8 +3,9 @@
 #   1. checks for (and, saying so, installs with apt/pip/npm) what the tests need;
 #   2. starts PostgreSQL (127.0.0.1:5432, trust for loopback) and Redis (127.0.0.1:6379) if down;
 #   3. runs cargo fmt --check, clippy with warnings as errors, and every test in the workspace
-#      (unit tests, tokio-postgres/wire/SCRAM-upstream tests, and psql, psycopg, pgJDBC and
-#      node-postgres through a real pgstepup).
+#      (unit tests, tokio-postgres/wire/SCRAM-upstream tests, psql, psycopg, pgJDBC and
+#      node-postgres through a real pgstepup, step-up approvals with a software passkey and in
+#      headless Chromium, and two instances sharing a real Redis).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -299,3 +299,48 @@ fn the_documented_example_policy_loads_and_lints_clean() {
         "customer-data"
     );
 }
+
+#[test]
+fn hold_timeouts_and_refuse_at_once_applications() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "slow-approvers"
+tables = ["public.orders"]
+action = "step_up"
+timeout = "45s"
+
+[applications]
+refuse_at_once = ["DBeaver*", "PostgreSQL JDBC Driver"]
+"#,
+    );
+    let subject = Subject {
+        user: "alice".into(),
+        roles: Vec::new(),
+    };
+    let held = classify("DELETE FROM orders", &[]);
+    assert_eq!(
+        p.evaluate(&held, &subject).hold_timeout,
+        Duration::from_secs(45)
+    );
+    let default = classify("DELETE FROM invoices", &[]);
+    assert_eq!(
+        p.evaluate(&default, &subject).hold_timeout,
+        Duration::from_secs(120)
+    );
+    assert!(p.refuses_at_once("DBeaver 24.1.0 - Main"));
+    assert!(p.refuses_at_once("PostgreSQL JDBC Driver"));
+    assert!(!p.refuses_at_once("psql"));
+    assert!(!Policy::builtin().refuses_at_once(""));
+
+    let err = pgstepup_policy::PolicySource::File {
+        path: write("\n[[rule]]\nname = \"r\"\naction = \"step_up\"\ntimeout = \"0\"\n"),
+        embedded: false,
+    }
+    .load()
+    .unwrap_err();
+    assert!(
+        matches!(&err, PolicyError::Invalid { line: 2, .. }) && err.to_string().contains("timeout"),
+        "{err}"
+    );
+}
