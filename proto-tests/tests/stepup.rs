@@ -664,3 +664,34 @@ async fn the_pending_page_lists_requests_to_approve_and_keys_survive_a_restart()
     );
     assert_eq!(held.await.unwrap().unwrap(), 1);
 }
+
+#[tokio::test]
+async fn one_approval_releases_the_users_other_held_connections_under_a_user_wide_rule() {
+    app_role().await;
+    let orders = table("stepup_two_conns").await;
+    let proxy = proxy("30s", |_| {});
+    let web = WebClient::of(&proxy);
+    let mut key = enrolled(&proxy, &web, APP_USER).await;
+    // A GUI tool's two connections, each with a statement held under the same rule.
+    let (first, mut first_notices) = connect_noticed(&proxy, "DataGrip").await;
+    let (second, mut second_notices) = connect_noticed(&proxy, "DataGrip").await;
+    let delete_1 = format!("DELETE FROM public.{orders} WHERE v = 1");
+    let delete_2 = format!("DELETE FROM public.{orders} WHERE v = 2");
+    let held_1 = tokio::spawn(async move { first.execute(delete_1.as_str(), &[]).await });
+    let held_2 = tokio::spawn(async move { second.execute(delete_2.as_str(), &[]).await });
+    let link = first_notices.next_link().await;
+    second_notices.next_link().await;
+    let (_, status, reply) = web.approve(&link, &mut key).await;
+    assert_eq!(
+        (status, reply["result"].as_str()),
+        (200, Some("approved")),
+        "{reply}"
+    );
+    assert_eq!(held_1.await.unwrap().unwrap(), 1);
+    let second_result = tokio::time::timeout(Duration::from_secs(5), held_2)
+        .await
+        .expect("the user's elevation releases the other connection too")
+        .unwrap();
+    assert_eq!(second_result.unwrap(), 1);
+    assert_eq!(count(&orders).await, 1);
+}

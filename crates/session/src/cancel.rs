@@ -29,17 +29,25 @@ struct Entry {
 #[derive(Default)]
 pub(crate) struct HoldSignal {
     holding: AtomicBool,
+    requested: AtomicBool,
     cancel: Notify,
 }
 
 impl HoldSignal {
+    /// Starts or ends a hold; a cancel left over from an earlier hold is forgotten.
     pub(crate) fn set_holding(&self, holding: bool) {
+        self.requested.store(false, Ordering::SeqCst);
         self.holding.store(holding, Ordering::SeqCst);
     }
 
     /// Completes when a cancel request arrives for the held statement.
     pub(crate) async fn cancelled(&self) {
-        self.cancel.notified().await
+        loop {
+            self.cancel.notified().await;
+            if self.requested.swap(false, Ordering::SeqCst) {
+                return;
+            }
+        }
     }
 }
 
@@ -113,6 +121,7 @@ impl CancelRegistry {
             return None;
         }
         if entry.hold.holding.load(Ordering::SeqCst) {
+            entry.hold.requested.store(true, Ordering::SeqCst);
             entry.hold.cancel.notify_one();
             return Some(CancelTarget::Held);
         }

@@ -201,7 +201,14 @@ impl Session {
                 }
                 Ok(Some(Outcome::Denied)) => return Ok(HoldEnd::Denied),
                 Ok(Some(Outcome::Cancelled)) => return Ok(HoldEnd::Cancelled),
-                Ok(None) => {}
+                Ok(None) => {
+                    // Another approval (another connection's, for a user-wide rule) may have
+                    // elevated the user meanwhile.
+                    if let Ok(Some(until)) = self.stepup.elevation(&self.elevation_need(need)).await
+                    {
+                        return Ok(HoldEnd::Approved { until: Some(until) });
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the challenge's outcome; still waiting")
                 }
