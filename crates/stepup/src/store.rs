@@ -199,12 +199,35 @@ impl Store {
                     }
                 }
             }
-            Store::Redis(r) => loop {
-                if let Err(error) = r.subscribe_once(&channels, &deliver).await {
-                    tracing::warn!(%error, "Redis subscription lost; resubscribing");
+            Store::Redis(r) => {
+                // Retries back off to 5 s; an outage is logged once, not at every retry.
+                let mut pause = Duration::from_millis(250);
+                let mut failing = false;
+                loop {
+                    let subscribed = std::sync::atomic::AtomicBool::new(false);
+                    let result = r
+                        .subscribe_once(&channels, &|channel: &str, message: &str| {
+                            if channel.is_empty() && failing {
+                                tracing::info!("Redis subscription restored");
+                            }
+                            subscribed.store(true, std::sync::atomic::Ordering::Relaxed);
+                            deliver(channel, message)
+                        })
+                        .await;
+                    if subscribed.load(std::sync::atomic::Ordering::Relaxed) {
+                        failing = false;
+                        pause = Duration::from_millis(250);
+                    }
+                    if let Err(error) = result {
+                        if !failing {
+                            tracing::warn!(%error, "Redis subscription lost; retrying in the background (held statements still re-check on a timer)");
+                        }
+                        failing = true;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            },
+            }
         }
     }
 }
