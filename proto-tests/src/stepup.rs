@@ -14,7 +14,10 @@ use webauthn_rs_proto::{CreationChallengeResponse, RequestChallengeResponse};
 
 use pgstepup_web::admin::{self, Reply, Request};
 
-use crate::{tls_connector, TestProxy, APP_DB, APP_PASSWORD, APP_USER};
+use crate::{
+    admin_client, admin_in, tls_connector, use_policy_file, write_policy_as_is, Auth, TestProxy,
+    APP_DB, APP_PASSWORD, APP_USER,
+};
 
 /// A policy for step-up tests: writes to `stepup_*` tables need step-up for 10 minutes per
 /// user; `free_*` tables are writable; statements are held for `timeout`.
@@ -42,6 +45,40 @@ kinds = ["ddl"]
 action = "allow"
 "#
     )
+}
+
+/// A proxy (TLS, SCRAM) holding writes under [`stepup_policy`], plus any tweak.
+pub fn stepup_proxy(timeout: &str, tweak: impl FnOnce(&mut pgstepup_config::Config)) -> TestProxy {
+    let policy = write_policy_as_is(&stepup_policy(timeout));
+    TestProxy::with(Auth::Scram, true, |c| {
+        use_policy_file(c, &policy);
+        tweak(c);
+    })
+}
+
+/// A table `{name}_{pid}` owned by the app user, with rows 1..=3.
+pub async fn table_of_three(name: &str) -> String {
+    let table = format!("{name}_{}", std::process::id());
+    admin_in(
+        APP_DB,
+        &format!(
+            "DROP TABLE IF EXISTS public.{table}; CREATE TABLE public.{table} (v int); \
+             INSERT INTO public.{table} VALUES (1), (2), (3); \
+             ALTER TABLE public.{table} OWNER TO {APP_USER};"
+        ),
+    )
+    .await;
+    table
+}
+
+/// Rows in a table, counted outside the proxy.
+pub async fn count(table: &str) -> i64 {
+    admin_client(APP_DB)
+        .await
+        .query_one(&format!("SELECT count(*) FROM public.{table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// The web side of a test proxy, driven like the pages' script would.
@@ -188,6 +225,16 @@ pub async fn enrolled(proxy: &TestProxy, web: &WebClient, user: &str) -> Authent
     authenticator
 }
 
+/// Asserts an API reply's HTTP status and outcome word.
+#[track_caller]
+pub fn assert_reply(status: u16, reply: &Value, expected_status: u16, word: &str) {
+    assert_eq!(
+        (status, reply["result"].as_str()),
+        (expected_status, Some(word)),
+        "{reply}"
+    );
+}
+
 pub fn last_segment(link: &str) -> &str {
     link.rsplit('/').next().unwrap()
 }
@@ -206,7 +253,7 @@ pub struct Notices(
     tokio::task::JoinHandle<()>,
 );
 
-/// The app user's connection through `proxy`, and the NOTICEs it receives.
+/// The app user's connection through `proxy` over TLS, and the NOTICEs it receives.
 pub async fn connect_noticed(
     proxy: &TestProxy,
     application_name: &str,
@@ -215,22 +262,40 @@ pub async fn connect_noticed(
         "{} application_name='{application_name}'",
         proxy.conn_str(APP_USER, APP_PASSWORD, APP_DB, "require")
     );
-    let (client, mut connection) = tokio_postgres::connect(&conn_str, tls_connector())
+    let (client, connection) = tokio_postgres::connect(&conn_str, tls_connector())
         .await
         .expect("app user connects");
-    let (sender, notices) = mpsc::unbounded_channel();
-    let connection = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notice(notice) = message {
-                let _ = sender.send(notice.message().to_owned());
-            }
-        }
-    });
-    (client, Notices(notices, connection))
+    (client, Notices::collect(connection))
+}
+
+/// The same in plain text, so the connection's cancel key can be sent to any instance.
+pub async fn connect_noticed_plain(proxy: &TestProxy) -> (tokio_postgres::Client, Notices) {
+    let (client, connection) = tokio_postgres::connect(
+        &proxy.conn_str(APP_USER, APP_PASSWORD, APP_DB, "disable"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("app user connects");
+    (client, Notices::collect(connection))
 }
 
 impl Notices {
+    fn collect<S, T>(mut connection: tokio_postgres::Connection<S, T>) -> Self
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, notices) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let AsyncMessage::Notice(notice) = message {
+                    let _ = sender.send(notice.message().to_owned());
+                }
+            }
+        });
+        Notices(notices, task)
+    }
     /// Drops the socket, as a client that dies or loses its network does.
     pub fn disconnect(&self) {
         self.1.abort();

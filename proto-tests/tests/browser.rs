@@ -15,44 +15,14 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
 
-use proto_tests::stepup::{enrollment_link, last_segment, link_in, stepup_policy, WebClient};
-use proto_tests::{
-    admin_client, admin_in, app_role, use_policy_file, write_policy_as_is, Auth, TestProxy, APP_DB,
-    APP_USER,
+use proto_tests::stepup::{
+    count, enrollment_link, last_segment, link_in, stepup_proxy, table_of_three, WebClient,
 };
+use proto_tests::{app_role, TestProxy, APP_USER};
 
 /// How long one driver command may take (the driver gives each command 20 s; the first one
 /// also waits for Chromium to start).
 const DRIVER_REPLY: Duration = Duration::from_secs(60);
-
-fn stepup_proxy(timeout: &str) -> TestProxy {
-    let policy = write_policy_as_is(&stepup_policy(timeout));
-    TestProxy::with(Auth::Scram, true, |c| use_policy_file(c, &policy))
-}
-
-/// A table owned by the app user, with rows 1..=3.
-async fn table(name: &str) -> String {
-    let table = format!("{name}_{}", std::process::id());
-    admin_in(
-        APP_DB,
-        &format!(
-            "DROP TABLE IF EXISTS public.{table}; CREATE TABLE public.{table} (v int); \
-             INSERT INTO public.{table} VALUES (1), (2), (3); \
-             ALTER TABLE public.{table} OWNER TO {APP_USER};"
-        ),
-    )
-    .await;
-    table
-}
-
-async fn count(table: &str) -> i64 {
-    admin_client(APP_DB)
-        .await
-        .query_one(&format!("SELECT count(*) FROM public.{table}"), &[])
-        .await
-        .unwrap()
-        .get(0)
-}
 
 /// The browser driver: one Chromium page with a virtual authenticator, one JSON command per
 /// line on its stdin and one JSON reply per line on its stdout.
@@ -309,8 +279,8 @@ async fn assert_pending(proxy: &TestProxy, link: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn psql_statement_held_then_approved_and_denied_in_headless_chromium() {
     app_role().await;
-    let orders = table("stepup_browser").await;
-    let proxy = stepup_proxy("60s");
+    let orders = table_of_three("stepup_browser").await;
+    let proxy = stepup_proxy("60s", |_| {});
     let mut driver = Driver::start();
 
     // Enrollment through the enroll page: the virtual authenticator now holds one key.
@@ -350,8 +320,8 @@ async fn psql_statement_held_then_approved_and_denied_in_headless_chromium() {
 
     // Denial, on a second proxy (its own state, so the user is not elevated there) with a
     // key enrolled for it in the same browser.
-    let kept = table("stepup_browser_deny").await;
-    let second = stepup_proxy("60s");
+    let kept = table_of_three("stepup_browser_deny").await;
+    let second = stepup_proxy("60s", |_| {});
     assert_ne!(second.public_url, proxy.public_url);
     enroll(&mut driver, &second).await;
     assert_eq!(driver.credentials().await, 2, "{}", driver.log());

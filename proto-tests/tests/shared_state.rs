@@ -5,17 +5,17 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::AsyncMessage;
 
 use pgstepup_config::Config;
-use proto_tests::stepup::{enrolled, last_segment, link_in, stepup_policy, WebClient};
+use proto_tests::stepup::{
+    assert_reply, connect_noticed_plain, count, enrolled, last_segment, stepup_policy,
+    table_of_three, WebClient,
+};
 use proto_tests::{
     admin_client, admin_in, app_role, use_policy_file, write_policy_as_is, Auth, TestProxy, APP_DB,
-    APP_PASSWORD, APP_USER,
+    APP_USER,
 };
 
 /// What both instances are reached at through the load balancer: the WebAuthn origin.
@@ -36,65 +36,10 @@ fn instance(
     })
 }
 
-async fn table(name: &str) -> String {
-    let table = format!("{name}_{}", std::process::id());
-    admin_in(
-        APP_DB,
-        &format!(
-            "DROP TABLE IF EXISTS public.{table}; CREATE TABLE public.{table} (v int); \
-             INSERT INTO public.{table} VALUES (1), (2), (3); \
-             ALTER TABLE public.{table} OWNER TO {APP_USER};"
-        ),
-    )
-    .await;
-    table
-}
-
-async fn count(table: &str) -> i64 {
-    admin_client(APP_DB)
-        .await
-        .query_one(&format!("SELECT count(*) FROM public.{table}"), &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// A plain-text connection (so its cancel key can be sent anywhere) and its NOTICEs.
-async fn connect(proxy: &TestProxy) -> (tokio_postgres::Client, mpsc::UnboundedReceiver<String>) {
-    let (client, mut connection) = tokio_postgres::connect(
-        &proxy.conn_str(APP_USER, APP_PASSWORD, APP_DB, "disable"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    let (sender, notices) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notice(notice) = message {
-                let _ = sender.send(notice.message().to_owned());
-            }
-        }
-    });
-    (client, notices)
-}
-
-async fn next_link(notices: &mut mpsc::UnboundedReceiver<String>) -> String {
-    loop {
-        let notice = tokio::time::timeout(Duration::from_secs(20), notices.recv())
-            .await
-            .expect("a NOTICE within 20 s")
-            .unwrap();
-        if let Some(link) = link_in(&notice) {
-            return link;
-        }
-    }
-}
-
 #[tokio::test]
 async fn two_instances_behind_a_load_balancer_act_as_one() {
     app_role().await;
-    let orders = table("stepup_shared").await;
+    let orders = table_of_three("stepup_shared").await;
     // Registered keys in a PostgreSQL table both instances use (created on first use).
     admin_in(APP_DB, "DROP TABLE IF EXISTS pgstepup_credentials").await;
     let credentials = format!("postgres://postgres@127.0.0.1:5432/{APP_DB}");
@@ -116,14 +61,14 @@ async fn two_instances_behind_a_load_balancer_act_as_one() {
     assert_eq!(reply["result"], "enrolled", "{reply}");
 
     // Held on A, cancelled by a CancelRequest that reaches B.
-    let (client, mut notices) = connect(&a).await;
+    let (client, mut notices) = connect_noticed_plain(&a).await;
     let cancel = client.cancel_token();
     let delete = format!("DELETE FROM public.{orders} WHERE v = 1");
     let held = tokio::spawn(async move {
         let result = client.execute(delete.as_str(), &[]).await;
         (client, result)
     });
-    let link = next_link(&mut notices).await;
+    let link = notices.next_link().await;
     let stream = tokio::net::TcpStream::connect(b.addr).await.unwrap();
     cancel
         .cancel_query_raw(stream, tokio_postgres::NoTls)
@@ -145,14 +90,10 @@ async fn two_instances_behind_a_load_balancer_act_as_one() {
         let result = client.execute(delete.as_str(), &[]).await;
         (client, result)
     });
-    let link = next_link(&mut notices).await;
+    let link = notices.next_link().await;
     assert!(link.starts_with(PUBLIC_URL), "{link}");
     let (_, status, reply) = web_b.approve(&link, &mut key).await;
-    assert_eq!(
-        (status, reply["result"].as_str()),
-        (200, Some("approved")),
-        "{reply}"
-    );
+    assert_reply(status, &reply, 200, "approved");
     let (_client, result) = tokio::time::timeout(Duration::from_secs(10), held)
         .await
         .expect("B's approval releases the statement held on A")
@@ -160,7 +101,7 @@ async fn two_instances_behind_a_load_balancer_act_as_one() {
     assert_eq!(result.unwrap(), 1);
 
     // The elevation is the user's on every instance.
-    let (on_b, _notices) = connect(&b).await;
+    let (on_b, _notices) = connect_noticed_plain(&b).await;
     let deleted = tokio::time::timeout(
         Duration::from_secs(5),
         on_b.execute(&format!("DELETE FROM public.{orders} WHERE v = 2"), &[]),
@@ -233,14 +174,14 @@ fn free_port() -> u16 {
 #[tokio::test]
 async fn redis_down_refuses_step_up_at_once_reads_flow_and_it_recovers() {
     app_role().await;
-    let orders = table("stepup_redis_down").await;
+    let orders = table_of_three("stepup_redis_down").await;
     let mut redis = OwnRedis::start(free_port()).await;
     let url = format!("redis://127.0.0.1:{}", redis.port);
     let policy = write_policy_as_is(&stepup_policy("1s"));
     let proxy = instance(&url, "pgstepup:", &policy, |_| {});
     let web = WebClient::of(&proxy);
     let _key = enrolled(&proxy, &web, APP_USER).await;
-    let (client, _notices) = connect(&proxy).await;
+    let (client, _notices) = connect_noticed_plain(&proxy).await;
     let delete = format!("DELETE FROM public.{orders} WHERE v = 1");
 
     // Redis up: the statement is held (and times out after 1 s here).

@@ -8,45 +8,10 @@ use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 
 use proto_tests::stepup::{
-    connect_noticed, enrolled, enrollment_link, last_segment, link_in, stepup_policy,
-    Authenticator, WebClient,
+    assert_reply, connect_noticed, count, enrolled, enrollment_link, last_segment, link_in,
+    stepup_policy, stepup_proxy, table_of_three, Authenticator, WebClient,
 };
-use proto_tests::{
-    admin_client, admin_in, app_role, use_policy_file, write_policy_as_is, Auth, TestProxy, APP_DB,
-    APP_USER,
-};
-
-fn proxy(timeout: &str, tweak: impl FnOnce(&mut pgstepup_config::Config)) -> TestProxy {
-    let policy = write_policy_as_is(&stepup_policy(timeout));
-    TestProxy::with(Auth::Scram, true, |c| {
-        use_policy_file(c, &policy);
-        tweak(c);
-    })
-}
-
-/// A table owned by the app user, with rows 1..=3.
-async fn table(name: &str) -> String {
-    let table = format!("{name}_{}", std::process::id());
-    admin_in(
-        APP_DB,
-        &format!(
-            "DROP TABLE IF EXISTS public.{table}; CREATE TABLE public.{table} (v int); \
-             INSERT INTO public.{table} VALUES (1), (2), (3); \
-             ALTER TABLE public.{table} OWNER TO {APP_USER};"
-        ),
-    )
-    .await;
-    table
-}
-
-async fn count(table: &str) -> i64 {
-    admin_client(APP_DB)
-        .await
-        .query_one(&format!("SELECT count(*) FROM public.{table}"), &[])
-        .await
-        .unwrap()
-        .get(0)
-}
+use proto_tests::{app_role, use_policy_file, write_policy_as_is, Auth, TestProxy, APP_USER};
 
 fn audit_events(proxy_audit: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(proxy_audit)
@@ -59,9 +24,9 @@ fn audit_events(proxy_audit: &std::path::Path) -> Vec<Value> {
 #[tokio::test]
 async fn held_delete_runs_after_approval_and_the_elevation_lasts() {
     app_role().await;
-    let orders = table("stepup_orders").await;
+    let orders = table_of_three("stepup_orders").await;
     let audit = proto_tests::audit_file();
-    let proxy = proxy("30s", |c| c.audit.file = audit.clone());
+    let proxy = stepup_proxy("30s", |c| c.audit.file = audit.clone());
     let web = WebClient::of(&proxy);
     let mut key = enrolled(&proxy, &web, APP_USER).await;
     let (client, mut notices) = connect_noticed(&proxy, "psql").await;
@@ -100,11 +65,7 @@ async fn held_delete_runs_after_approval_and_the_elevation_lasts() {
     assert!(details["seconds_left"].as_u64().unwrap() > 60);
 
     let (_, status, reply) = web.approve(&link, &mut key).await;
-    assert_eq!(
-        (status, reply["result"].as_str()),
-        (200, Some("approved")),
-        "{reply}"
-    );
+    assert_reply(status, &reply, 200, "approved");
     let (client, result) = tokio::time::timeout(Duration::from_secs(10), held)
         .await
         .expect("the held statement runs after approval")
@@ -173,9 +134,9 @@ async fn held_delete_runs_after_approval_and_the_elevation_lasts() {
 #[tokio::test]
 async fn denial_inside_a_transaction_fails_the_servers_transaction_too() {
     app_role().await;
-    let orders = table("stepup_orders_tx").await;
-    let free = table("free_tx").await;
-    let proxy = proxy("30s", |_| {});
+    let orders = table_of_three("stepup_orders_tx").await;
+    let free = table_of_three("free_tx").await;
+    let proxy = stepup_proxy("30s", |_| {});
     let web = WebClient::of(&proxy);
     let (client, mut notices) = connect_noticed(&proxy, "psql").await;
     client.batch_execute("BEGIN").await.unwrap();
@@ -195,7 +156,7 @@ async fn denial_inside_a_transaction_fails_the_servers_transaction_too() {
             &json!({}),
         )
         .await;
-    assert_eq!((status, reply["result"].as_str()), (200, Some("denied")));
+    assert_reply(status, &reply, 200, "denied");
     let (client, result) = held.await.unwrap();
     let error = result.unwrap_err();
     assert_eq!(error.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
@@ -219,8 +180,8 @@ async fn denial_inside_a_transaction_fails_the_servers_transaction_too() {
 #[tokio::test]
 async fn timeout_refuses_with_the_link_and_a_later_approval_lets_the_rerun_pass() {
     app_role().await;
-    let orders = table("stepup_orders_late").await;
-    let proxy = proxy("2s", |_| {});
+    let orders = table_of_three("stepup_orders_late").await;
+    let proxy = stepup_proxy("2s", |_| {});
     let web = WebClient::of(&proxy);
     let mut key = enrolled(&proxy, &web, APP_USER).await;
     let (client, _notices) = connect_noticed(&proxy, "DBeaver 24.1").await;
@@ -239,18 +200,14 @@ async fn timeout_refuses_with_the_link_and_a_later_approval_lets_the_rerun_pass(
 
     // Approved after the timeout: the user is elevated and the re-run passes at once.
     let (_, status, reply) = web.approve(&link, &mut key).await;
-    assert_eq!(
-        (status, reply["result"].as_str()),
-        (200, Some("approved")),
-        "{reply}"
-    );
+    assert_reply(status, &reply, 200, "approved");
     assert_eq!(client.execute(delete.as_str(), &[]).await.unwrap(), 1);
 }
 
 #[tokio::test]
 async fn applications_listed_in_the_policy_get_the_link_at_once() {
     app_role().await;
-    let orders = table("stepup_orders_atonce").await;
+    let orders = table_of_three("stepup_orders_atonce").await;
     let policy = write_policy_as_is(&format!(
         "{}\n[applications]\nrefuse_at_once = [\"DBeaver*\"]\n",
         stepup_policy("60s")
@@ -275,9 +232,9 @@ async fn applications_listed_in_the_policy_get_the_link_at_once() {
 #[tokio::test]
 async fn replayed_assertions_other_users_keys_and_tampered_tokens_fail() {
     app_role().await;
-    let orders = table("stepup_orders_attack").await;
+    let orders = table_of_three("stepup_orders_attack").await;
     let audit = proto_tests::audit_file();
-    let proxy = proxy("30s", |c| c.audit.file = audit.clone());
+    let proxy = stepup_proxy("30s", |c| c.audit.file = audit.clone());
     let web = WebClient::of(&proxy);
     let mut alice = enrolled(&proxy, &web, APP_USER).await;
     let mut mallory = enrolled(&proxy, &web, "mallory").await;
@@ -307,11 +264,7 @@ async fn replayed_assertions_other_users_keys_and_tampered_tokens_fail() {
             b"\xff{not json".to_vec(),
         )
         .await;
-    assert_eq!(
-        (status, reply["result"].as_str()),
-        (403, Some("invalid")),
-        "{reply}"
-    );
+    assert_reply(status, &reply, 403, "invalid");
 
     // Mallory's key, in a ceremony started for alice's statement: refused.
     let (status, options) = web
@@ -332,19 +285,11 @@ async fn replayed_assertions_other_users_keys_and_tampered_tokens_fail() {
     let (status, reply) = web
         .post(&format!("/api/approve/{token}/finish"), &foreign)
         .await;
-    assert_eq!(
-        (status, reply["result"].as_str()),
-        (403, Some("invalid")),
-        "{reply}"
-    );
+    assert_reply(status, &reply, 403, "invalid");
 
     // Alice approves; replaying her exact assertion fails.
     let (assertion, status, reply) = web.approve(&link, &mut alice).await;
-    assert_eq!(
-        (status, reply["result"].as_str()),
-        (200, Some("approved")),
-        "{reply}"
-    );
+    assert_reply(status, &reply, 200, "approved");
     assert_eq!(held.await.unwrap().unwrap(), 1);
     let (status, reply) = web
         .post(&format!("/api/approve/{token}/finish"), &assertion)
@@ -362,11 +307,7 @@ async fn replayed_assertions_other_users_keys_and_tampered_tokens_fail() {
             &json!({"user": APP_USER, "credential": assertion}),
         )
         .await;
-    assert_eq!(
-        (status, reply["result"].as_str()),
-        (403, Some("invalid")),
-        "{reply}"
-    );
+    assert_reply(status, &reply, 403, "invalid");
 
     let failures: Vec<Value> = audit_events(&audit)
         .into_iter()
@@ -379,8 +320,8 @@ async fn replayed_assertions_other_users_keys_and_tampered_tokens_fail() {
 #[tokio::test]
 async fn cancel_and_disconnect_while_held_run_nothing() {
     app_role().await;
-    let orders = table("stepup_orders_cancel").await;
-    let proxy = proxy("60s", |_| {});
+    let orders = table_of_three("stepup_orders_cancel").await;
+    let proxy = stepup_proxy("60s", |_| {});
     let web = WebClient::of(&proxy);
 
     // Cancel (what Ctrl-C in psql sends): 57014 at once, nothing runs.
@@ -415,11 +356,7 @@ async fn cancel_and_disconnect_while_held_run_nothing() {
             &json!({}),
         )
         .await;
-    assert_eq!(
-        (status, reply["result"].as_str()),
-        (410, Some("expired")),
-        "{reply}"
-    );
+    assert_reply(status, &reply, 410, "expired");
     assert_eq!(count(&orders).await, 3);
 
     // Disconnect: the challenge is dropped.
@@ -449,7 +386,7 @@ async fn cancel_and_disconnect_while_held_run_nothing() {
 async fn enrolling_a_second_key_needs_the_first() {
     app_role().await;
     let audit = proto_tests::audit_file();
-    let proxy = proxy("30s", |c| c.audit.file = audit.clone());
+    let proxy = stepup_proxy("30s", |c| c.audit.file = audit.clone());
     let web = WebClient::of(&proxy);
     let mut first = enrolled(&proxy, &web, "erin").await;
     let link = enrollment_link(&proxy.admin_socket, "erin").await;
@@ -465,11 +402,7 @@ async fn enrolling_a_second_key_needs_the_first() {
     let (status, reply) = web
         .post(&format!("/api/enroll/{token}/finish"), &json!({"id": "x"}))
         .await;
-    assert_eq!(
-        (status, reply["result"].as_str()),
-        (403, Some("invalid")),
-        "{reply}"
-    );
+    assert_reply(status, &reply, 403, "invalid");
     // With the proof, the second key is added; both are listed.
     let (_, options) = web
         .post(&format!("/api/enroll/{token}/begin"), &json!({}))
@@ -535,7 +468,7 @@ async fn enrolling_a_second_key_needs_the_first() {
 #[tokio::test]
 async fn a_prepared_statement_needs_step_up_again_once_the_elevation_ended() {
     app_role().await;
-    let orders = table("stepup_prepared").await;
+    let orders = table_of_three("stepup_prepared").await;
     let policy = write_policy_as_is(
         r#"
 [[rule]]
@@ -561,11 +494,7 @@ timeout = "30s"
     });
     let link = notices.next_link().await;
     let (_, status, reply) = web.approve(&link, &mut key).await;
-    assert_eq!(
-        (status, reply["result"].as_str()),
-        (200, Some("approved")),
-        "{reply}"
-    );
+    assert_reply(status, &reply, 200, "approved");
     let statement = preparing.await.unwrap().unwrap();
     assert_eq!(client.execute(&statement, &[&1i32]).await.unwrap(), 1);
 
@@ -584,7 +513,7 @@ timeout = "30s"
             &json!({}),
         )
         .await;
-    assert_eq!((status, reply["result"].as_str()), (200, Some("denied")));
+    assert_reply(status, &reply, 200, "denied");
     let error = executing.await.unwrap().unwrap_err();
     assert_eq!(error.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
     assert_eq!(count(&orders).await, 2);
@@ -602,7 +531,7 @@ timeout = "30s"
 #[tokio::test]
 async fn the_pending_page_lists_requests_to_approve_and_keys_survive_a_restart() {
     app_role().await;
-    let orders = table("stepup_pending").await;
+    let orders = table_of_three("stepup_pending").await;
     let credentials = proto_tests::certs()
         .dir
         .join(format!("pending-credentials-{}.json", std::process::id()));
@@ -610,7 +539,7 @@ async fn the_pending_page_lists_requests_to_approve_and_keys_survive_a_restart()
     let keep_credentials = |c: &mut pgstepup_config::Config| {
         c.step_up.credentials = credentials.display().to_string();
     };
-    let first = proxy("1s", keep_credentials);
+    let first = stepup_proxy("1s", keep_credentials);
     let web = WebClient::of(&first);
     let mut key = enrolled(&first, &web, APP_USER).await;
 
@@ -640,36 +569,28 @@ async fn the_pending_page_lists_requests_to_approve_and_keys_survive_a_restart()
     assert_eq!(request["status"], "pending");
     let link = request["approve_url"].as_str().unwrap().to_owned();
     let (_, status, reply) = web.approve(&link, &mut key).await;
-    assert_eq!(
-        (status, reply["result"].as_str()),
-        (200, Some("approved")),
-        "{reply}"
-    );
+    assert_reply(status, &reply, 200, "approved");
     assert_eq!(client.execute(delete.as_str(), &[]).await.unwrap(), 1);
     drop(client);
     drop(first);
 
     // A new pgstepup process with the same credential file: the key still approves.
-    let second = proxy("30s", keep_credentials);
+    let second = stepup_proxy("30s", keep_credentials);
     let web = WebClient::of(&second);
     let (client, mut notices) = connect_noticed(&second, "psql").await;
     let delete = format!("DELETE FROM public.{orders} WHERE v = 2");
     let held = tokio::spawn(async move { client.execute(delete.as_str(), &[]).await });
     let link = notices.next_link().await;
     let (_, status, reply) = web.approve(&link, &mut key).await;
-    assert_eq!(
-        (status, reply["result"].as_str()),
-        (200, Some("approved")),
-        "{reply}"
-    );
+    assert_reply(status, &reply, 200, "approved");
     assert_eq!(held.await.unwrap().unwrap(), 1);
 }
 
 #[tokio::test]
 async fn one_approval_releases_the_users_other_held_connections_under_a_user_wide_rule() {
     app_role().await;
-    let orders = table("stepup_two_conns").await;
-    let proxy = proxy("30s", |_| {});
+    let orders = table_of_three("stepup_two_conns").await;
+    let proxy = stepup_proxy("30s", |_| {});
     let web = WebClient::of(&proxy);
     let mut key = enrolled(&proxy, &web, APP_USER).await;
     // A GUI tool's two connections, each with a statement held under the same rule.
@@ -682,11 +603,7 @@ async fn one_approval_releases_the_users_other_held_connections_under_a_user_wid
     let link = first_notices.next_link().await;
     second_notices.next_link().await;
     let (_, status, reply) = web.approve(&link, &mut key).await;
-    assert_eq!(
-        (status, reply["result"].as_str()),
-        (200, Some("approved")),
-        "{reply}"
-    );
+    assert_reply(status, &reply, 200, "approved");
     assert_eq!(held_1.await.unwrap().unwrap(), 1);
     let second_result = tokio::time::timeout(Duration::from_secs(5), held_2)
         .await
