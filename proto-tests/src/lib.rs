@@ -55,25 +55,8 @@ fn make_certs(dir: &Path) {
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("the openssl command is required by the tests");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
+    let run = |args: &[&str]| openssl(dir, args);
+    let ec = EC_KEY;
     run(&[
         &["req", "-x509"][..],
         &ec,
@@ -89,37 +72,87 @@ fn make_certs(dir: &Path) {
         ],
     ]
     .concat());
-    run(&[
-        &["req"][..],
-        &ec,
+    sign_server_certificate(dir, "server.key", "server.pem");
+}
+
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command is required by the tests");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A fresh key and a certificate for localhost signed by the test CA, written to `key` and
+/// `cert` (names relative to `dir`, or absolute).
+fn sign_server_certificate(dir: &Path, key: &str, cert: &str) {
+    let csr = format!("{key}.csr");
+    openssl(
+        dir,
         &[
-            "-keyout",
-            "server.key",
+            &["req"][..],
+            &EC_KEY,
+            &["-keyout", key, "-out", &csr, "-subj", "/CN=localhost"],
+        ]
+        .concat(),
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
             "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
+            cert,
+            "-days",
+            "3",
+            "-sha256",
+            "-extfile",
+            "san.ext",
         ],
-    ]
-    .concat());
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "3",
-        "-sha256",
-        "-extfile",
-        "san.ext",
-    ]);
+    );
+}
+
+/// Replaces `cert` and `key` with a new certificate from the test CA (as a renewal would).
+pub fn issue_certificate(cert: &Path, key: &Path) {
+    sign_server_certificate(
+        &certs().dir,
+        &key.display().to_string(),
+        &cert.display().to_string(),
+    );
+}
+
+/// The certificate pgstepup presents at `addr` to a new TLS connection (SSLRequest first).
+pub async fn server_certificate(addr: SocketAddr) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"S");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls_config(&[])));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
 /// A superuser connection to the upstream, bypassing pgstepup (set-up and checks only).
@@ -206,6 +239,8 @@ pub fn isolate(config: &mut Config) {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     config.web.listen = "127.0.0.1:0".into();
+    // A test that ends inside a transaction must not wait out the production grace period.
+    config.proxy.shutdown_grace_secs = 1;
     config.step_up.admin_socket = Some(certs().dir.join(format!("admin-{n}.sock")));
     config.step_up.credentials = certs()
         .dir
@@ -284,6 +319,8 @@ pub struct TestProxy {
     pub web_addr: SocketAddr,
     pub public_url: String,
     pub admin_socket: PathBuf,
+    /// What SIGHUP would run.
+    pub reloader: pgstepup_session::Reloader,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -338,6 +375,7 @@ impl TestProxy {
                         service.proxy_addr().unwrap(),
                         service.web_addr().unwrap(),
                         service.public_url().to_owned(),
+                        service.reloader(),
                     ))
                     .unwrap();
                 service
@@ -349,14 +387,22 @@ impl TestProxy {
             // Sessions still running are dropped with the runtime.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
         });
-        let (addr, web_addr, public_url) = addr_rx.recv().expect("proxy started");
+        let (addr, web_addr, public_url, reloader) = addr_rx.recv().expect("proxy started");
         TestProxy {
             addr,
             web_addr,
             public_url,
+            reloader,
             admin_socket,
             stop: Some(stop),
             thread: Some(thread),
+        }
+    }
+
+    /// What SIGTERM does: stop accepting, report not ready, drain. Returns at once.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
     }
 

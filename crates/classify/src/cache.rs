@@ -39,15 +39,24 @@ impl Classifier {
     /// Classifies `sql`, from the cache when a statement of the same shape was seen. `scratch`
     /// is a caller-owned buffer reused for the shape.
     pub fn classify(&self, sql: &str, scratch: &mut String) -> SharedClassification {
+        self.classify_counted(sql, scratch).0
+    }
+
+    /// [`Classifier::classify`], also saying whether the cache answered.
+    pub fn classify_counted(
+        &self,
+        sql: &str,
+        scratch: &mut String,
+    ) -> (SharedClassification, bool) {
         if lexer::shape_into(sql, scratch).is_err() {
             // Text the scanner refuses is classified every time (it is rare and suspicious).
-            return Arc::new(classify(sql, &self.read_only_functions));
+            return (Arc::new(classify(sql, &self.read_only_functions)), false);
         }
         let hash = self.hasher.hash_one(scratch.as_str());
         let shard = &self.shards[(hash as usize) % SHARDS];
         if let Some((shape, hit)) = shard.lock().expect("cache shard").get(&hash) {
             if **shape == *scratch {
-                return hit.clone();
+                return (hit.clone(), true);
             }
         }
         let classification = Arc::new(classify(sql, &self.read_only_functions));
@@ -57,7 +66,7 @@ impl Classifier {
             map.clear();
         }
         map.insert(hash, (scratch.as_str().into(), classification.clone()));
-        classification
+        (classification, false)
     }
 
     /// Entries currently cached.

@@ -41,6 +41,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub step_up: StepUpConfig,
     pub audit: AuditConfig,
+    pub log: LogConfig,
     /// The policy: `file = "..."`, or the policy itself inline (validated by pgstepup-policy).
     pub policy: Option<toml::Table>,
     /// The file the configuration was read from.
@@ -61,6 +62,9 @@ pub struct ProxyConfig {
     pub statement_cache_entries: usize,
     /// Report decisions without enforcing them (overrides the policy's `mode`).
     pub observe: bool,
+    /// On SIGTERM: seconds running statements and open transactions get to finish before
+    /// their sessions are closed (57P01).
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for ProxyConfig {
@@ -69,6 +73,7 @@ impl Default for ProxyConfig {
             listen: "127.0.0.1:6432".into(),
             statement_cache_entries: 10_000,
             observe: false,
+            shutdown_grace_secs: 30,
         }
     }
 }
@@ -151,6 +156,11 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     /// Seconds a client has to finish TLS and authentication.
     pub startup_timeout_secs: u64,
+    /// Client connections served at once; more are refused (53300).
+    pub max_client_connections: usize,
+    /// Seconds a client may stay idle outside a transaction before it is closed (57P05);
+    /// 0 = never.
+    pub client_idle_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -158,6 +168,8 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_message_bytes: 256 * 1024 * 1024,
             startup_timeout_secs: 60,
+            max_client_connections: 1000,
+            client_idle_timeout_secs: 0,
         }
     }
 }
@@ -173,6 +185,8 @@ pub struct WebConfig {
     /// PEM certificate chain and key: serve HTTPS.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on a listener of their own as well.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for WebConfig {
@@ -182,8 +196,25 @@ impl Default for WebConfig {
             public_url: None,
             tls_cert: None,
             tls_key: None,
+            metrics_listen: None,
         }
     }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// Human-readable lines, or one JSON object per line (for log shippers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
 }
 
 /// Shared state; absent means in-memory, single instance.
@@ -255,6 +286,8 @@ pub struct Overrides {
     pub public_url: Option<String>,
     pub redis: Option<String>,
     pub admin_socket: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
+    pub log_format: Option<LogFormat>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// `--observe`.
@@ -298,6 +331,8 @@ impl Config {
             || o.public_url.is_some()
             || o.redis.is_some()
             || o.admin_socket.is_some()
+            || o.metrics_listen.is_some()
+            || o.log_format.is_some()
             || o.tls_cert.is_some()
             || o.tls_key.is_some()
             || o.observe;
@@ -322,6 +357,12 @@ impl Config {
         if let Some(v) = o.admin_socket {
             self.step_up.admin_socket = Some(v);
         }
+        if let Some(v) = o.metrics_listen {
+            self.web.metrics_listen = Some(v);
+        }
+        if let Some(v) = o.log_format {
+            self.log.format = v;
+        }
         if let Some(v) = o.tls_cert {
             self.tls.cert = Some(v);
         }
@@ -345,6 +386,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_host_port(&self.proxy.listen).map_err(|r| self.invalid("proxy.listen", r))?;
         check_host_port(&self.web.listen).map_err(|r| self.invalid("web.listen", r))?;
+        if let Some(listen) = &self.web.metrics_listen {
+            check_host_port(listen).map_err(|r| self.invalid("web.metrics_listen", r))?;
+        }
+        if self.limits.max_client_connections == 0 {
+            return Err(self.invalid("limits.max_client_connections", "must be at least 1"));
+        }
         let upstream = self.upstream_url()?;
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => {

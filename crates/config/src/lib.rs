@@ -7,6 +7,7 @@ mod upstream_url;
 
 pub use file::{
     AuditConfig, AuthConfig, AuthMethod, ClientTlsConfig, Config, ConfigError, LimitsConfig,
-    Overrides, ProxyConfig, UpstreamConfig, UpstreamTlsMode, WebConfig,
+    LogConfig, LogFormat, Overrides, ProxyConfig, RedisConfig, StepUpConfig, UpstreamConfig,
+    UpstreamTlsMode, WebConfig,
 };
 pub use upstream_url::{UpstreamUrl, UpstreamUrlError};

@@ -12,10 +12,11 @@ use tokio::net::TcpListener;
 
 use pgstepup_audit::AuditLog;
 use pgstepup_config::Config;
-use pgstepup_session::{PolicyStore, Proxy, ProxyError};
+use pgstepup_metrics::Metrics;
+use pgstepup_session::{PolicyStore, Proxy, ProxyError, ProxyParts, Reloader};
 use pgstepup_stepup::{Credentials, StepUp, Store, StoreError};
 use pgstepup_web::admin::{AdminError, AdminListener};
-use pgstepup_web::{Web, WebError};
+use pgstepup_web::{Health, Web, WebError, WebParts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -29,7 +30,7 @@ pub enum ServiceError {
     Admin(#[from] AdminError),
     #[error("audit trail: {0}")]
     Audit(#[from] pgstepup_audit::AuditError),
-    #[error("cannot listen on {address} (web.listen): {source}")]
+    #[error("cannot listen on {address} (web.listen / web.metrics_listen): {source}")]
     WebBind {
         address: String,
         source: std::io::Error,
@@ -44,6 +45,10 @@ pub struct Service {
     web_tls: Option<tokio_rustls::TlsAcceptor>,
     admin: AdminListener,
     public_url: String,
+    metrics_listener: Option<TcpListener>,
+    health: Arc<Health>,
+    stepup: StepUp,
+    upstream_address: String,
 }
 
 impl Service {
@@ -67,10 +72,22 @@ impl Service {
             (Some(cert), Some(key)) => Some(pgstepup_web::tls_acceptor(cert, key)?),
             _ => None,
         };
+        let metrics_listener =
+            match &config.web.metrics_listen {
+                Some(address) => Some(TcpListener::bind(address).await.map_err(|source| {
+                    ServiceError::WebBind {
+                        address: address.clone(),
+                        source,
+                    }
+                })?),
+                None => None,
+            };
         let instance = instance_name(&config.proxy.listen);
         let audit = Arc::new(AuditLog::open(&config.audit.file, instance.clone())?);
+        let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
+        let health = Arc::new(Health::default());
         let store = match &config.redis.url {
-            Some(url) => Store::redis(url, &config.redis.prefix)?,
+            Some(url) => Store::redis(url, &config.redis.prefix, metrics.clone())?,
             None => Store::memory(),
         };
         let stepup = StepUp::new(
@@ -80,12 +97,14 @@ impl Service {
             Duration::from_secs(config.step_up.link_ttl_secs),
         );
         let credentials = Credentials::open(&config.step_up.credentials);
-        let web = Web::new(
-            stepup.clone(),
-            credentials.clone(),
-            audit.clone(),
-            Duration::from_secs(config.step_up.enrollment_ttl_secs),
-        )?;
+        let web = Web::new(WebParts {
+            stepup: stepup.clone(),
+            credentials: credentials.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            enrollment_ttl: Duration::from_secs(config.step_up.enrollment_ttl_secs),
+        })?;
         let admin = AdminListener::bind(&config.admin_socket())?;
         tracing::info!(
             web = %config.web.listen,
@@ -95,7 +114,19 @@ impl Service {
             admin_socket = %config.admin_socket().display(),
             "step-up ready"
         );
-        let proxy = Proxy::bind(config, stepup, audit).await?;
+        let upstream_address = config
+            .upstream_url()
+            .map(|u| u.address())
+            .unwrap_or_default();
+        let proxy = Proxy::bind(
+            config,
+            ProxyParts {
+                stepup: stepup.clone(),
+                audit,
+                metrics,
+            },
+        )
+        .await?;
         Ok(Service {
             proxy,
             web,
@@ -103,6 +134,10 @@ impl Service {
             web_tls,
             admin,
             public_url,
+            metrics_listener,
+            health,
+            stepup,
+            upstream_address,
         })
     }
 
@@ -123,22 +158,71 @@ impl Service {
         self.proxy.policy()
     }
 
-    /// Runs until `shutdown` completes.
+    /// What SIGHUP runs: policy and client certificate, read again.
+    pub fn reloader(&self) -> Reloader {
+        self.proxy.reloader()
+    }
+
+    /// Runs until `shutdown` completes, then drains: not ready, no new connections, running
+    /// statements and open transactions get `proxy.shutdown_grace_secs` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let (stop_web, web_stopped) = tokio::sync::oneshot::channel::<()>();
-        let web = tokio::spawn(
-            self.web
-                .clone()
-                .serve(self.web_listener, self.web_tls, async {
-                    let _ = web_stopped.await;
-                }),
-        );
+        let (stop_web, web_stopped) = tokio::sync::watch::channel(false);
+        let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = receiver.wait_for(|stop| *stop).await;
+        };
+        let web = tokio::spawn(Web::serve(
+            self.web.router(),
+            self.web_listener,
+            self.web_tls,
+            stopped(web_stopped.clone()),
+        ));
+        let metrics_web = self.metrics_listener.map(|listener| {
+            tokio::spawn(Web::serve(
+                self.web.metrics_router(),
+                listener,
+                None,
+                stopped(web_stopped.clone()),
+            ))
+        });
         let admin = tokio::spawn(self.admin.serve(self.web));
-        self.proxy.run(shutdown).await;
-        let _ = stop_web.send(());
+        let checks = tokio::spawn(check_readiness(
+            self.health.clone(),
+            self.stepup,
+            self.upstream_address,
+        ));
+        let health = self.health;
+        self.proxy
+            .run(async move {
+                shutdown.await;
+                health.start_draining();
+            })
+            .await;
+        let _ = stop_web.send(true);
+        checks.abort();
         admin.abort();
         let _ = admin.await;
         let _ = web.await;
+        if let Some(metrics_web) = metrics_web {
+            let _ = metrics_web.await;
+        }
+    }
+}
+
+/// Keeps readiness current: the upstream accepts TCP connections and the state store answers.
+async fn check_readiness(health: Arc<Health>, stepup: StepUp, upstream: String) {
+    let timeout = Duration::from_secs(1);
+    loop {
+        let mut problems = Vec::new();
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&upstream)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => problems.push(format!("upstream {upstream} unreachable: {error}")),
+            Err(_) => problems.push(format!("upstream {upstream} unreachable: timed out")),
+        }
+        if let Err(error) = stepup.store().ping().await {
+            problems.push(error.to_string());
+        }
+        health.set_problems(problems);
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 

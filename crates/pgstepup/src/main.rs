@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use pgstepup::Service;
-use pgstepup_config::{Config, Overrides};
+use pgstepup_config::{Config, LogFormat, Overrides};
 use pgstepup_web::admin::{self, Reply, Request};
 
 mod check;
@@ -73,6 +73,12 @@ enum AuditCommand {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Human,
+    Json,
+}
+
 #[derive(clap::Args)]
 struct ServeArgs {
     /// TOML configuration file (see deploy/pgstepup.example.toml); flags override it.
@@ -98,6 +104,12 @@ struct ServeArgs {
     /// Unix socket for `enroll` and `keys` [default: /tmp/.s.pgstepup.PORT].
     #[arg(long, value_name = "PATH")]
     admin_socket: Option<PathBuf>,
+    /// Also serve /metrics, /healthz and /readyz here (they are always on --web-listen).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
+    /// Log lines for people (human) or one JSON object per line (json) [default: human].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<LogFormatArg>,
     /// PEM certificate chain for client-facing TLS.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -111,13 +123,6 @@ struct ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check::run(args),
@@ -133,6 +138,24 @@ fn main() -> anyhow::Result<()> {
         Command::Keys(KeysCommand::Revoke { user, id, server }) => {
             ask(server, Request::KeysRevoke { user, id })
         }
+    }
+}
+
+/// Logs go to standard error (the audit trail may own standard output), filtered by
+/// `RUST_LOG` (default `info`).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }
 
@@ -180,6 +203,11 @@ fn load_config(args: ServeArgs) -> anyhow::Result<Config> {
         public_url: args.public_url,
         redis: args.redis,
         admin_socket: args.admin_socket,
+        metrics_listen: args.metrics_listen,
+        log_format: args.log_format.map(|f| match f {
+            LogFormatArg::Human => LogFormat::Human,
+            LogFormatArg::Json => LogFormat::Json,
+        }),
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         observe: args.observe,
@@ -189,19 +217,19 @@ fn load_config(args: ServeArgs) -> anyhow::Result<Config> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(args)?;
+    init_logs(config.log.format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let service = Service::bind(config).await?;
-        let policy = service.policy();
+        let reloader = service.reloader();
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("installing the SIGHUP handler")?;
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
-                // Errors are logged by the store; the old policy stays in force.
-                let _ = policy.reload("SIGHUP");
+                reloader.reload("SIGHUP");
             }
         });
         service.run(shutdown_signal()).await;

@@ -130,6 +130,14 @@ enum Why<'a> {
 }
 
 impl Decision<'_> {
+    /// The kind of the facet that decided (None when nothing was decided by a rule).
+    pub fn kind(&self) -> Option<Kind> {
+        match &self.why {
+            Why::Rule { facet, .. } => Some(facet.kind),
+            _ => None,
+        }
+    }
+
     /// Why, for people: the facet that decided, the rule (and its line), and the detail.
     pub fn reason(&self) -> String {
         match &self.why {

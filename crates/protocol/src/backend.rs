@@ -99,6 +99,8 @@ pub mod sqlstate {
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const QUERY_CANCELED: &str = "57014";
+    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 }
 

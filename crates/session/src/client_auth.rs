@@ -157,7 +157,7 @@ async fn scram_exchange(
     verifier: Option<ScramVerifier>,
 ) -> Result<ClientKey, Refusal> {
     let binding = if client.stream().is_tls() {
-        shared.tls.as_ref().and_then(|t| t.end_point_hash.clone())
+        shared.tls().and_then(|t| t.end_point_hash)
     } else {
         None
     };

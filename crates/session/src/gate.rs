@@ -9,7 +9,7 @@
 //! explanation on the way back. Responses stay in order, whatever was pipelined before.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use pgstepup_audit::{AuditLog, Record};
 use pgstepup_classify::{Classification, Facet, Kind};
+use pgstepup_metrics::Metrics;
 use pgstepup_policy::{Action, Decision, Scope, Subject};
 use pgstepup_protocol::backend::{sqlstate, PgError};
 use pgstepup_protocol::{error_message, tag, Frame};
@@ -105,6 +106,7 @@ pub(crate) struct SessionContext {
     pub client_addr: String,
     pub application_name: String,
     pub audit: Arc<AuditLog>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A named prepared statement the gate let through, kept so its executions can be re-decided
@@ -134,7 +136,8 @@ const RECENT_BYTES_MAX: usize = 16 * 1024;
 pub(crate) struct Gate {
     /// Exact texts allowed under the policy in force, so a repeat (the extended protocol sends
     /// the same text with new parameters) costs one hash lookup: no scan, no decision.
-    recent_allowed: HashSet<Box<str>>,
+    /// Each with the kind that decided it, for the statement counters.
+    recent_allowed: HashMap<Box<str>, Kind>,
     recent_bytes: usize,
     prepared: HashMap<Box<[u8]>, Prepared>,
     context: SessionContext,
@@ -172,7 +175,7 @@ impl Gate {
         let generation = store.generation();
         let roles = active.policy.roles_of(&user, &upstream_roles);
         Gate {
-            recent_allowed: HashSet::new(),
+            recent_allowed: HashMap::new(),
             recent_bytes: 0,
             prepared: HashMap::new(),
             context,
@@ -192,6 +195,15 @@ impl Gate {
             elevations: HashMap::new(),
             approved_batch: None,
         }
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.context.metrics
+    }
+
+    /// Whether every forwarded request has been answered (its ReadyForQuery came back).
+    pub(crate) fn nothing_in_flight(&self) -> bool {
+        self.sent_cycles == self.received_cycles
     }
 
     pub(crate) fn user(&self) -> &str {
@@ -236,7 +248,10 @@ impl Gate {
             }
             _ => None,
         };
-        if repeatable.is_some_and(|text| self.recent_allowed.contains(text)) {
+        if let Some(kind) = repeatable.and_then(|text| self.recent_allowed.get(text)) {
+            self.context
+                .metrics
+                .statement(Action::Allow as usize, *kind as usize);
             return Verdict::Forward;
         }
         let (classification, sql) = match statement {
@@ -255,6 +270,10 @@ impl Gate {
             }
         }
         let decision = self.active.policy.evaluate(&classification, &self.subject);
+        let kind = decision.kind().unwrap_or(Kind::Read);
+        self.context
+            .metrics
+            .statement(decision.action as usize, kind as usize);
         if let (Statement::Parse { name, .. }, true) = (
             statement,
             decision.action == Action::Allow || self.active.observe,
@@ -297,7 +316,7 @@ impl Gate {
             Action::Allow => {
                 tracing::debug!(rule = %decision.rule, sql = %sql, "allow");
                 if let Some(text) = repeatable.filter(|t| t.len() < RECENT_TEXT_MAX) {
-                    self.remember_allowed(text);
+                    self.remember_allowed(text, kind);
                 }
                 Verdict::Forward
             }
@@ -480,16 +499,16 @@ impl Gate {
         }
     }
 
-    fn remember_allowed(&mut self, text: &str) {
+    fn remember_allowed(&mut self, text: &str, kind: Kind) {
         if self.recent_bytes + text.len() > RECENT_BYTES_MAX {
             self.forget_recent();
         }
         self.recent_bytes += text.len();
-        self.recent_allowed.insert(text.into());
+        self.recent_allowed.insert(text.into(), kind);
     }
 
     fn forget_recent(&mut self) {
-        self.recent_allowed = HashSet::new();
+        self.recent_allowed = HashMap::new();
         self.recent_bytes = 0;
     }
 
@@ -509,10 +528,19 @@ impl Gate {
                 Kind::Unknown,
                 format!("client_encoding {encoding} can hide quotes inside multi-byte characters"),
             )),
-            None => self
-                .active
-                .classifier
-                .classify(sql, &mut self.shape_scratch),
+            None => {
+                let (classification, hit) = self
+                    .active
+                    .classifier
+                    .classify_counted(sql, &mut self.shape_scratch);
+                let metrics = &self.context.metrics;
+                if hit {
+                    metrics.cache_hits.inc();
+                } else {
+                    metrics.cache_misses.inc();
+                }
+                classification
+            }
         }
     }
 

@@ -65,7 +65,7 @@ pub(crate) async fn open(
         };
         match packet {
             StartupPacket::SslRequest if !conn.stream().is_tls() => {
-                let Some(tls) = &shared.tls else {
+                let Some(tls) = shared.tls() else {
                     if let Err(e) = conn.send(b"N").await {
                         return Err((None, e.into()));
                     }
@@ -112,7 +112,7 @@ pub(crate) async fn open(
 
 /// PG17 direct TLS: the client starts with a ClientHello and must negotiate ALPN `postgresql`.
 async fn direct_tls(shared: &Shared, tcp: TcpStream) -> Result<Connection, Refusal> {
-    let Some(tls) = &shared.tls else {
+    let Some(tls) = shared.tls() else {
         // No certificate: there is nothing to answer a ClientHello with.
         return Err(Refusal::Gone);
     };

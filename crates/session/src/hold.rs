@@ -13,11 +13,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use pgstepup_audit::Record;
+use pgstepup_metrics::ChallengeOutcome;
 use pgstepup_protocol::backend::{sqlstate, PgError};
 use pgstepup_protocol::{tag, Frame};
 use pgstepup_stepup::{unix_now, Challenge, ElevationNeed, Outcome, StoreError};
 
 use crate::gate::StepUpNeed;
+use crate::lifecycle::Phase;
 use crate::proxy::{Ending, Session};
 
 /// How often a held session re-reads the outcome when no wake-up arrives.
@@ -118,14 +120,22 @@ impl Session {
             .queue(&held_notice(&need, &challenge, &link).to_notice_response());
         self.client.flush().await.map_err(|_| Ending::ClientGone)?;
 
+        self.held_in_batch = true;
         self.hold_signal.set_holding(true);
+        self.gate.metrics().held_statements.inc();
         let end = self.hold(&challenge, &need).await;
+        self.gate.metrics().held_statements.dec();
         self.hold_signal.set_holding(false);
         let end = match end {
             Ok(end) => end,
             Err(ending) => {
-                self.cancel_challenge(&need, &challenge, "the client disconnected")
-                    .await;
+                let why = if ending == Ending::Shutdown {
+                    "pgstepup shut down"
+                } else {
+                    "the client disconnected"
+                };
+                self.cancel_challenge(&need, &challenge, why).await;
+                self.gate.metrics().challenge(ChallengeOutcome::Cancelled);
                 return Err(ending);
             }
         };
@@ -154,6 +164,7 @@ impl Session {
             HoldEnd::Cancelled => {
                 self.cancel_challenge(&need, &challenge, "cancel request")
                     .await;
+                self.gate.metrics().challenge(ChallengeOutcome::Cancelled);
                 PgError::error(
                     sqlstate::QUERY_CANCELED,
                     "canceling statement due to user request",
@@ -161,6 +172,7 @@ impl Session {
                 .with_detail("pgstepup held it for step-up approval; it was not run.")
             }
             HoldEnd::TimedOut => {
+                self.gate.metrics().challenge(ChallengeOutcome::Expired);
                 self.audit(&need, &challenge, "challenge_timed_out", |r| {
                     r.reason = Some(format!(
                         "no approval within {} s; the link still works until it expires",
@@ -221,6 +233,12 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = signal.cancelled() => return Ok(HoldEnd::Cancelled),
+                _ = self.phase.changed() => {
+                    // Draining waits for the held statement like any running one; closing does not.
+                    if *self.phase.borrow() == Phase::Closing {
+                        self.check_phase()?;
+                    }
+                }
                 read = self.server.read_frame() => {
                     let frame = read.map_err(|_| Ending::ServerGone)?;
                     self.relay_server_frame(&frame)?;
@@ -264,6 +282,7 @@ impl Session {
     /// now (reads never get here and keep flowing).
     fn refuse_unavailable(&mut self, need: &StepUpNeed, error: &StoreError) {
         tracing::warn!(%error, rule = %need.rule.name, "step-up unavailable; statement refused");
+        self.gate.metrics().challenge(ChallengeOutcome::Failed);
         self.gate.record(Record {
             event: "statement_refused",
             statement_digest: Some(need.digest.clone()),

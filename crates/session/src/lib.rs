@@ -14,12 +14,13 @@ mod client_auth;
 mod gate;
 mod handshake;
 mod hold;
+mod lifecycle;
 mod listener;
 mod policy_store;
 mod proxy;
 mod statement;
 mod tls;
 
-pub use listener::{Proxy, ProxyError};
+pub use listener::{Proxy, ProxyError, ProxyParts, Reloader};
 pub use policy_store::{ActivePolicy, PolicyStore};
 pub use statement::Statement;

@@ -16,13 +16,16 @@ use pgstepup_protocol::startup::CancelRequest;
 use pgstepup_protocol::Connection;
 use pgstepup_upstream::{UpstreamError, UpstreamSettings, VerifierSource};
 
-use pgstepup_audit::AuditLog;
+use pgstepup_audit::{AuditLog, Record};
+use pgstepup_metrics::{IntGauge, Metrics, Rejection};
+use pgstepup_protocol::backend::{sqlstate, PgError};
 use pgstepup_stepup::StepUp;
 
 use crate::cancel::{CancelRegistry, CancelTarget};
 use crate::client_auth::{authenticate, Refusal};
 use crate::gate::{Gate, SessionContext};
 use crate::handshake::{open, Opening};
+use crate::lifecycle::Lifecycle;
 use crate::policy_store::PolicyStore;
 use crate::proxy::{Session, SessionParts};
 use crate::tls::{self, ClientTls};
@@ -46,10 +49,47 @@ pub enum ProxyError {
 }
 
 /// State shared by every connection.
+/// Re-reads what can change without a restart. Open connections are not disturbed.
+pub struct Reloader(Arc<Shared>);
+
+impl Reloader {
+    pub fn reload(&self, trigger: &str) {
+        // Errors are logged and audited by the store; the old policy stays in force.
+        let _ = self.0.policy.reload(trigger);
+        let config = &self.0.config;
+        if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+            match tls::load(cert, key) {
+                Ok(loaded) => {
+                    *self.0.tls.write().expect("tls lock") = Some(loaded);
+                    tracing::info!(trigger, cert = %cert.display(), "client TLS certificate reloaded");
+                }
+                Err(error) => {
+                    tracing::error!(trigger, %error, "client TLS certificate not reloaded; the previous one stays in use")
+                }
+            }
+        }
+    }
+}
+
+/// What the proxy shares with the rest of the instance.
+pub struct ProxyParts {
+    pub stepup: StepUp,
+    pub audit: Arc<AuditLog>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// The client-facing TLS set-up in force.
+    pub(crate) fn tls(&self) -> Option<ClientTls> {
+        self.tls.read().expect("tls lock").clone()
+    }
+}
+
 pub(crate) struct Shared {
     pub config: Config,
     pub upstream: UpstreamSettings,
-    pub tls: Option<ClientTls>,
+    /// Replaced on reload (SIGHUP): new handshakes use the new certificate.
+    tls: std::sync::RwLock<Option<ClientTls>>,
     /// `None` in passthrough mode.
     pub verifiers: Option<VerifierSource>,
     pub cancels: Arc<CancelRegistry>,
@@ -58,6 +98,8 @@ pub(crate) struct Shared {
     pub policy: Arc<PolicyStore>,
     pub audit: Arc<AuditLog>,
     pub stepup: StepUp,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Lifecycle,
     /// Name prefix of the never-existing function refused statements are swapped for.
     pub refusal_marker: Arc<str>,
     next_id: AtomicU64,
@@ -71,13 +113,14 @@ pub struct Proxy {
 
 impl Proxy {
     /// Prepares TLS and the verifier source and binds the client listener.
-    /// Binds the client listener. Step-up state and the audit trail are shared with the web
-    /// side, so they come from the caller.
-    pub async fn bind(
-        config: Config,
-        stepup: StepUp,
-        audit: Arc<AuditLog>,
-    ) -> Result<Self, ProxyError> {
+    /// Binds the client listener. Step-up state, the audit trail and the metrics are shared
+    /// with the web side, so they come from the caller.
+    pub async fn bind(config: Config, parts: ProxyParts) -> Result<Self, ProxyError> {
+        let ProxyParts {
+            stepup,
+            audit,
+            metrics,
+        } = parts;
         let upstream = UpstreamSettings::from_config(&config)?;
         let tls = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) => Some(tls::load(cert, key).map_err(ProxyError::Tls)?),
@@ -104,19 +147,22 @@ impl Proxy {
             config.proxy.statement_cache_entries,
             config.proxy.observe,
             audit.clone(),
+            metrics.clone(),
         )?);
         let nonce: u64 = rand::rng().random();
         let refusal_marker: Arc<str> = format!("pgstepup_refused_{nonce:016x}_").into();
         let shared = Arc::new(Shared {
             config,
             upstream,
-            tls,
+            tls: std::sync::RwLock::new(tls),
             verifiers,
             cancels: Arc::default(),
             mock_secret,
             policy,
             audit,
             stepup,
+            metrics,
+            lifecycle: Lifecycle::default(),
             refusal_marker,
             next_id: AtomicU64::new(1),
         });
@@ -131,6 +177,11 @@ impl Proxy {
     /// The policy in force, to reload it (SIGHUP).
     pub fn policy(&self) -> Arc<PolicyStore> {
         self.shared.policy.clone()
+    }
+
+    /// What SIGHUP runs: the policy and the client-facing certificate, read again.
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.shared.clone())
     }
 
     /// Accepts clients until `shutdown` resolves; watches the policy file meanwhile.
@@ -156,13 +207,13 @@ impl Proxy {
         tracing::info!(
             listen = %self.shared.config.proxy.listen,
             upstream = %self.shared.upstream.url,
-            tls = self.shared.tls.is_some(),
+            tls = self.shared.tls().is_some(),
             auth = ?self.shared.config.auth_method(),
             "pgstepup accepting connections"
         );
         loop {
             let (tcp, peer) = tokio::select! {
-                _ = &mut shutdown => return,
+                _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
@@ -175,8 +226,36 @@ impl Proxy {
             };
             let shared = self.shared.clone();
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-            let span = tracing::info_span!("conn", id, %peer, user = tracing::field::Empty);
+            let span = tracing::info_span!(
+                "conn",
+                id,
+                %peer,
+                user = tracing::field::Empty,
+                application_name = tracing::field::Empty
+            );
             tokio::spawn(handle_client(shared, tcp, peer, id).instrument(span));
+        }
+        // Stop accepting (the listener closes here), then let sessions finish.
+        drop(self.listener);
+        let grace = Duration::from_secs(self.shared.config.proxy.shutdown_grace_secs);
+        let sessions = self.shared.lifecycle.sessions();
+        tracing::info!(
+            sessions,
+            grace_secs = grace.as_secs(),
+            "draining: no new connections; waiting for running statements and open transactions"
+        );
+        let forced = self.shared.lifecycle.drain(grace).await;
+        let reason = format!(
+            "{sessions} session(s) open at shutdown; {forced} still busy after the {} s grace period were closed with 57P01",
+            grace.as_secs()
+        );
+        tracing::info!(%reason, "drained");
+        if let Err(error) = self.shared.audit.record(&Record {
+            event: "shutdown",
+            reason: Some(reason),
+            ..Default::default()
+        }) {
+            tracing::error!(%error, "cannot write the audit trail");
         }
     }
 }
@@ -195,16 +274,23 @@ impl Drop for AbortOnDrop {
 
 async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id: u64) {
     let _ = tcp.set_nodelay(true);
+    let metrics = shared.metrics.clone();
+    metrics.client_connections_total.inc();
+    metrics.client_connections.inc();
+    let _open = GaugeGuard(&metrics.client_connections);
     let startup_timeout = Duration::from_secs(shared.config.limits.startup_timeout_secs);
     let started = tokio::time::timeout(startup_timeout, establish(&shared, tcp, peer, id)).await;
     let session = match started {
         Err(_) => {
             tracing::info!("startup timed out");
+            metrics.rejected(Rejection::StartupTimeout);
             return;
         }
         Ok(None) => return,
         Ok(Some(session)) => session,
     };
+    metrics.upstream_connections.inc();
+    let _upstream = GaugeGuard(&metrics.upstream_connections);
     let key = session.cancel_pid();
     if let (Some(pid), true) = (key, shared.stepup.is_shared()) {
         if let Err(error) = shared.stepup.register_cancel_key(pid).await {
@@ -230,17 +316,33 @@ async fn establish(
         Ok(Opening::Cancelled) => return None,
         Err((conn, refusal)) => {
             if let Some(conn) = conn {
-                refuse(conn, &refusal).await;
+                refuse(shared, conn, &refusal).await;
             }
             return None;
         }
     };
     let user = startup.user().unwrap_or_default().to_owned();
+    let application_name = startup
+        .param("application_name")
+        .unwrap_or_default()
+        .to_owned();
     tracing::Span::current().record("user", user.as_str());
+    tracing::Span::current().record("application_name", application_name.as_str());
+    if shared.metrics.client_connections.get() as usize
+        > shared.config.limits.max_client_connections
+    {
+        let error = PgError::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already",
+        )
+        .with_hint("pgstepup limits.max_client_connections is reached; try again later.");
+        refuse(shared, client, &Refusal::Error(error)).await;
+        return None;
+    }
     let logged_in = match authenticate(shared, &mut client, &startup).await {
         Ok(l) => l,
         Err(refusal) => {
-            refuse(client, &refusal).await;
+            refuse(shared, client, &refusal).await;
             return None;
         }
     };
@@ -259,11 +361,9 @@ async fn establish(
     let context = SessionContext {
         connection_id: id,
         client_addr: peer.to_string(),
-        application_name: startup
-            .param("application_name")
-            .unwrap_or_default()
-            .to_owned(),
+        application_name,
         audit: shared.audit.clone(),
+        metrics: shared.metrics.clone(),
     };
     let gate = Gate::new(
         shared.policy.clone(),
@@ -274,7 +374,6 @@ async fn establish(
     );
     tracing::info!(
         database = startup.database().unwrap_or_default(),
-        application_name = startup.param("application_name").unwrap_or_default(),
         tls = client.stream().is_tls(),
         "session started"
     );
@@ -284,11 +383,14 @@ async fn establish(
         gate,
         stepup: shared.stepup.clone(),
         max_backlog_bytes: shared.config.limits.max_message_bytes,
+        lifecycle: shared.lifecycle.join(),
+        idle_timeout: (shared.config.limits.client_idle_timeout_secs > 0)
+            .then(|| Duration::from_secs(shared.config.limits.client_idle_timeout_secs)),
     };
     match Session::start(client, logged_in.upstream, parts).await {
         Ok(session) => Some(session),
         Err((client, error)) => {
-            refuse(client, &Refusal::Error(error)).await;
+            refuse(shared, client, &Refusal::Error(error)).await;
             None
         }
     }
@@ -309,7 +411,46 @@ async fn upstream_roles(shared: &Shared, user: &str) -> Vec<String> {
     })
 }
 
-async fn refuse(mut conn: Connection, refusal: &Refusal) {
+/// Decrements a gauge when dropped.
+struct GaugeGuard<'a>(&'a IntGauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The metric reason for a refused connection, from the error it was refused with.
+fn rejection(refusal: &Refusal) -> Option<Rejection> {
+    let code = match refusal {
+        Refusal::Gone => return None,
+        Refusal::Upstream(frame) => pgstepup_protocol::error_field(frame.body(), b'C')?,
+        Refusal::Error(error) => error.code.to_owned(),
+    };
+    Some(match code.as_str() {
+        sqlstate::INVALID_PASSWORD => Rejection::AuthFailed,
+        sqlstate::INVALID_AUTHORIZATION => match refusal {
+            Refusal::Error(e) if e.message.contains("TLS") => Rejection::TlsRequired,
+            _ => Rejection::AuthFailed,
+        },
+        sqlstate::TOO_MANY_CONNECTIONS => Rejection::TooMany,
+        sqlstate::ADMIN_SHUTDOWN => Rejection::ShuttingDown,
+        sqlstate::FEATURE_NOT_SUPPORTED => Rejection::Unsupported,
+        sqlstate::CONNECTION_FAILURE | sqlstate::CANNOT_CONNECT_NOW => {
+            Rejection::UpstreamUnavailable
+        }
+        code if code.starts_with("28") => Rejection::AuthFailed,
+        _ => Rejection::Protocol,
+    })
+}
+
+async fn refuse(shared: &Shared, mut conn: Connection, refusal: &Refusal) {
+    if let Some(reason) = rejection(refusal) {
+        shared.metrics.rejected(reason);
+        if matches!(reason, Rejection::UpstreamUnavailable) {
+            shared.metrics.upstream_connect_errors.inc();
+        }
+    }
     if let Some(frame) = refusal.frame() {
         tracing::info!(?refusal, "connection refused");
         conn.queue(&frame);

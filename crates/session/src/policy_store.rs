@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use pgstepup_audit::{AuditLog, Record};
 use pgstepup_classify::Classifier;
+use pgstepup_metrics::Metrics;
 use pgstepup_policy::{Mode, Policy, PolicyError, PolicySource};
 
 /// A loaded policy with the classifier built for it (its read-only functions).
@@ -26,6 +27,7 @@ pub struct PolicyStore {
     active: RwLock<Arc<ActivePolicy>>,
     generation: AtomicU64,
     audit: Arc<AuditLog>,
+    metrics: Arc<Metrics>,
 }
 
 impl PolicyStore {
@@ -35,6 +37,7 @@ impl PolicyStore {
         cache_entries: usize,
         force_observe: bool,
         audit: Arc<AuditLog>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, PolicyError> {
         let active = Arc::new(build(source.load()?, cache_entries, force_observe));
         Ok(PolicyStore {
@@ -44,6 +47,7 @@ impl PolicyStore {
             active: RwLock::new(active),
             generation: AtomicU64::new(0),
             audit,
+            metrics,
         })
     }
 
@@ -67,6 +71,7 @@ impl PolicyStore {
                 *self.active.write().expect("policy lock") =
                     Arc::new(build(policy, self.cache_entries, self.force_observe));
                 self.generation.fetch_add(1, Ordering::AcqRel);
+                self.metrics.policy_reload(true);
                 tracing::info!(trigger, rules, ?mode, source = ?self.source, "policy reloaded");
                 self.audit_reload(
                     "policy_reload",
@@ -76,6 +81,7 @@ impl PolicyStore {
             }
             Err(error) => {
                 tracing::error!(trigger, %error, "policy reload rejected; the previous policy stays in force");
+                self.metrics.policy_reload(false);
                 self.audit_reload("policy_reload_rejected", format!("{trigger}: {error}"));
                 Err(error)
             }

@@ -6,6 +6,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use pgstepup_protocol::backend::{self, sqlstate, PgError};
 use pgstepup_protocol::{tag, Connection, ConnectionError, Frame};
@@ -14,6 +17,7 @@ use pgstepup_upstream::LoginReply;
 
 use crate::cancel::{HoldSignal, Registration};
 use crate::gate::{Gate, Verdict};
+use crate::lifecycle::Phase;
 use crate::statement::Statement;
 
 /// A live, authenticated session.
@@ -29,6 +33,13 @@ pub(crate) struct Session {
     pub(crate) hold_signal: Arc<HoldSignal>,
     cancel_pid: Option<i32>,
     _cancel_key: Option<Registration>,
+    pub(crate) phase: watch::Receiver<Phase>,
+    _live: Arc<()>,
+    /// The transaction status of the last ReadyForQuery.
+    transaction_status: u8,
+    idle_timeout: Option<Duration>,
+    /// Set when the input being handled held a statement (its wait is not overhead).
+    pub(crate) held_in_batch: bool,
 }
 
 /// What a new session needs besides its two connections.
@@ -38,12 +49,17 @@ pub(crate) struct SessionParts {
     pub gate: Gate,
     pub stepup: StepUp,
     pub max_backlog_bytes: usize,
+    pub lifecycle: (watch::Receiver<Phase>, Arc<()>),
+    pub idle_timeout: Option<Duration>,
 }
 
-/// Which side produced input.
+/// What woke the session.
 enum Input {
     Client(Result<Frame, ConnectionError>),
     Server(Result<Frame, ConnectionError>),
+    /// The instance started draining or closing.
+    Phase,
+    IdleTimeout,
 }
 
 /// How a session ended.
@@ -55,6 +71,10 @@ pub(crate) enum Ending {
     ServerGone,
     /// The server reported a setting under which pgstepup cannot read SQL safely.
     UnsafeSetting,
+    /// The instance is shutting down (57P01 sent).
+    Shutdown,
+    /// Idle past `limits.client_idle_timeout_secs` (57P05 sent).
+    IdleTimeout,
 }
 
 impl Session {
@@ -71,6 +91,8 @@ impl Session {
             mut gate,
             stepup,
             max_backlog_bytes,
+            lifecycle: (phase, live),
+            idle_timeout,
         } = parts;
         for frame in &reply.relay {
             if frame.tag() == tag::PARAMETER_STATUS {
@@ -105,6 +127,11 @@ impl Session {
             hold_signal,
             cancel_pid,
             _cancel_key: registration,
+            phase,
+            _live: live,
+            transaction_status: reply.ready_status,
+            idle_timeout,
+            held_in_batch: false,
         })
     }
 
@@ -113,25 +140,58 @@ impl Session {
         self.cancel_pid
     }
 
-    /// Relays until either side ends the session.
+    /// Relays until either side ends the session, or the instance shuts it down.
     pub(crate) async fn run(mut self) -> Ending {
         let ending = loop {
+            let idle_timeout = self
+                .idle_timeout
+                .filter(|_| self.transaction_status == b'I');
             let input = tokio::select! {
                 // Server output first: it frees server memory and keeps notifications timely.
                 biased;
                 r = self.server.read_frame() => Input::Server(r),
                 r = self.client.read_frame() => Input::Client(r),
+                _ = self.phase.changed() => Input::Phase,
+                _ = sleep_or_never(idle_timeout) => Input::IdleTimeout,
             };
             let step = match input {
                 Input::Server(r) => self.on_server_input(r).await,
                 Input::Client(r) => self.on_client_input(r).await,
+                Input::Phase => Ok(()),
+                Input::IdleTimeout => {
+                    self.refuse_fatal(PgError::fatal(
+                        sqlstate::IDLE_SESSION_TIMEOUT,
+                        "terminating connection due to idle-session timeout (pgstepup limits.client_idle_timeout_secs)",
+                    ));
+                    Err(Ending::IdleTimeout)
+                }
             };
-            if let Err(ending) = step {
+            if let Err(ending) = step.and_then(|()| self.check_phase()) {
                 break ending;
             }
         };
         self.close(&ending).await;
         ending
+    }
+
+    /// Draining: a session with nothing in flight outside a transaction closes now; closing:
+    /// every session closes now.
+    pub(crate) fn check_phase(&mut self) -> Result<(), Ending> {
+        let phase = *self.phase.borrow();
+        let quiet = self.transaction_status == b'I'
+            && self.gate.nothing_in_flight()
+            && self.backlog.is_empty();
+        match phase {
+            Phase::Running => Ok(()),
+            Phase::Draining if !quiet => Ok(()),
+            Phase::Draining | Phase::Closing => {
+                self.refuse_fatal(PgError::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "terminating connection due to administrator command: pgstepup is shutting down",
+                ).with_hint("Reconnect: another pgstepup instance (or this one, restarted) will serve you."));
+                Err(Ending::Shutdown)
+            }
+        }
     }
 
     async fn on_server_input(
@@ -167,6 +227,7 @@ impl Session {
             },
             tag::READY_FOR_QUERY => {
                 self.gate.on_ready_for_query();
+                self.transaction_status = frame.body().first().copied().unwrap_or(b'I');
                 self.client.queue_frame(frame);
             }
             tag::PARAMETER_STATUS => {
@@ -185,6 +246,8 @@ impl Session {
         &mut self,
         first: Result<Frame, ConnectionError>,
     ) -> Result<(), Ending> {
+        let started = Instant::now();
+        self.held_in_batch = false;
         let mut next = Some(first.map_err(|e| self.client_error(e))?);
         while let Some(frame) = next {
             self.on_client_frame(frame).await?;
@@ -204,6 +267,12 @@ impl Session {
         }
         if self.server.has_queued() && !self.client.has_partial_input() {
             self.server.flush().await.map_err(|_| Ending::ServerGone)?;
+        }
+        if !self.held_in_batch {
+            self.gate
+                .metrics()
+                .statement_overhead
+                .observe(started.elapsed().as_secs_f64());
         }
         Ok(())
     }
@@ -285,7 +354,11 @@ impl Session {
                 self.server.shutdown().await;
                 self.client.shutdown().await;
             }
-            Ending::ClientGone | Ending::ClientProtocolError | Ending::UnsafeSetting => {
+            Ending::ClientGone
+            | Ending::ClientProtocolError
+            | Ending::UnsafeSetting
+            | Ending::Shutdown
+            | Ending::IdleTimeout => {
                 // Only whole frames were ever forwarded, so the server holds no half message;
                 // Terminate ends the session and rolls back an open transaction.
                 self.server.queue_frame(&Frame::new(tag::TERMINATE, &[]));
@@ -293,5 +366,13 @@ impl Session {
                 self.client.shutdown().await;
             }
         }
+    }
+}
+
+/// Completes after `timeout`, or never.
+async fn sleep_or_never(timeout: Option<Duration>) {
+    match timeout {
+        Some(timeout) => tokio::time::sleep(timeout).await,
+        None => std::future::pending().await,
     }
 }

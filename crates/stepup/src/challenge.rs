@@ -315,6 +315,11 @@ impl StepUp {
         Ok(until)
     }
 
+    /// Elevations in force now (lasting and one-statement ones), for the gauge.
+    pub async fn active_elevations(&self) -> StoreResult<usize> {
+        self.store.count_prefix("elev:").await
+    }
+
     /// Uses up a one-statement approval of exactly this statement, if one was made.
     pub async fn take_single_use(&self, need: &ElevationNeed<'_>) -> StoreResult<bool> {
         Ok(self.store.take(&need.once_key()).await?.is_some())

@@ -15,6 +15,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use tokio::sync::broadcast;
 
+use pgstepup_metrics::Metrics;
+
 /// The store could not be reached or answered nonsense.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the step-up state store ({backend}) is unavailable: {reason}")]
@@ -50,7 +52,7 @@ impl Store {
     }
 
     /// A Redis store; connects lazily, so a Redis that is down at start is not fatal.
-    pub fn redis(url: &str, prefix: &str) -> StoreResult<Self> {
+    pub fn redis(url: &str, prefix: &str, metrics: Arc<Metrics>) -> StoreResult<Self> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
@@ -62,6 +64,7 @@ impl Store {
             client,
             manager,
             prefix: prefix.into(),
+            metrics,
         }))
     }
 
@@ -80,8 +83,11 @@ impl Store {
                 Ok(())
             }
             Store::Redis(r) => {
-                let _: () = r.conn().pset_ex(r.key(key), value, millis(ttl)).await?;
-                Ok(())
+                r.timed(
+                    "set",
+                    r.conn().pset_ex::<_, _, ()>(r.key(key), value, millis(ttl)),
+                )
+                .await
             }
         }
     }
@@ -91,13 +97,18 @@ impl Store {
         match self {
             Store::Memory(m) => Ok(m.set_new(key, value, ttl)),
             Store::Redis(r) => {
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(r.key(key))
-                    .arg(value)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(ttl))
-                    .query_async(&mut r.conn())
+                let mut conn = r.conn();
+                let set: Option<String> = r
+                    .timed(
+                        "set_new",
+                        redis::cmd("SET")
+                            .arg(r.key(key))
+                            .arg(value)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(millis(ttl))
+                            .query_async(&mut conn),
+                    )
                     .await?;
                 Ok(set.is_some())
             }
@@ -107,7 +118,7 @@ impl Store {
     pub async fn get(&self, key: &str) -> StoreResult<Option<String>> {
         match self {
             Store::Memory(m) => Ok(m.get(key)),
-            Store::Redis(r) => Ok(r.conn().get(r.key(key)).await?),
+            Store::Redis(r) => r.timed("get", r.conn().get(r.key(key))).await,
         }
     }
 
@@ -115,7 +126,7 @@ impl Store {
     pub async fn take(&self, key: &str) -> StoreResult<Option<String>> {
         match self {
             Store::Memory(m) => Ok(m.take(key)),
-            Store::Redis(r) => Ok(r.conn().get_del(r.key(key)).await?),
+            Store::Redis(r) => r.timed("take", r.conn().get_del(r.key(key))).await,
         }
     }
 
@@ -125,10 +136,7 @@ impl Store {
                 m.take(key);
                 Ok(())
             }
-            Store::Redis(r) => {
-                let _: () = r.conn().del(r.key(key)).await?;
-                Ok(())
-            }
+            Store::Redis(r) => r.timed("delete", r.conn().del::<_, ()>(r.key(key))).await,
         }
     }
 
@@ -147,14 +155,17 @@ impl Store {
             }
             Store::Redis(r) => {
                 let key = r.key(key);
-                let _: () = redis::pipe()
-                    .atomic()
-                    .lpush(&key, value)
-                    .ltrim(&key, 0, max as isize - 1)
-                    .pexpire(&key, millis(ttl) as i64)
-                    .query_async(&mut r.conn())
-                    .await?;
-                Ok(())
+                let mut conn = r.conn();
+                r.timed(
+                    "push",
+                    redis::pipe()
+                        .atomic()
+                        .lpush(&key, value)
+                        .ltrim(&key, 0, max as isize - 1)
+                        .pexpire(&key, millis(ttl) as i64)
+                        .query_async::<()>(&mut conn),
+                )
+                .await
             }
         }
     }
@@ -162,7 +173,41 @@ impl Store {
     pub async fn list(&self, key: &str) -> StoreResult<Vec<String>> {
         match self {
             Store::Memory(m) => Ok(m.list(key)),
-            Store::Redis(r) => Ok(r.conn().lrange(r.key(key), 0, -1).await?),
+            Store::Redis(r) => r.timed("list", r.conn().lrange(r.key(key), 0, -1)).await,
+        }
+    }
+
+    /// How many live keys start with `prefix` (for gauges; Redis: SCAN, never KEYS).
+    pub async fn count_prefix(&self, prefix: &str) -> StoreResult<usize> {
+        match self {
+            Store::Memory(m) => Ok(m.count_prefix(prefix)),
+            Store::Redis(r) => {
+                let mut conn = r.conn();
+                let pattern = format!("{}{prefix}*", r.key(""));
+                r.timed("count", async {
+                    let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
+                    let mut count = 0;
+                    while let Some(key) = iter.next_item().await {
+                        key?;
+                        count += 1;
+                    }
+                    Ok(count)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Whether the store answers (readiness).
+    pub async fn ping(&self) -> StoreResult<()> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(r) => {
+                let mut conn = r.conn();
+                r.timed("ping", redis::cmd("PING").query_async::<String>(&mut conn))
+                    .await
+                    .map(|_| ())
+            }
         }
     }
 
@@ -174,8 +219,11 @@ impl Store {
                 Ok(())
             }
             Store::Redis(r) => {
-                let _: () = r.conn().publish(r.key(channel), message).await?;
-                Ok(())
+                r.timed(
+                    "publish",
+                    r.conn().publish::<_, _, ()>(r.key(channel), message),
+                )
+                .await
             }
         }
     }
@@ -242,9 +290,27 @@ pub struct RedisStore {
     client: redis::Client,
     manager: ConnectionManager,
     prefix: String,
+    metrics: Arc<Metrics>,
 }
 
 impl RedisStore {
+    /// Runs one Redis operation, timing it and counting its failure.
+    async fn timed<T>(
+        &self,
+        operation: &'static str,
+        run: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> StoreResult<T> {
+        let started = Instant::now();
+        let result = run.await;
+        self.metrics
+            .store_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result.map_err(|error| {
+            self.metrics.store_error(operation);
+            StoreError::from(error)
+        })
+    }
+
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
@@ -348,6 +414,16 @@ impl MemoryStore {
         entry.0.push_front(value.to_owned());
         entry.0.truncate(max);
         entry.1 = now + ttl;
+    }
+
+    fn count_prefix(&self, prefix: &str) -> usize {
+        let now = Instant::now();
+        self.values
+            .lock()
+            .expect("memory store lock")
+            .iter()
+            .filter(|(key, (_, deadline))| key.starts_with(prefix) && *deadline > now)
+            .count()
     }
 
     fn list(&self, key: &str) -> Vec<String> {

@@ -26,6 +26,7 @@ use webauthn_rs::prelude::{
 };
 
 use pgstepup_audit::Record;
+use pgstepup_metrics::ChallengeOutcome;
 use pgstepup_stepup::{token_hash, unix_now, Challenge, Outcome, StoredKey};
 
 use crate::Web;
@@ -205,7 +206,8 @@ impl Web {
         body: &[u8],
         context: &Record,
     ) -> Result<String, Failure> {
-        let fail = |reason: String, credential_id: Option<String>| {
+        let fail = |code: &'static str, reason: String, credential_id: Option<String>| {
+            self.metrics.webauthn_failure(code);
             self.audit(Record {
                 event: "webauthn_failed",
                 user: Some(user.to_owned()),
@@ -221,11 +223,12 @@ impl Web {
         };
         let credential: PublicKeyCredential = match serde_json::from_slice(body) {
             Ok(c) => c,
-            Err(e) => return Err(fail(format!("malformed assertion: {e}"), None)),
+            Err(e) => return Err(fail("malformed", format!("malformed assertion: {e}"), None)),
         };
         let presented = credential_text(&credential.raw_id);
         let Some(state) = self.take_state::<PasskeyAuthentication>(state_key).await? else {
             return Err(fail(
+                "no_ceremony",
                 "no ceremony in progress for this request (already used or timed out); start again"
                     .into(),
                 Some(presented),
@@ -236,6 +239,7 @@ impl Web {
             .finish_passkey_authentication(&credential, &state)
             .map_err(|e| {
                 fail(
+                    "verification",
                     format!("WebAuthn verification failed: {e}"),
                     Some(presented.clone()),
                 )
@@ -244,6 +248,7 @@ impl Web {
         let mut keys = self.keys(user).await?;
         let Some(key) = keys.iter_mut().find(|k| k.id == id) else {
             return Err(fail(
+                "unknown_key",
                 "the key is not registered to this user (revoked meanwhile?)".into(),
                 Some(id),
             ));
@@ -352,6 +357,10 @@ async fn approve_finish(State(web): Shared, Path(token): Path<String>, body: Byt
         .await
         .map_err(Failure::unavailable)?;
     web.stepup.wake(&challenge).await;
+    web.metrics.challenge(ChallengeOutcome::Approved);
+    web.metrics
+        .approval_seconds
+        .observe(unix_now().saturating_sub(challenge.created_at) as f64);
     web.audit(Record {
         credential_id: Some(credential_id),
         elevation_expires: granted,
@@ -383,6 +392,7 @@ async fn deny(State(web): Shared, Path(token): Path<String>) -> Reply {
         return Err(Failure::invalid("this request was decided meanwhile"));
     }
     web.stepup.wake(&challenge).await;
+    web.metrics.challenge(ChallengeOutcome::Denied);
     web.audit(challenge_record("challenge_denied", &challenge));
     Ok(Json(json!({
         "result": "denied",
@@ -509,6 +519,7 @@ async fn enroll_finish(State(web): Shared, Path(token): Path<String>, body: Byte
     let enrollment = web.enrollment(&token).await?;
     let user = enrollment.user;
     let fail = |reason: String| {
+        web.metrics.webauthn_failure("enrollment");
         web.audit(Record {
             event: "webauthn_failed",
             user: Some(user.clone()),

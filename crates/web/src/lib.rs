@@ -9,6 +9,7 @@
 
 pub mod admin;
 mod api;
+pub mod health;
 mod pages;
 
 use std::sync::Arc;
@@ -20,7 +21,10 @@ use tokio_rustls::TlsAcceptor;
 use webauthn_rs::prelude::{Url, Webauthn, WebauthnBuilder};
 
 use pgstepup_audit::{AuditLog, Record};
+use pgstepup_metrics::Metrics;
 use pgstepup_stepup::{Credentials, StepUp};
+
+pub use health::Health;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
@@ -36,18 +40,33 @@ pub struct Web {
     credentials: Credentials,
     webauthn: Webauthn,
     audit: Arc<AuditLog>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
     enrollment_ttl: Duration,
+}
+
+/// What the web side shares with the rest of the instance.
+pub struct WebParts {
+    pub stepup: StepUp,
+    pub credentials: Credentials,
+    pub audit: Arc<AuditLog>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub enrollment_ttl: Duration,
 }
 
 impl Web {
     /// The relying party is the public URL: its origin is the WebAuthn origin, its host the
     /// RP id.
-    pub fn new(
-        stepup: StepUp,
-        credentials: Credentials,
-        audit: Arc<AuditLog>,
-        enrollment_ttl: Duration,
-    ) -> Result<Arc<Self>, WebError> {
+    pub fn new(parts: WebParts) -> Result<Arc<Self>, WebError> {
+        let WebParts {
+            stepup,
+            credentials,
+            audit,
+            metrics,
+            health,
+            enrollment_ttl,
+        } = parts;
         let url = stepup.public_url().to_owned();
         let invalid = |reason: String| WebError::PublicUrl {
             url: url.clone(),
@@ -66,6 +85,8 @@ impl Web {
             credentials,
             webauthn,
             audit,
+            metrics,
+            health,
             enrollment_ttl,
         }))
     }
@@ -73,18 +94,23 @@ impl Web {
     pub fn router(self: &Arc<Self>) -> Router {
         pages::routes()
             .merge(api::routes(self.clone()))
+            .merge(health::routes(self.clone()))
             .fallback(api::unknown)
             .layer(axum::middleware::map_response(pages::secure_headers))
     }
 
-    /// Serves HTTP (or HTTPS with `tls`) until `shutdown` completes.
+    /// Only `/metrics`, `/healthz` and `/readyz`, for a separate metrics listener.
+    pub fn metrics_router(self: &Arc<Self>) -> Router {
+        health::routes(self.clone())
+    }
+
+    /// Serves `router` over HTTP (or HTTPS with `tls`) until `shutdown` completes.
     pub async fn serve(
-        self: Arc<Self>,
+        router: Router,
         listener: TcpListener,
         tls: Option<TlsAcceptor>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        let router = self.router();
         let Some(acceptor) = tls else {
             if let Err(error) = axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)

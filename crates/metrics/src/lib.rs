@@ -1,0 +1,303 @@
+//! pgstepup's Prometheus metrics. One [`Metrics`] per instance owns its registry; every
+//! labelled series the hot path touches is resolved when the instance starts, so counting a
+//! statement is one relaxed atomic add: no lock, no allocation, no label lookup.
+//!
+//! Names follow Prometheus conventions (`pgstepup_` prefix, `_total` counters, `_seconds`
+//! durations). Labels are small closed sets: never user names, SQL or tokens.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub use prometheus::IntGauge;
+
+/// How a statement was decided (label `decision`).
+pub const DECISIONS: [&str; 3] = ["allow", "step_up", "deny"];
+
+/// Statement kinds (label `kind`), in `pgstepup_classify::Kind::ALL` order.
+pub const KINDS: [&str; 9] = [
+    "read",
+    "write",
+    "ddl",
+    "dcl",
+    "session_privilege",
+    "admin",
+    "transaction",
+    "utility",
+    "unknown",
+];
+
+/// How a step-up challenge ended (label `outcome`).
+#[derive(Debug, Clone, Copy)]
+pub enum ChallengeOutcome {
+    Approved,
+    Denied,
+    /// The hold timed out.
+    Expired,
+    Cancelled,
+    /// Step-up could not run (state store unavailable).
+    Failed,
+}
+
+const OUTCOMES: [&str; 5] = ["approved", "denied", "expired", "cancelled", "failed"];
+
+/// Why a client connection was refused (label `reason`).
+#[derive(Debug, Clone, Copy)]
+pub enum Rejection {
+    AuthFailed,
+    TlsRequired,
+    TooMany,
+    StartupTimeout,
+    Protocol,
+    Unsupported,
+    UpstreamUnavailable,
+    ShuttingDown,
+}
+
+const REJECTIONS: [&str; 8] = [
+    "auth_failed",
+    "tls_required",
+    "too_many",
+    "startup_timeout",
+    "protocol",
+    "unsupported",
+    "upstream_unavailable",
+    "shutting_down",
+];
+
+/// Every metric of one instance.
+pub struct Metrics {
+    registry: Registry,
+    pub client_connections: IntGauge,
+    pub client_connections_total: IntCounter,
+    rejected: Vec<IntCounter>,
+    pub upstream_connections: IntGauge,
+    pub upstream_connect_errors: IntCounter,
+    statements: Vec<IntCounter>,
+    /// From a statement's last byte read to its first byte written upstream.
+    pub statement_overhead: Histogram,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    challenges: Vec<IntCounter>,
+    pub held_statements: IntGauge,
+    /// From a challenge's issue to its approval.
+    pub approval_seconds: Histogram,
+    pub active_elevations: IntGauge,
+    webauthn_failures: IntCounterVec,
+    store_errors: IntCounterVec,
+    pub store_seconds: Histogram,
+    policy_reloads: IntCounterVec,
+    pub ready: IntGauge,
+}
+
+impl Metrics {
+    pub fn new(version: &str) -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(v.clone()))
+                .expect("unique metric");
+            v
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+
+        let build_info = IntGaugeVec::new(
+            Opts::new("pgstepup_build_info", "Always 1; the version is a label."),
+            &["version"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("unique metric");
+        build_info.with_label_values(&[version]).set(1);
+        let rejected_vec = counter_vec(
+            "pgstepup_client_connections_rejected_total",
+            "Client connections refused, by reason.",
+            &["reason"],
+        );
+        let statements_vec = counter_vec(
+            "pgstepup_statements_total",
+            "Statements decided, by decision and kind.",
+            &["decision", "kind"],
+        );
+        let challenges_vec = counter_vec(
+            "pgstepup_stepup_challenges_total",
+            "Step-up challenges by how they ended.",
+            &["outcome"],
+        );
+        Metrics {
+            client_connections: gauge(
+                "pgstepup_client_connections",
+                "Client connections open now.",
+            ),
+            client_connections_total: counter(
+                "pgstepup_client_connections_total",
+                "Client connections accepted.",
+            ),
+            rejected: REJECTIONS
+                .iter()
+                .map(|r| rejected_vec.with_label_values(&[r]))
+                .collect(),
+            upstream_connections: gauge(
+                "pgstepup_upstream_connections",
+                "Upstream (PostgreSQL) connections open now.",
+            ),
+            upstream_connect_errors: counter(
+                "pgstepup_upstream_connect_errors_total",
+                "Failed attempts to connect or log in to the upstream.",
+            ),
+            statements: DECISIONS
+                .iter()
+                .flat_map(|d| KINDS.iter().map(move |k| (d, k)))
+                .map(|(d, k)| statements_vec.with_label_values(&[d, k]))
+                .collect(),
+            statement_overhead: histogram(
+                "pgstepup_statement_overhead_seconds",
+                "Time pgstepup adds per statement: from its last byte read to its first byte written upstream (holds excluded).",
+                vec![
+                    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 1e-2, 0.1,
+                ],
+            ),
+            cache_hits: counter(
+                "pgstepup_classification_cache_hits_total",
+                "Statements classified from the shape cache.",
+            ),
+            cache_misses: counter(
+                "pgstepup_classification_cache_misses_total",
+                "Statements that had to be parsed.",
+            ),
+            challenges: OUTCOMES
+                .iter()
+                .map(|o| challenges_vec.with_label_values(&[o]))
+                .collect(),
+            held_statements: gauge(
+                "pgstepup_held_statements",
+                "Statements held for step-up approval now.",
+            ),
+            approval_seconds: histogram(
+                "pgstepup_stepup_approval_seconds",
+                "Time from a challenge to its approval.",
+                vec![2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0],
+            ),
+            active_elevations: gauge(
+                "pgstepup_active_elevations",
+                "Elevations in force now (shared state, counted at scrape).",
+            ),
+            webauthn_failures: counter_vec(
+                "pgstepup_webauthn_failures_total",
+                "Failed WebAuthn attempts, by reason.",
+                &["reason"],
+            ),
+            store_errors: counter_vec(
+                "pgstepup_state_store_errors_total",
+                "State store (Redis) operations that failed, by operation.",
+                &["operation"],
+            ),
+            store_seconds: histogram(
+                "pgstepup_state_store_operation_seconds",
+                "State store (Redis) operation latency.",
+                vec![1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1, 1.0],
+            ),
+            policy_reloads: counter_vec(
+                "pgstepup_policy_reloads_total",
+                "Policy reloads, by result.",
+                &["result"],
+            ),
+            ready: gauge(
+                "pgstepup_ready",
+                "1 when ready for traffic (what /readyz answers), 0 otherwise.",
+            ),
+            registry,
+        }
+    }
+
+    /// Counts a decided statement; `kind` indexes [`KINDS`].
+    pub fn statement(&self, decision: usize, kind: usize) {
+        self.statements[decision * KINDS.len() + kind].inc();
+    }
+
+    pub fn rejected(&self, reason: Rejection) {
+        self.rejected[reason as usize].inc();
+    }
+
+    pub fn challenge(&self, outcome: ChallengeOutcome) {
+        self.challenges[outcome as usize].inc();
+    }
+
+    /// Labelled by a small fixed vocabulary chosen by the caller.
+    pub fn webauthn_failure(&self, reason: &'static str) {
+        self.webauthn_failures.with_label_values(&[reason]).inc();
+    }
+
+    pub fn store_error(&self, operation: &'static str) {
+        self.store_errors.with_label_values(&[operation]).inc();
+    }
+
+    pub fn policy_reload(&self, ok: bool) {
+        self.policy_reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("text exposition is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_is_named_by_convention_and_renders() {
+        let m = Metrics::new("0.0.0-test");
+        m.statement(0, 0);
+        m.rejected(Rejection::TooMany);
+        m.challenge(ChallengeOutcome::Expired);
+        m.webauthn_failure("verification");
+        m.store_error("get");
+        m.policy_reload(true);
+        m.statement_overhead.observe(3e-6);
+        let text = m.render();
+        assert!(text.contains("pgstepup_statements_total{decision=\"allow\",kind=\"read\"} 1"));
+        assert!(text.contains("pgstepup_client_connections_rejected_total{reason=\"too_many\"} 1"));
+        assert!(text.contains("pgstepup_stepup_challenges_total{outcome=\"expired\"} 1"));
+        assert!(text.contains("pgstepup_build_info{version=\"0.0.0-test\"} 1"));
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let mut parts = line.split_whitespace().skip(2);
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            assert!(name.starts_with("pgstepup_"), "{name}");
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "{name}");
+            }
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! Operating pgstepup: Prometheus metrics that move by exactly what happened, health and
+//! readiness, graceful shutdown (open transactions finish, held statements do not run),
+//! connection limits, and reloading the policy and certificate under load.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio_postgres::error::SqlState;
+
+use proto_tests::stepup::{
+    assert_reply, connect_noticed, count, enrolled, last_segment, link_in, stepup_proxy,
+    table_of_three, WebClient,
+};
+use proto_tests::{
+    app_role, use_policy_file, write_policy_as_is, Auth, TestProxy, APP_DB, APP_PASSWORD, APP_USER,
+};
+
+/// One scrape of `/metrics`, parsed with a Prometheus text-format parser.
+struct Scrape(prometheus_parse::Scrape);
+
+impl Scrape {
+    async fn of(web: &WebClient) -> Self {
+        let text = web
+            .http
+            .get(format!("{}/metrics", web.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        Scrape(prometheus_parse::Scrape::parse(lines).expect("valid exposition format"))
+    }
+
+    /// A counter's or gauge's value (0 when the series does not exist yet); for a histogram,
+    /// its observation count.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Histogram(buckets) => buckets
+                    .iter()
+                    .find(|b| b.less_than.is_infinite())
+                    .map_or(0.0, |b| b.count),
+                prometheus_parse::Value::Summary(_) => 0.0,
+            })
+            .sum()
+    }
+}
+
+fn policy(hold: &str) -> String {
+    format!(
+        r#"
+[[rule]]
+name = "held-writes"
+tables = ["public.stepup_*"]
+kinds = ["write"]
+action = "step_up"
+lifetime = "0"
+timeout = "{hold}"
+
+[[rule]]
+name = "vault"
+tables = ["public.vault_*"]
+action = "deny"
+"#
+    )
+}
+
+#[tokio::test]
+async fn metrics_move_by_exactly_what_happened() {
+    app_role().await;
+    let orders = table_of_three("stepup_metrics").await;
+    let quick = table_of_three("stepup_metrics_quick").await;
+    let path = write_policy_as_is(&policy("30s"));
+    let proxy = TestProxy::with(Auth::Scram, true, |c| use_policy_file(c, &path));
+    let web = WebClient::of(&proxy);
+    let mut key = enrolled(&proxy, &web, APP_USER).await;
+    let before = Scrape::of(&web).await;
+
+    let (client, mut notices) = connect_noticed(&proxy, "metrics-test").await;
+    // Three reads, one denied statement.
+    for _ in 0..3 {
+        client
+            .simple_query(&format!("SELECT count(*) FROM public.{orders}"))
+            .await
+            .unwrap();
+    }
+    let denied = client.simple_query("DELETE FROM public.vault_x").await;
+    assert!(denied.is_err());
+    // Held, then approved.
+    let client = std::sync::Arc::new(client);
+    let run = |sql: String| {
+        let client = client.clone();
+        tokio::spawn(async move { client.simple_query(&sql).await.map(|_| ()) })
+    };
+    let held = run(format!("DELETE FROM public.{orders} WHERE v = 1"));
+    let link = notices.next_link().await;
+    let mid = Scrape::of(&web).await;
+    assert_eq!(mid.value("pgstepup_held_statements", &[]), 1.0);
+    let (_, status, reply) = web.approve(&link, &mut key).await;
+    assert_reply(status, &reply, 200, "approved");
+    held.await.unwrap().unwrap();
+    // Held, then denied.
+    let held = run(format!("DELETE FROM public.{orders} WHERE v = 2"));
+    let link = notices.next_link().await;
+    let (status, reply) = web
+        .post(
+            &format!("/api/approve/{}/deny", last_segment(&link)),
+            &json!({}),
+        )
+        .await;
+    assert_reply(status, &reply, 200, "denied");
+    assert!(held.await.unwrap().is_err());
+    // One failed WebAuthn attempt.
+    let held = run(format!("DELETE FROM public.{orders} WHERE v = 3"));
+    let link = notices.next_link().await;
+    let (status, _) = web
+        .post_raw(
+            &format!("/api/approve/{}/finish", last_segment(&link)),
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, reply) = web
+        .post(
+            &format!("/api/approve/{}/deny", last_segment(&link)),
+            &json!({}),
+        )
+        .await;
+    assert_reply(status, &reply, 200, "denied");
+    assert!(held.await.unwrap().is_err());
+
+    // A second proxy on the same metrics? No: each instance has its own registry. Timeouts
+    // are counted where the statement was held.
+    let quick_path = write_policy_as_is(&policy("1s"));
+    let quick_proxy = TestProxy::with(Auth::Scram, true, |c| use_policy_file(c, &quick_path));
+    let quick_web = WebClient::of(&quick_proxy);
+    let quick_before = Scrape::of(&quick_web).await;
+    let (quick_client, _n) = connect_noticed(&quick_proxy, "metrics-test").await;
+    let error = quick_client
+        .simple_query(&format!("DELETE FROM public.{quick}"))
+        .await
+        .unwrap_err();
+    assert!(link_in(error.as_db_error().unwrap().message()).is_some());
+    let quick_after = Scrape::of(&quick_web).await;
+    let quick_delta = |name: &str, labels: &[(&str, &str)]| {
+        quick_after.value(name, labels) - quick_before.value(name, labels)
+    };
+    assert_eq!(
+        quick_delta(
+            "pgstepup_stepup_challenges_total",
+            &[("outcome", "expired")]
+        ),
+        1.0
+    );
+
+    let after = Scrape::of(&web).await;
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        after.value(name, labels) - before.value(name, labels)
+    };
+    assert_eq!(
+        delta(
+            "pgstepup_statements_total",
+            &[("decision", "allow"), ("kind", "read")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        delta("pgstepup_statements_total", &[("decision", "deny")]),
+        1.0
+    );
+    assert_eq!(
+        delta("pgstepup_statements_total", &[("decision", "step_up")]),
+        3.0
+    );
+    for (outcome, expected) in [
+        ("approved", 1.0),
+        ("denied", 2.0),
+        ("expired", 0.0),
+        ("cancelled", 0.0),
+        ("failed", 0.0),
+    ] {
+        assert_eq!(
+            delta("pgstepup_stepup_challenges_total", &[("outcome", outcome)]),
+            expected,
+            "{outcome}"
+        );
+    }
+    assert_eq!(after.value("pgstepup_held_statements", &[]), 0.0);
+    assert_eq!(delta("pgstepup_stepup_approval_seconds", &[]), 1.0);
+    assert_eq!(
+        delta(
+            "pgstepup_webauthn_failures_total",
+            &[("reason", "malformed")]
+        ),
+        1.0
+    );
+    assert_eq!(after.value("pgstepup_client_connections", &[]), 1.0);
+    assert_eq!(delta("pgstepup_client_connections_total", &[]), 1.0);
+    assert_eq!(after.value("pgstepup_upstream_connections", &[]), 1.0);
+    // Classified: the first read (its exact repeats are remembered by the session), the
+    // denied statement and the three held ones.
+    let classified = delta("pgstepup_classification_cache_hits_total", &[])
+        + delta("pgstepup_classification_cache_misses_total", &[]);
+    assert_eq!(classified, 5.0);
+    assert!(delta("pgstepup_statement_overhead_seconds", &[]) >= 4.0);
+    assert_eq!(after.value("pgstepup_ready", &[]), 1.0);
+    assert_eq!(
+        after.value(
+            "pgstepup_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    // No user names, SQL or tokens in labels.
+    for sample in &after.0.samples {
+        for (_, value) in sample.labels.iter() {
+            assert!(
+                !value.contains(APP_USER) && !value.contains("DELETE") && value.len() < 40,
+                "{}: {value}",
+                sample.metric
+            );
+        }
+    }
+    assert_eq!(count(&orders).await, 2);
+}
+
+#[tokio::test]
+async fn health_readiness_and_limits() {
+    app_role().await;
+    let proxy = TestProxy::with(Auth::Scram, true, |c| {
+        c.limits.max_client_connections = 2;
+        c.limits.client_idle_timeout_secs = 1;
+    });
+    let web = WebClient::of(&proxy);
+    let (status, _) = web.get("/healthz").await;
+    assert_eq!(status, 200);
+    let mut ready = (0, Value::Null);
+    for _ in 0..50 {
+        ready = web.get("/readyz").await;
+        if ready.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready.0, 200, "{}", ready.1);
+    let before = Scrape::of(&web).await;
+
+    let conn = proxy.conn_str(APP_USER, APP_PASSWORD, APP_DB, "require");
+    let (first, _a) = proxy.connect_with(&conn).await.unwrap();
+    let (second, _b) = proxy.connect_with(&conn).await.unwrap();
+    let third = match proxy.connect_with(&conn).await {
+        Ok(_) => panic!("a third connection is over the limit"),
+        Err(error) => error,
+    };
+    assert_eq!(third.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
+    // Idle past the limit outside a transaction: closed with 57P05; in a transaction: kept.
+    second.batch_execute("BEGIN").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(first.simple_query("SELECT 1").await.is_err());
+    second.batch_execute("SELECT 1").await.unwrap();
+    second.batch_execute("COMMIT").await.unwrap();
+    let after = Scrape::of(&web).await;
+    assert_eq!(
+        after.value(
+            "pgstepup_client_connections_rejected_total",
+            &[("reason", "too_many")]
+        ) - before.value(
+            "pgstepup_client_connections_rejected_total",
+            &[("reason", "too_many")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_open_transaction_commit_then_closes_with_57p01() {
+    app_role().await;
+    let table = table_of_three("free_shutdown").await;
+    let audit = proto_tests::audit_file();
+    let mut proxy = TestProxy::with(Auth::Scram, true, |c| {
+        c.proxy.shutdown_grace_secs = 20;
+        c.audit.file = audit.clone();
+    });
+    let web = WebClient::of(&proxy);
+    let (client, _c) = proxy.connect_app().await;
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute(&format!("INSERT INTO public.{table} VALUES (10)"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    proxy.begin_shutdown();
+    // Not ready any more; no new connections.
+    let mut status = 0;
+    for _ in 0..50 {
+        status = web.get("/readyz").await.0;
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 503);
+    assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err());
+    // The transaction goes on and commits.
+    client
+        .batch_execute(&format!("INSERT INTO public.{table} VALUES (11)"))
+        .await
+        .unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(count(&table).await, 5);
+    // Then the session is closed, well before the grace period ends.
+    let error = client.simple_query("SELECT 1").await.unwrap_err();
+    assert!(
+        error.code() == Some(&SqlState::ADMIN_SHUTDOWN) || error.is_closed(),
+        "{error:?}"
+    );
+    drop(proxy);
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(text
+        .lines()
+        .last()
+        .unwrap()
+        .contains("\"event\":\"shutdown\""));
+}
+
+#[tokio::test]
+async fn shutdown_with_a_held_statement_runs_nothing() {
+    app_role().await;
+    let orders = table_of_three("stepup_shutdown").await;
+    let mut proxy = stepup_proxy("60s", |c| c.proxy.shutdown_grace_secs = 1);
+    let (client, mut notices) = connect_noticed(&proxy, "psql").await;
+    client.batch_execute("BEGIN").await.unwrap();
+    let delete = format!("DELETE FROM public.{orders}");
+    let held = tokio::spawn(async move { client.batch_execute(&delete).await });
+    let link = notices.next_link().await;
+    proxy.begin_shutdown();
+    let error = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("closed once the grace period is over")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        error.code() == Some(&SqlState::ADMIN_SHUTDOWN) || error.is_closed(),
+        "{error:?}"
+    );
+    drop(proxy);
+    assert_eq!(count(&orders).await, 3);
+    let _ = link;
+}
+
+#[tokio::test]
+async fn reloading_policy_and_certificate_under_load_drops_nobody() {
+    app_role().await;
+    let dir = proto_tests::certs().dir.clone();
+    let (cert, key) = (dir.join("reload-cert.pem"), dir.join("reload-key.pem"));
+    std::fs::copy(&proto_tests::certs().cert, &cert).unwrap();
+    std::fs::copy(&proto_tests::certs().key, &key).unwrap();
+    let (cert_in_use, key_in_use) = (cert.clone(), key.clone());
+    let proxy = TestProxy::with(Auth::Scram, true, |c| {
+        c.tls.cert = Some(cert_in_use);
+        c.tls.key = Some(key_in_use);
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (client, _c) = proxy.connect_app().await;
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let mut queries = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let row = client.query_one("SELECT 1::int", &[]).await?;
+                assert_eq!(row.get::<_, i32>(0), 1);
+                queries += 1;
+            }
+            Ok::<u64, tokio_postgres::Error>(queries)
+        }));
+    }
+    // A new certificate (a fresh key, signed by the same test CA) replaces the old one.
+    proto_tests::issue_certificate(&cert, &key);
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        proxy.reloader.reload("test");
+    }
+    let presented = proto_tests::server_certificate(proxy.addr).await;
+    let expected = rustls_pki_types::CertificateDer::pem_file_iter(&cert)
+        .map(|mut certs| certs.next().unwrap().unwrap())
+        .unwrap();
+    use rustls_pki_types::pem::PemObject;
+    assert_eq!(
+        presented,
+        expected.as_ref(),
+        "new connections get the new certificate"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for worker in workers {
+        let queries = worker.await.unwrap().expect("no connection was dropped");
+        assert!(queries > 0);
+    }
+}
