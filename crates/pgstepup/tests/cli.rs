@@ -422,3 +422,60 @@ async fn enroll_and_keys_reach_the_running_server_through_its_admin_socket() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("pgstepup serve"));
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_connection_span_and_no_secrets() {
+    use tokio::io::AsyncBufReadExt;
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgstepup"))
+        .args(["serve", "--log-format", "json"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", "postgres://127.0.0.1:5432"])
+        .args(["--web-listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let conn_str = format!(
+        "host=127.0.0.1 port={port} user=postgres password=not-logged dbname=postgres application_name=json-test"
+    );
+    let mut client = None;
+    for _ in 0..50 {
+        if let Ok((c, conn)) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await {
+            tokio::spawn(conn);
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = client.expect("pgstepup came up");
+    client.simple_query("SELECT 'visible'").await.unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut session_started = None;
+    let mut all = String::new();
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await
+    {
+        let record: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if record["message"] == "session started" {
+            session_started = Some(record);
+        }
+        all.push_str(&line);
+    }
+    let record = session_started.expect("a session started line");
+    assert_eq!(record["span"]["user"], "postgres", "{record}");
+    assert_eq!(record["span"]["application_name"], "json-test", "{record}");
+    assert!(record["span"]["peer"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert!(!all.contains("not-logged"), "a password reached the log");
+    let _ = child.wait().await;
+}
