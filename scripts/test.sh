@@ -5,7 +5,8 @@
 #   3. runs cargo fmt --check, clippy with warnings as errors, and every test in the workspace
 #      (unit tests, tokio-postgres/wire/SCRAM-upstream tests, psql, psycopg, pgJDBC and
 #      node-postgres through a real pgstepup, step-up approvals with a software passkey and in
-#      headless Chromium, and two instances sharing a real Redis).
+#      headless Chromium, and two instances sharing a real Redis), after checking deploy/ with
+#      real validators (deploy/validate.py) and running the Compose topology as processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,9 @@ need_cmd node nodejs
 need_cmd npm npm
 need_cmd python3 python3
 need_cmd chromium chromium
+need_cmd haproxy haproxy             # the load balancer of the topology test; haproxy -c on deploy/
+need_cmd promtool prometheus         # promtool checks deploy/prometheus and the dashboard's PromQL
+need_cmd systemd-analyze systemd     # verifies deploy/systemd/pgstepup.service
 [ -f /usr/share/java/postgresql.jar ] || apt_missing+=(libpostgresql-jdbc-java)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   say "installing with apt: ${apt_missing[*]}"
@@ -33,6 +37,10 @@ fi
 if ! python3 -c 'import psycopg' 2>/dev/null; then
   say "installing with pip: psycopg[binary] (psycopg 3)"
   python3 -m pip install --quiet 'psycopg[binary]'
+fi
+if ! python3 -c 'import kubernetes_validate, check_jsonschema, dockerfile, yaml, jsonschema' 2>/dev/null; then
+  say "installing with pip: kubernetes-validate, check-jsonschema, dockerfile, PyYAML, jsonschema (deploy/validate.py)"
+  python3 -m pip install --quiet kubernetes-validate check-jsonschema dockerfile PyYAML jsonschema
 fi
 if [ ! -d proto-tests/clients/node/node_modules/pg ]; then
   say "installing with npm: pg, pg-copy-streams (proto-tests/clients/node, from package-lock.json)"
@@ -72,6 +80,8 @@ say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+say "validate deploy/ (promtool, haproxy -c, systemd-analyze, kubernetes-validate, compose-spec)"
+python3 deploy/validate.py
 say "cargo test"
 cargo test --workspace --quiet
 say "all tests passed"
