@@ -42,7 +42,7 @@ async fn two_instances_behind_a_load_balancer_act_as_one() {
     let orders = table_of_three("stepup_shared").await;
     // Registered keys in a PostgreSQL table both instances use (created on first use).
     admin_in(APP_DB, "DROP TABLE IF EXISTS pgstepup_credentials").await;
-    let credentials = format!("postgres://postgres@127.0.0.1:5432/{APP_DB}");
+    let credentials = format!("postgres://postgres@127.0.0.1:5432/{APP_DB}?sslmode=disable");
     let prefix = format!("pgstepup-test-{}:", std::process::id());
     let policy = write_policy_as_is(&stepup_policy("30s"));
     let redis = "redis://127.0.0.1:6379";

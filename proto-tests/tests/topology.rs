@@ -288,7 +288,7 @@ async fn run(binary: PathBuf) {
         format!(
             "[web]\npublic_url = \"http://localhost:8443\"\n\n\
              [redis]\nprefix = \"pgstepup-topology-{}:\"\n\n\
-             [step_up]\ncredentials = \"postgres://postgres@127.0.0.1:5432/postgres\"\n",
+             [step_up]\ncredentials = \"postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable\"\n",
             std::process::id()
         ),
     )
@@ -490,12 +490,16 @@ fn deploy_configuration_files_load() {
     let configmap = std::fs::read_to_string(deploy.join("kubernetes/configmap.yaml")).unwrap();
     let embedded = dir.join("configmap-pgstepup.toml");
     std::fs::write(&embedded, yaml_block(&configmap, "pgstepup.toml")).unwrap();
-    // The Deployment passes the upstream and Redis URLs from its Secret as flags.
+    // The Deployment passes the upstream, Redis and credential-store URLs from its Secret as
+    // flags.
     let from_secret = || pgstepup_config::Overrides {
         upstream: Some(
             "postgres://pgstepup_auth:secret@postgres.database.svc:5432/postgres".into(),
         ),
         redis: Some("redis://:secret@redis.database.svc:6379".into()),
+        credentials: Some(
+            "postgres://pgstepup_keys:secret@postgres.database.svc:5432/pgstepup".into(),
+        ),
         ..Default::default()
     };
     for (path, overrides) in [

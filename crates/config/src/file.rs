@@ -288,6 +288,7 @@ pub struct Overrides {
     pub admin_socket: Option<PathBuf>,
     pub metrics_listen: Option<String>,
     pub log_format: Option<LogFormat>,
+    pub credentials: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// `--observe`.
@@ -333,6 +334,7 @@ impl Config {
             || o.admin_socket.is_some()
             || o.metrics_listen.is_some()
             || o.log_format.is_some()
+            || o.credentials.is_some()
             || o.tls_cert.is_some()
             || o.tls_key.is_some()
             || o.observe;
@@ -362,6 +364,9 @@ impl Config {
         }
         if let Some(v) = o.log_format {
             self.log.format = v;
+        }
+        if let Some(v) = o.credentials {
+            self.step_up.credentials = v;
         }
         if let Some(v) = o.tls_cert {
             self.tls.cert = Some(v);

@@ -66,6 +66,20 @@ const REJECTIONS: [&str; 8] = [
     "shutting_down",
 ];
 
+/// Why a WebAuthn attempt failed (label `reason`).
+pub const WEBAUTHN_FAILURES: [&str; 5] = [
+    "malformed",
+    "no_ceremony",
+    "verification",
+    "unknown_key",
+    "enrollment",
+];
+
+/// State store operations (label `operation`).
+pub const STORE_OPERATIONS: [&str; 10] = [
+    "set", "set_new", "get", "take", "delete", "push", "list", "count", "ping", "publish",
+];
+
 /// Every metric of one instance.
 pub struct Metrics {
     registry: Registry,
@@ -148,6 +162,31 @@ impl Metrics {
             "Step-up challenges by how they ended.",
             &["outcome"],
         );
+        let webauthn_failures = counter_vec(
+            "pgstepup_webauthn_failures_total",
+            "Failed WebAuthn attempts, by reason.",
+            &["reason"],
+        );
+        let store_errors = counter_vec(
+            "pgstepup_state_store_errors_total",
+            "State store (Redis) operations that failed, by operation.",
+            &["operation"],
+        );
+        let policy_reloads = counter_vec(
+            "pgstepup_policy_reloads_total",
+            "Policy reloads, by result.",
+            &["result"],
+        );
+        // Every series exists from the start, at 0, so rate() and increase() see the first event.
+        for reason in WEBAUTHN_FAILURES {
+            webauthn_failures.with_label_values(&[reason]);
+        }
+        for operation in STORE_OPERATIONS {
+            store_errors.with_label_values(&[operation]);
+        }
+        for result in ["success", "failure"] {
+            policy_reloads.with_label_values(&[result]);
+        }
         Metrics {
             client_connections: gauge(
                 "pgstepup_client_connections",
@@ -206,26 +245,14 @@ impl Metrics {
                 "pgstepup_active_elevations",
                 "Elevations in force now (shared state, counted at scrape).",
             ),
-            webauthn_failures: counter_vec(
-                "pgstepup_webauthn_failures_total",
-                "Failed WebAuthn attempts, by reason.",
-                &["reason"],
-            ),
-            store_errors: counter_vec(
-                "pgstepup_state_store_errors_total",
-                "State store (Redis) operations that failed, by operation.",
-                &["operation"],
-            ),
+            webauthn_failures,
+            store_errors,
             store_seconds: histogram(
                 "pgstepup_state_store_operation_seconds",
                 "State store (Redis) operation latency.",
                 vec![1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1, 1.0],
             ),
-            policy_reloads: counter_vec(
-                "pgstepup_policy_reloads_total",
-                "Policy reloads, by result.",
-                &["result"],
-            ),
+            policy_reloads,
             ready: gauge(
                 "pgstepup_ready",
                 "1 when ready for traffic (what /readyz answers), 0 otherwise.",
@@ -247,12 +274,15 @@ impl Metrics {
         self.challenges[outcome as usize].inc();
     }
 
-    /// Labelled by a small fixed vocabulary chosen by the caller.
+    /// `reason` is one of [`WEBAUTHN_FAILURES`].
     pub fn webauthn_failure(&self, reason: &'static str) {
+        debug_assert!(WEBAUTHN_FAILURES.contains(&reason), "{reason}");
         self.webauthn_failures.with_label_values(&[reason]).inc();
     }
 
+    /// `operation` is one of [`STORE_OPERATIONS`].
     pub fn store_error(&self, operation: &'static str) {
+        debug_assert!(STORE_OPERATIONS.contains(&operation), "{operation}");
         self.store_errors.with_label_values(&[operation]).inc();
     }
 
@@ -275,6 +305,24 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exports_exactly_the_names_deploy_dashboards_and_alerts_use() {
+        let listed = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/metrics.txt"),
+        )
+        .unwrap();
+        let mut listed: Vec<&str> = listed.lines().filter(|l| !l.is_empty()).collect();
+        listed.sort();
+        let text = Metrics::new("0").render();
+        let mut exported: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        exported.sort();
+        assert_eq!(exported, listed);
+    }
 
     #[test]
     fn every_series_is_named_by_convention_and_renders() {

@@ -107,6 +107,10 @@ struct ServeArgs {
     /// Also serve /metrics, /healthz and /readyz here (they are always on --web-listen).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
+    /// Where registered keys live: postgres://... (a table every instance shares) or a file
+    /// [default: pgstepup-credentials.json].
+    #[arg(long, value_name = "URL_OR_FILE")]
+    credentials: Option<String>,
     /// Log lines for people (human) or one JSON object per line (json) [default: human].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<LogFormatArg>,
@@ -204,6 +208,7 @@ fn load_config(args: ServeArgs) -> anyhow::Result<Config> {
         redis: args.redis,
         admin_socket: args.admin_socket,
         metrics_listen: args.metrics_listen,
+        credentials: args.credentials,
         log_format: args.log_format.map(|f| match f {
             LogFormatArg::Human => LogFormat::Human,
             LogFormatArg::Json => LogFormat::Json,

@@ -161,6 +161,20 @@ impl FileCredentials {
     }
 }
 
+fn tls_connector() -> tokio_postgres_rustls::MakeRustlsConnect {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
 /// The `pgstepup_credentials` table of a PostgreSQL database.
 pub struct PostgresCredentials {
     url: String,
@@ -181,8 +195,9 @@ impl PostgresCredentials {
     ) -> Result<tokio::sync::MappedMutexGuard<'_, tokio_postgres::Client>, CredentialError> {
         let mut slot = self.client.lock().await;
         if slot.as_ref().is_none_or(|c| c.is_closed()) {
-            let (client, connection) =
-                tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await?;
+            // TLS as the URL's sslmode asks (libpq's default, prefer, included); the server's
+            // certificate is always verified against the system's roots.
+            let (client, connection) = tokio_postgres::connect(&self.url, tls_connector()).await?;
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::warn!(%error, "credential database connection ended");
