@@ -141,14 +141,17 @@ pub fn issue_certificate(cert: &Path, key: &Path) {
     );
 }
 
-/// The certificate pgstepup presents at `addr` to a new TLS connection (SSLRequest first).
-pub async fn server_certificate(addr: SocketAddr) -> Vec<u8> {
+/// The certificate pgstepup presents at `addr` to a new TLS connection: the PostgreSQL
+/// listener (SSLRequest first) or, with `postgres` false, the web listener.
+pub async fn server_certificate(addr: SocketAddr, postgres: bool) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
-    let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await.unwrap();
-    assert_eq!(&answer, b"S");
+    if postgres {
+        tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"S");
+    }
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls_config(&[])));
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
@@ -320,7 +323,7 @@ pub struct TestProxy {
     pub public_url: String,
     pub admin_socket: PathBuf,
     /// What SIGHUP would run.
-    pub reloader: pgstepup_session::Reloader,
+    pub reloader: pgstepup::Reloader,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }

@@ -367,8 +367,10 @@ async fn reloading_policy_and_certificate_under_load_drops_nobody() {
     std::fs::copy(&proto_tests::certs().key, &key).unwrap();
     let (cert_in_use, key_in_use) = (cert.clone(), key.clone());
     let proxy = TestProxy::with(Auth::Scram, true, |c| {
-        c.tls.cert = Some(cert_in_use);
-        c.tls.key = Some(key_in_use);
+        c.tls.cert = Some(cert_in_use.clone());
+        c.tls.key = Some(key_in_use.clone());
+        c.web.tls_cert = Some(cert_in_use);
+        c.web.tls_key = Some(key_in_use);
     });
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
@@ -391,16 +393,18 @@ async fn reloading_policy_and_certificate_under_load_drops_nobody() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         proxy.reloader.reload("test");
     }
-    let presented = proto_tests::server_certificate(proxy.addr).await;
+    use rustls_pki_types::pem::PemObject;
     let expected = rustls_pki_types::CertificateDer::pem_file_iter(&cert)
         .map(|mut certs| certs.next().unwrap().unwrap())
         .unwrap();
-    use rustls_pki_types::pem::PemObject;
+    let presented = proto_tests::server_certificate(proxy.addr, true).await;
     assert_eq!(
         presented,
         expected.as_ref(),
         "new connections get the new certificate"
     );
+    let presented = proto_tests::server_certificate(proxy.web_addr, false).await;
+    assert_eq!(presented, expected.as_ref(), "so do the approval pages");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for worker in workers {
         let queries = worker.await.unwrap().expect("no connection was dropped");

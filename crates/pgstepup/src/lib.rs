@@ -13,10 +13,10 @@ use tokio::net::TcpListener;
 use pgstepup_audit::AuditLog;
 use pgstepup_config::Config;
 use pgstepup_metrics::Metrics;
-use pgstepup_session::{PolicyStore, Proxy, ProxyError, ProxyParts, Reloader};
+use pgstepup_session::{PolicyStore, Proxy, ProxyError, ProxyParts, Reloader as ProxyReloader};
 use pgstepup_stepup::{Credentials, StepUp, Store, StoreError};
 use pgstepup_web::admin::{AdminError, AdminListener};
-use pgstepup_web::{Health, Web, WebError, WebParts};
+use pgstepup_web::{Health, TlsSlot, Web, WebError, WebParts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -42,7 +42,8 @@ pub struct Service {
     proxy: Proxy,
     web: Arc<Web>,
     web_listener: TcpListener,
-    web_tls: Option<tokio_rustls::TlsAcceptor>,
+    web_tls: Option<TlsSlot>,
+    web_tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
     admin: AdminListener,
     public_url: String,
     metrics_listener: Option<TcpListener>,
@@ -68,9 +69,12 @@ impl Service {
             })?
             .port();
         let public_url = config.public_url(web_port);
-        let web_tls = match (&config.web.tls_cert, &config.web.tls_key) {
-            (Some(cert), Some(key)) => Some(pgstepup_web::tls_acceptor(cert, key)?),
-            _ => None,
+        let web_tls_files = config.web.tls_cert.clone().zip(config.web.tls_key.clone());
+        let web_tls = match &web_tls_files {
+            Some((cert, key)) => Some(Arc::new(std::sync::RwLock::new(
+                pgstepup_web::tls_acceptor(cert, key)?,
+            ))),
+            None => None,
         };
         let metrics_listener =
             match &config.web.metrics_listen {
@@ -132,6 +136,7 @@ impl Service {
             web,
             web_listener,
             web_tls,
+            web_tls_files,
             admin,
             public_url,
             metrics_listener,
@@ -158,9 +163,12 @@ impl Service {
         self.proxy.policy()
     }
 
-    /// What SIGHUP runs: policy and client certificate, read again.
+    /// What SIGHUP runs: policy and certificates, read again.
     pub fn reloader(&self) -> Reloader {
-        self.proxy.reloader()
+        Reloader {
+            proxy: self.proxy.reloader(),
+            web: self.web_tls.clone().zip(self.web_tls_files.clone()),
+        }
     }
 
     /// Runs until `shutdown` completes, then drains: not ready, no new connections, running
@@ -204,6 +212,30 @@ impl Service {
         let _ = web.await;
         if let Some(metrics_web) = metrics_web {
             let _ = metrics_web.await;
+        }
+    }
+}
+
+/// Re-reads the policy and the certificates (client-facing and web) without disturbing open
+/// connections: new handshakes use the new certificates.
+pub struct Reloader {
+    proxy: ProxyReloader,
+    web: Option<(TlsSlot, (std::path::PathBuf, std::path::PathBuf))>,
+}
+
+impl Reloader {
+    pub fn reload(&self, trigger: &str) {
+        self.proxy.reload(trigger);
+        if let Some((slot, (cert, key))) = &self.web {
+            match pgstepup_web::tls_acceptor(cert, key) {
+                Ok(acceptor) => {
+                    *slot.write().expect("web TLS lock") = acceptor;
+                    tracing::info!(trigger, cert = %cert.display(), "web TLS certificate reloaded");
+                }
+                Err(error) => {
+                    tracing::error!(trigger, %error, "web TLS certificate not reloaded; the previous one stays in use")
+                }
+            }
         }
     }
 }

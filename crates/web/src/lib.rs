@@ -104,14 +104,15 @@ impl Web {
         health::routes(self.clone())
     }
 
-    /// Serves `router` over HTTP (or HTTPS with `tls`) until `shutdown` completes.
+    /// Serves `router` over HTTP (or HTTPS with `tls`, whose certificate can be replaced
+    /// while serving) until `shutdown` completes.
     pub async fn serve(
         router: Router,
         listener: TcpListener,
-        tls: Option<TlsAcceptor>,
+        tls: Option<TlsSlot>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        let Some(acceptor) = tls else {
+        let Some(slot) = tls else {
             if let Err(error) = axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
                 .await
@@ -133,7 +134,8 @@ impl Web {
                     }
                 },
             };
-            let (acceptor, router) = (acceptor.clone(), router.clone());
+            let acceptor = slot.read().expect("web TLS lock").clone();
+            let router = router.clone();
             tokio::spawn(async move {
                 let Ok(Ok(tls)) =
                     tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
@@ -156,6 +158,9 @@ impl Web {
         }
     }
 }
+
+/// The web listener's TLS acceptor; SIGHUP swaps in a new one.
+pub type TlsSlot = Arc<std::sync::RwLock<TlsAcceptor>>;
 
 /// A rustls acceptor for the web listener from PEM files.
 pub fn tls_acceptor(
