@@ -65,6 +65,9 @@ pub struct ProxyConfig {
     /// On SIGTERM: seconds running statements and open transactions get to finish before
     /// their sessions are closed (57P01).
     pub shutdown_grace_secs: u64,
+    /// Threads serving connections; 0 = automatic (one on machines with up to two cores,
+    /// where the proxy shares the CPU with PostgreSQL; otherwise one per core).
+    pub worker_threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -74,6 +77,7 @@ impl Default for ProxyConfig {
             statement_cache_entries: 10_000,
             observe: false,
             shutdown_grace_secs: 30,
+            worker_threads: 0,
         }
     }
 }
@@ -480,6 +484,21 @@ impl Config {
         }
     }
 
+    /// How many runtime threads serve connections (see [`ProxyConfig::worker_threads`]).
+    pub fn worker_threads(&self) -> usize {
+        match self.proxy.worker_threads {
+            0 => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                if cores <= 2 {
+                    1
+                } else {
+                    cores
+                }
+            }
+            n => n,
+        }
+    }
+
     /// Where admin commands reach the running server.
     pub fn admin_socket(&self) -> PathBuf {
         self.step_up.admin_socket.clone().unwrap_or_else(|| {
@@ -567,6 +586,15 @@ mod tests {
                 let _ = std::fs::remove_file(&self.0);
             }
         }
+    }
+
+    #[test]
+    fn worker_threads_follow_the_machine_unless_set() {
+        let mut c = Config::default();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.worker_threads(), if cores <= 2 { 1 } else { cores });
+        c.proxy.worker_threads = 3;
+        assert_eq!(c.worker_threads(), 3);
     }
 
     #[test]
