@@ -384,7 +384,8 @@ class Ctx:
         raise HarnessError("running as root but neither 'postgres' nor 'nobody' exists; "
                            "pass --proxy-user")
 
-    def start_pgbouncer(self) -> Target:
+    def start_pgbouncer(self, max_client_conn: int = 200,
+                        default_pool_size: int = 40) -> Target:
         user = self._proxy_user()
         d = self.pm.mkdtemp("pgstepup-bench-pgbouncer-", owner=user)
         port = free_port()
@@ -401,8 +402,8 @@ auth_type = trust
 auth_file = {d}/userlist.txt
 admin_users = {self.user}
 pool_mode = session
-max_client_conn = 200
-default_pool_size = 40
+max_client_conn = {max_client_conn}
+default_pool_size = {default_pool_size}
 server_tls_sslmode = {self.args.sslmode}
 client_tls_sslmode = disable
 ignore_startup_parameters = extra_float_digits
@@ -420,7 +421,9 @@ log_stats = 0
             os.chmod(f, 0o644)
         m = self.pm.start("pgbouncer", [self.pgbouncer, "-q", str(d / "pgbouncer.ini")],
                           d / "stderr.log", env={"PATH": "/usr/bin:/bin"}, user=user)
-        t = Target("pgbouncer", "127.0.0.1", port, m, {"run_as": user or "(self)"})
+        t = Target("pgbouncer", "127.0.0.1", port, m, {"run_as": user or "(self)",
+                                                        "max_client_conn": max_client_conn,
+                                                        "default_pool_size": default_pool_size})
         wait_port("127.0.0.1", port, m)
         self.verify_target(t)
         return t
@@ -496,6 +499,22 @@ def proc_cpu_ticks(pid: int) -> Optional[int]:
     if f is None:
         return None
     return int(f[11]) + int(f[12])
+
+
+def proc_tree_pids(pid: int) -> list[int]:
+    """pid and all its descendants (from the ppid field of /proc/*/stat)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            f = _stat_fields(int(name))
+            if f is not None and len(f) > 1:
+                children.setdefault(int(f[1]), []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
 
 
 def proc_rss_kb(pid: int) -> tuple[Optional[int], Optional[int]]:

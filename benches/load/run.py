@@ -15,9 +15,11 @@ import math
 import os
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -41,6 +43,11 @@ def parse_args(argv=None):
     p.add_argument("--scale", type=int, default=10, help="pgbench scale factor")
     p.add_argument("--warmup", type=int, default=5,
                    help="seconds of unrecorded direct pgbench -S before measuring (0 = none)")
+    p.add_argument("--sampling-rate", type=float, default=0.2,
+                   help="fraction of transactions pgbench --log records for the p50/p99 "
+                        "latency (pgbench --sampling-rate)")
+    p.add_argument("--no-latency-log", action="store_true",
+                   help="don't pass --log to pgbench (no p50/p99 latency)")
     H.add_common_args(p)
     a = p.parse_args(argv)
     a.modes = [m.strip() for m in a.modes.split(",") if m.strip()]
@@ -49,6 +56,8 @@ def parse_args(argv=None):
         p.error(f"--modes must be a subset of {','.join(MODES)}; got {bad or 'nothing'}")
     if a.duration < 1 or a.rounds < 1 or a.scale < 1:
         p.error("--duration, --rounds and --scale must be >= 1")
+    if not 0 < a.sampling_rate <= 1:
+        p.error("--sampling-rate must be in (0, 1]")
     return a
 
 
@@ -70,14 +79,66 @@ def children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def pgbench_cmd(ctx, t, mode, clients, duration):
+def pgbench_cmd(ctx, t, mode, clients, duration, log_prefix=None, sampling_rate=None):
+    extra = []
+    if log_prefix is not None:
+        extra = ["--log", f"--log-prefix={log_prefix}"]
+        if sampling_rate is not None and sampling_rate < 1:
+            extra.append(f"--sampling-rate={sampling_rate:g}")
     return [ctx.pgbench, "-h", t.host, "-p", str(t.port), "-U", ctx.user,
             "-S", "-n", "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)),
-            "-T", str(duration), H.BENCH_DB]
+            "-T", str(duration)] + extra + [H.BENCH_DB]
 
 
-def run_one(ctx, t, mode, clients, duration, pgcpu) -> dict:
-    cmd = pgbench_cmd(ctx, t, mode, clients, duration)
+def percentile(sorted_vals, q):
+    """Nearest-rank percentile (q in 0..100) of an ascending list."""
+    if not sorted_vals:
+        return None
+    k = max(0, math.ceil(q / 100 * len(sorted_vals)) - 1)
+    return sorted_vals[k]
+
+
+def read_latency_logs(logdir: Path) -> dict:
+    """Parse pgbench per-transaction logs (one file per pgbench thread:
+    PREFIX.PID, PREFIX.PID.1, ...).  Line format (PostgreSQL 15):
+        client_id transaction_no time script_no time_epoch time_us [...]
+    where `time` is the transaction latency in µs, or `failed`/`skipped`."""
+    lat, other, files = [], 0, 0
+    for f in sorted(logdir.iterdir()):
+        files += 1
+        with open(f, "rb") as fh:
+            for line in fh:
+                parts = line.split(None, 3)
+                if len(parts) >= 3 and parts[2].isdigit():
+                    lat.append(int(parts[2]))
+                else:
+                    other += 1
+    lat.sort()
+    return {"latency_samples": len(lat), "latency_log_other_lines": other,
+            "latency_log_files": files,
+            "latency_p50_us": percentile(lat, 50), "latency_p99_us": percentile(lat, 99),
+            "latency_max_us": lat[-1] if lat else None}
+
+
+def run_one(ctx, t, mode, clients, duration, pgcpu, sampling_rate=None) -> dict:
+    """sampling_rate None = no pgbench --log (no percentiles)."""
+    logdir = None
+    if sampling_rate is not None:
+        logdir = Path(tempfile.mkdtemp(prefix="pgstepup-bench-lat-"))
+        ctx.pm.tmpdirs.append(logdir)  # removed on exit/interrupt if we don't get to it
+    try:
+        return _run_one(ctx, t, mode, clients, duration, pgcpu, sampling_rate, logdir)
+    finally:
+        if logdir is not None:
+            shutil.rmtree(logdir, ignore_errors=True)
+            if logdir in ctx.pm.tmpdirs:
+                ctx.pm.tmpdirs.remove(logdir)
+
+
+def _run_one(ctx, t, mode, clients, duration, pgcpu, sampling_rate, logdir) -> dict:
+    cmd = pgbench_cmd(ctx, t, mode, clients, duration,
+                      log_prefix=str(logdir / "pgbench_log") if logdir else None,
+                      sampling_rate=sampling_rate)
     rec = {"target": t.name, "mode": mode, "clients": clients, "duration_s": duration,
            "command": " ".join(cmd), "loadavg_1m_before": H.loadavg()}
     px0 = H.proc_cpu_ticks(t.pid) if t.pid else None
@@ -116,6 +177,15 @@ def run_one(ctx, t, mode, clients, duration, pgcpu) -> dict:
         rec["pg_cpu_us_per_txn"] = rec["pg_cpu_s"] * 1e6 / n if n else None
     rec["pgbench_cpu_s"] = round(cl1 - cl0, 4)
     rec["pgbench_cpu_us_per_txn"] = rec["pgbench_cpu_s"] * 1e6 / n if n else None
+    if logdir is not None:
+        rec["latency_sampling_rate"] = sampling_rate
+        try:
+            rec.update(read_latency_logs(logdir))
+        except OSError as e:
+            rec["latency_log_error"] = str(e)
+        if rec["ok"] and not rec.get("latency_samples"):
+            H.log(f"note: no latency samples in pgbench --log output for {t.name} "
+                  f"{mode}/{clients}")
     return rec
 
 
@@ -143,6 +213,8 @@ def summarize(runs, target_names, modes, clients):
                     "tps_min": min(tps) if tps else None,
                     "tps_max": max(tps) if tps else None,
                     "latency_ms_median": _med([r["latency_ms"] for r in rs]),
+                    "p50_us_median": _med([r.get("latency_p50_us") for r in rs]),
+                    "p99_us_median": _med([r.get("latency_p99_us") for r in rs]),
                     "proxy_cpu_us_per_txn": _med([r.get("proxy_cpu_us_per_txn") for r in rs]),
                     "pg_cpu_us_per_txn": _med([r.get("pg_cpu_us_per_txn") for r in rs]),
                     "pgbench_cpu_us_per_txn": _med([r.get("pgbench_cpu_us_per_txn")
@@ -151,6 +223,9 @@ def summarize(runs, target_names, modes, clients):
                                        r["clients"] == c and r["target"] == tn
                                        and not r["ok"]),
                 }
+            b = row["targets"].get("pgbouncer", {}).get("p99_us_median")
+            s = row["targets"].get("pgstepup", {}).get("p99_us_median")
+            row["p99_ratio_pgstepup_pgbouncer"] = _ratio(s, b)
             out.append(row)
     return out
 
@@ -162,7 +237,7 @@ def _ratio(a, b):
 def main_table(summary, markdown):
     headers = ["mode", "clients", "direct TPS", "pgbouncer TPS", "pgstepup TPS",
                "pgbouncer/direct", "pgstepup/direct", "pgstepup/pgbouncer",
-               "pgbouncer µs CPU/txn", "pgstepup µs CPU/txn"]
+               "pgbouncer µs CPU/txn", "pgstepup µs CPU/txn", "p99 pgstepup/pgbouncer"]
     rows = []
     for row in summary:
         t = row["targets"]
@@ -182,8 +257,37 @@ def main_table(summary, markdown):
                      H.fmt_num(_ratio(b, d), ".3f"), H.fmt_num(_ratio(s, d), ".3f"),
                      H.fmt_num(_ratio(s, b), ".3f"),
                      H.fmt_num(g("pgbouncer", "proxy_cpu_us_per_txn"), ".1f"),
-                     H.fmt_num(g("pgstepup", "proxy_cpu_us_per_txn"), ".1f")])
+                     H.fmt_num(g("pgstepup", "proxy_cpu_us_per_txn"), ".1f"),
+                     H.fmt_num(row.get("p99_ratio_pgstepup_pgbouncer"), ".3f")])
     return H.render_table(headers, rows, markdown)
+
+
+def p99_table(summary, target_names, markdown):
+    headers = ["mode", "clients"] + [f"{tn} p99" for tn in target_names] + \
+              ["pgstepup/pgbouncer p99"]
+    rows = [[r["mode"], str(r["clients"])] +
+            [H.fmt_num(r["targets"][tn]["p99_us_median"], ",.0f") for tn in target_names] +
+            [H.fmt_num(r.get("p99_ratio_pgstepup_pgbouncer"), ".3f")]
+            for r in summary]
+    return H.render_table(headers, rows, markdown)
+
+
+def p99_target_lines(summary):
+    """The issue's target: p99 at 8 clients through pgstepup no worse than pgbouncer's."""
+    out = []
+    for r in summary:
+        if r["clients"] != 8:
+            continue
+        q = r.get("p99_ratio_pgstepup_pgbouncer")
+        if q is None:
+            out.append(f"- {r['mode']}, 8 clients: n/a")
+        else:
+            b = r["targets"]["pgbouncer"]["p99_us_median"]
+            s = r["targets"]["pgstepup"]["p99_us_median"]
+            out.append(f"- {r['mode']}, 8 clients: pgstepup p99 {s:,.0f} µs vs pgbouncer "
+                       f"{b:,.0f} µs (ratio {q:.3f}) — "
+                       + ("**met**" if q <= 1 else "**not met**"))
+    return out
 
 
 def per_target_table(summary, target_names, key, spec, markdown):
@@ -241,6 +345,25 @@ def write_markdown(path, meta, summary, target_names):
         "reduces throughput.", "",
         "## Latency average (ms, median over rounds)", "",
         per_target_table(summary, target_names, "latency_ms_median", ".3f", True), "",
+    ]
+    if p.get("sampling_rate") is not None:
+        tl = p99_target_lines(summary)
+        lines += [
+            "## Latency p99 (µs)", "",
+            p99_table(summary, target_names, True), "",
+            f"Per-transaction latencies from `pgbench --log --sampling-rate="
+            f"{p['sampling_rate']:g}` (latency as pgbench measures it: from sending the "
+            "query to the end of the transaction, client side); nearest-rank p99 per run, "
+            "median over rounds. pgstepup/pgbouncer below 1 means pgstepup's tail is "
+            "shorter. With few transactions per run (short --duration, low sampling rate) "
+            "p99 rests on a few hundred samples: see `latency_samples` in latest.json.", "",
+        ] + (["Issue target \"p99 latency at 8 clients no worse than pgbouncer's\" "
+              "(single-run numbers on a shared machine are noisy):", ""] + tl + [""]
+             if tl else []) + [
+            "## Latency p50 (µs, median over rounds)", "",
+            per_target_table(summary, target_names, "p50_us_median", ",.0f", True), "",
+        ]
+    lines += [
         "## PostgreSQL server CPU per transaction (µs, all postgres processes)", "",
         per_target_table(summary, target_names, "pg_cpu_us_per_txn", ".1f", True), "",
         "## pgbench (client) CPU per transaction (µs)", "",
@@ -400,6 +523,7 @@ def main():
         total = args.rounds * len(args.modes) * len(args.clients) * len(targets)
         H.log(f"{total} runs of {args.duration}s, expected ≈"
               f"{total * (args.duration + 1.5) / 60:.1f} min; targets: {', '.join(names)}")
+        srate = None if args.no_latency_log else args.sampling_rate
         k = 0
         try:
             for rnd in range(args.rounds):
@@ -409,7 +533,8 @@ def main():
                         for t in order:
                             k += 1
                             t.check_alive()
-                            rec = run_one(ctx, t, mode, c, args.duration, pgcpu)
+                            rec = run_one(ctx, t, mode, c, args.duration, pgcpu,
+                                          sampling_rate=srate)
                             rec["round"] = rnd + 1
                             runs.append(rec)
                             cpu = rec.get("proxy_cpu_us_per_txn")
@@ -417,6 +542,8 @@ def main():
                                   f"{t.name:9} " + (
                                       f"tps={rec['tps']:>10,.1f} lat={rec['latency_ms']:.3f}ms"
                                       + (f" proxy={cpu:.1f}µs/txn" if cpu is not None else "")
+                                      + (f" p99={rec['latency_p99_us']:,}µs"
+                                         if rec.get("latency_p99_us") is not None else "")
                                       if rec["ok"] else f"FAILED: {rec.get('error', '')[:300]}"))
                             t.check_alive()
         except (H.Interrupted, KeyboardInterrupt) as e:
@@ -436,6 +563,7 @@ def main():
         "parameters": {"duration": args.duration, "rounds": args.rounds,
                        "clients": args.clients, "modes": args.modes, "scale": args.scale,
                        "warmup": args.warmup, "sslmode": args.sslmode,
+                       "sampling_rate": None if args.no_latency_log else args.sampling_rate,
                        "pgstepup_upstream": args.pgstepup_upstream if ctx.pgstepup else None,
                        "clk_tck": H.CLK_TCK},
         "targets": {t.name: {"host": t.host, "port": t.port, **{
@@ -445,8 +573,13 @@ def main():
     names = [t.name for t in targets]
     summary = summarize(runs, names, args.modes, args.clients)
     H.ensure_results_dir(args.out)
+    # convenience view: p99 (µs, median over rounds) per mode / clients / target
+    p99 = {m: {str(r["clients"]): {**{tn: r["targets"][tn]["p99_us_median"] for tn in names},
+                                   "pgstepup/pgbouncer": r["p99_ratio_pgstepup_pgbouncer"]}
+               for r in summary if r["mode"] == m} for m in args.modes}
     (args.out / "latest.json").write_text(json.dumps(
-        {"meta": meta, "summary": summary, "runs": runs}, indent=2, ensure_ascii=False) + "\n")
+        {"meta": meta, "latency_p99_us": p99, "summary": summary, "runs": runs},
+        indent=2, ensure_ascii=False) + "\n")
     write_markdown(args.out / "latest.md", meta, summary, names)
     write_svg(args.out / "throughput.svg", meta, summary, names, args.modes, args.clients)
 
