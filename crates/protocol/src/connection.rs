@@ -47,6 +47,8 @@ pub enum ConnectionError {
 pub struct Connection {
     stream: Stream,
     read_buf: BytesMut,
+    /// The read buffer was grown past the idle size for a large message.
+    read_grown: bool,
     write_buf: BytesMut,
     max_frame: usize,
 }
@@ -57,6 +59,7 @@ impl Connection {
         Connection {
             stream,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
+            read_grown: false,
             write_buf: BytesMut::with_capacity(READ_CHUNK),
             max_frame,
         }
@@ -128,11 +131,18 @@ impl Connection {
         }
         if self.read_buf.len() < total {
             self.read_buf.reserve(total - self.read_buf.len());
+            self.read_grown |= self.read_buf.capacity() > IDLE_BUFFER_CAP;
             return Ok(None);
         }
-        Ok(Some(Frame::from_bytes(
-            self.read_buf.split_to(total).freeze(),
-        )))
+        let frame = Frame::from_bytes(self.read_buf.split_to(total).freeze());
+        if self.read_buf.is_empty() && self.read_grown {
+            // The buffer was grown for a large message. Its (now empty) tail still pins that
+            // whole allocation, so start afresh: the memory goes once the frames sliced from
+            // it are dropped, and an idle connection keeps only a small buffer.
+            self.read_buf = BytesMut::with_capacity(READ_CHUNK);
+            self.read_grown = false;
+        }
+        Ok(Some(frame))
     }
 
     /// Whether bytes of a not yet complete frame are waiting in the read buffer, meaning the
@@ -144,6 +154,7 @@ impl Connection {
     async fn fill(&mut self) -> Result<(), ConnectionError> {
         if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
             self.read_buf.reserve(READ_CHUNK);
+            self.read_grown |= self.read_buf.capacity() > IDLE_BUFFER_CAP;
         }
         let n = self.stream.read_buf(&mut self.read_buf).await?;
         if n == 0 {
@@ -183,6 +194,9 @@ impl Connection {
     /// Writes everything queued in as few syscalls as the kernel allows, then flushes the
     /// transport (TLS records included).
     pub async fn flush(&mut self) -> io::Result<()> {
+        // Measured before writing: once advanced, the buffer's capacity no longer shows the
+        // allocation it pins.
+        let grown = self.write_buf.capacity() > IDLE_BUFFER_CAP;
         while self.write_buf.has_remaining() {
             let n = self.stream.write(&self.write_buf).await?;
             if n == 0 {
@@ -191,6 +205,9 @@ impl Connection {
             self.write_buf.advance(n);
         }
         self.stream.flush().await?;
+        if grown {
+            self.write_buf = BytesMut::with_capacity(READ_CHUNK);
+        }
         self.release_idle_buffers();
         Ok(())
     }
@@ -208,11 +225,54 @@ impl Connection {
     }
 
     fn release_idle_buffers(&mut self) {
-        if self.write_buf.capacity() > IDLE_BUFFER_CAP {
-            self.write_buf = BytesMut::with_capacity(READ_CHUNK);
-        }
         if self.read_buf.is_empty() && self.read_buf.capacity() > IDLE_BUFFER_CAP {
             self.read_buf = BytesMut::with_capacity(READ_CHUNK);
+            self.read_grown = false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_large_message_does_not_leave_a_large_buffer_behind() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut conn = Connection::new(Stream::Plain(accepted), 1 << 20);
+        let body = vec![b'x'; 300 * 1024];
+        let mut message = vec![b'D'];
+        message.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        message.extend_from_slice(&body);
+        message.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+        peer.write_all(&message).await.unwrap();
+        let large = conn.read_frame().await.unwrap();
+        assert_eq!(large.body().len(), body.len());
+        let small = conn.read_frame().await.unwrap();
+        assert_eq!(small.tag(), b'Z');
+        assert!(
+            !conn.read_grown && conn.read_buf.capacity() <= READ_CHUNK,
+            "the read buffer still pins the large allocation"
+        );
+
+        // The same for output: a large result written out leaves a small write buffer.
+        conn.queue(&message);
+        assert!(conn.write_buf.capacity() > IDLE_BUFFER_CAP);
+        let reader = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut sink)
+                .await
+                .unwrap();
+            sink.len()
+        });
+        conn.flush().await.unwrap();
+        assert!(conn.write_buf.capacity() <= READ_CHUNK);
+        conn.shutdown().await;
+        assert_eq!(reader.await.unwrap(), message.len());
     }
 }
