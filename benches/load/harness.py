@@ -435,8 +435,17 @@ log_stats = 0
         port = free_port()
         upstream = (self.args.pgstepup_upstream
                     or f"postgres://127.0.0.1:5432?sslmode={self.args.sslmode}")
-        cmd = [self.pgstepup, "serve", "--listen", f"127.0.0.1:{port}",
-               "--upstream", upstream] + list(self.args.pgstepup_arg)
+        # What a DBA would write for these tables: the benchmark's own tables may be written
+        # (COPY in) without step-up; everything else keeps the built-in policy.
+        (d / "policy.toml").write_text(
+            '[[rule]]\nname = "bench-tables-writable"\n'
+            'tables = ["copy_bench_t", "pgbench_*"]\n'
+            'kinds = ["write", "ddl"]\naction = "allow"\n')
+        (d / "pgstepup.toml").write_text(f'[policy]\nfile = "{d / "policy.toml"}"\n')
+        cmd = [self.pgstepup, "serve", "--config", str(d / "pgstepup.toml"),
+               "--listen", f"127.0.0.1:{port}", "--upstream", upstream,
+               "--web-listen", "127.0.0.1:0", "--admin-socket", str(d / "admin.sock"),
+               ] + list(self.args.pgstepup_arg)
         env = dict(os.environ)
         env["RUST_LOG"] = "warn"
         m = self.pm.start("pgstepup", cmd, d / "pgstepup.log", env=env)
