@@ -339,7 +339,12 @@ fn write_shape(sql: &str, out: &mut String, hide_literals: bool) -> Result<bool,
             out.push(' ');
         }
         match token {
-            Token::Word(w) => out.extend(w.chars().map(|c| c.to_ascii_lowercase())),
+            Token::Word(w) => {
+                // Copied, then folded in place: far cheaper than pushing char by char.
+                let start = out.len();
+                out.push_str(w);
+                out[start..].make_ascii_lowercase();
+            }
             Token::Str(_) | Token::Number(_) if hide_literals => out.push('?'),
             Token::Str(s)
             | Token::Number(s)
