@@ -351,17 +351,15 @@ async fn enroll_and_keys_reach_the_running_server_through_its_admin_socket() {
         "only the service's user may use the admin socket"
     );
 
-    let out = pgstepup()
-        .args([
-            "enroll",
-            "alice",
-            "--config",
-            &config,
-            "--admin-socket",
-            &socket,
-        ])
-        .output()
-        .unwrap();
+    // As an admin runs them: the same configuration as `serve`.
+    let admin = |args: &[&str]| {
+        pgstepup()
+            .args(args)
+            .args(["--config", &config, "--admin-socket", &socket])
+            .output()
+            .unwrap()
+    };
+    let out = admin(&["enroll", "alice"]);
     assert!(
         out.status.success(),
         "{}",
@@ -373,34 +371,11 @@ async fn enroll_and_keys_reach_the_running_server_through_its_admin_socket() {
         "{link}"
     );
 
-    let out = pgstepup()
-        .args([
-            "keys",
-            "list",
-            "alice",
-            "--config",
-            &config,
-            "--admin-socket",
-            &socket,
-        ])
-        .output()
-        .unwrap();
+    let out = admin(&["keys", "list", "alice"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no keys registered"));
 
-    let out = pgstepup()
-        .args([
-            "keys",
-            "revoke",
-            "alice",
-            "nope",
-            "--config",
-            &config,
-            "--admin-socket",
-            &socket,
-        ])
-        .output()
-        .unwrap();
+    let out = admin(&["keys", "revoke", "alice", "nope"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("alice has no key nope"),
