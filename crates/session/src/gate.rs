@@ -57,6 +57,8 @@ pub(crate) struct StepUpNeed {
     pub rule: StepUpRule,
     pub sql: String,
     pub digest: String,
+    /// Remembered with a named statement when it is released.
+    classification: Arc<Classification>,
     refusable: Refusable,
 }
 
@@ -155,8 +157,6 @@ pub(crate) struct Gate {
     sent_cycles: u64,
     /// ReadyForQuery messages received.
     received_cycles: u64,
-    /// The classification of the statement last reported as needing step-up.
-    held_classification: Option<Arc<Classification>>,
     /// Elevations this session knows of, by rule, until they end.
     elevations: HashMap<String, Instant>,
     /// A statement approved for one run also covers its own batch (the Binds up to Sync).
@@ -191,7 +191,6 @@ impl Gate {
             next_number: 0,
             sent_cycles: 0,
             received_cycles: 0,
-            held_classification: None,
             elevations: HashMap::new(),
             approved_batch: None,
         }
@@ -221,15 +220,17 @@ impl Gate {
             .refuses_at_once(&self.context.application_name)
     }
 
-    /// Whether the session already knows of an elevation covering `rule`.
-    fn is_elevated(&self, rule: &str) -> bool {
-        self.elevations
-            .get(rule)
-            .is_some_and(|until| *until > Instant::now())
-            || self
-                .approved_batch
-                .as_ref()
-                .is_some_and(|(r, cycle)| r == rule && *cycle == self.sent_cycles)
+    /// An elevation the session already knows of that covers `rule`: `Some(Some(end))` for a
+    /// lasting one (unix seconds), `Some(None)` for an approval of this batch only.
+    fn known_elevation(&self, rule: &str) -> Option<Option<u64>> {
+        if let Some(until) = self.elevations.get(rule) {
+            let left = until.checked_duration_since(Instant::now())?;
+            return Some(Some(unix_now() + left.as_secs()));
+        }
+        self.approved_batch
+            .as_ref()
+            .is_some_and(|(r, cycle)| r == rule && *cycle == self.sent_cycles)
+            .then_some(None)
     }
 
     /// Decides a statement before its frame is forwarded.
@@ -303,14 +304,13 @@ impl Gate {
                     digest: Record::digest(&sql),
                     sql: sql.into_owned(),
                     rule,
+                    classification,
                     refusable,
                 };
-                if self.is_elevated(&need.rule.name) {
-                    self.released(&need, None, classification);
+                if let Some(until) = self.known_elevation(&need.rule.name) {
+                    self.released(&need, until);
                     return Verdict::Forward;
                 }
-                // Kept so a release can remember a named statement's classification.
-                self.held_classification = Some(classification);
                 Verdict::StepUp(need)
             }
             Action::Allow => {
@@ -392,16 +392,16 @@ impl Gate {
         };
         match prepared.decided.clone() {
             PreparedDecision::Allow => Verdict::Forward,
-            PreparedDecision::StepUp(rule) if self.is_elevated(&rule.name) => Verdict::Forward,
-            PreparedDecision::StepUp(rule) => {
-                let sql = prepared.sql.clone();
-                Verdict::StepUp(StepUpNeed {
-                    digest: Record::digest(&sql),
-                    sql,
-                    rule,
-                    refusable: Refusable::Bind,
-                })
+            PreparedDecision::StepUp(rule) if self.known_elevation(&rule.name).is_some() => {
+                Verdict::Forward
             }
+            PreparedDecision::StepUp(rule) => Verdict::StepUp(StepUpNeed {
+                digest: Record::digest(&prepared.sql),
+                sql: prepared.sql.clone(),
+                rule,
+                classification: prepared.classification.clone(),
+                refusable: Refusable::Bind,
+            }),
             PreparedDecision::Refused(error) => {
                 Verdict::Substitute(self.substitute(&Refusable::Bind, error))
             }
@@ -410,12 +410,7 @@ impl Gate {
 
     /// A statement that needed step-up is being forwarded under an elevation ending at
     /// `until` (unix seconds; None: approved for this run, and the Binds of its batch).
-    pub(crate) fn released(
-        &mut self,
-        need: &StepUpNeed,
-        until: Option<u64>,
-        classification: Arc<Classification>,
-    ) {
+    pub(crate) fn released(&mut self, need: &StepUpNeed, until: Option<u64>) {
         match until {
             Some(until) => {
                 let left = Duration::from_secs(until.saturating_sub(unix_now()));
@@ -429,7 +424,7 @@ impl Gate {
                 self.prepared.insert(
                     name.as_slice().into(),
                     Prepared {
-                        classification,
+                        classification: need.classification.clone(),
                         sql: need.sql.clone(),
                         generation: self.generation,
                         decided: PreparedDecision::StepUp(need.rule.clone()),
@@ -443,24 +438,13 @@ impl Gate {
             statement: Some(clip(&need.sql, AUDITED_SQL_CHARS).to_owned()),
             rule: Some(need.rule.name.clone()),
             decision: Some(Action::StepUp.name()),
-            elevation_expires: until.or_else(|| {
-                self.elevations
-                    .get(&need.rule.name)
-                    .map(|i| unix_now() + i.saturating_duration_since(Instant::now()).as_secs())
-            }),
+            elevation_expires: until,
             ..Default::default()
         });
     }
 
-    /// Releases the statement last reported as needing step-up.
-    pub(crate) fn release_held(&mut self, need: &StepUpNeed, until: Option<u64>) {
-        let classification = self.held_classification.take().unwrap_or_default();
-        self.released(need, until, classification);
-    }
-
-    /// The frame that replaces a held statement that will not run.
-    pub(crate) fn refuse_held(&mut self, need: &StepUpNeed, error: PgError) -> Frame {
-        self.held_classification = None;
+    /// The frame that replaces a statement needing step-up that will not run.
+    pub(crate) fn refuse_step_up(&mut self, need: &StepUpNeed, error: PgError) -> Frame {
         self.substitute(&need.refusable, error)
     }
 

@@ -49,7 +49,7 @@ impl Session {
         };
         match elevated {
             Ok(Some(until)) => {
-                self.gate.release_held(&need, until);
+                self.gate.released(&need, until);
                 self.server.queue_frame(frame);
                 return Ok(());
             }
@@ -109,7 +109,7 @@ impl Session {
                 "The link works until {}. After approval, re-running the statement will pass.",
                 utc_time(challenge.expires_at)
             ));
-            let substitute = self.gate.refuse_held(&need, error);
+            let substitute = self.gate.refuse_step_up(&need, error);
             self.server.queue_frame(&substitute);
             return Ok(());
         }
@@ -149,7 +149,7 @@ impl Session {
                         .take_single_use(&self.elevation_need(&need))
                         .await;
                 }
-                self.gate.release_held(&need, until);
+                self.gate.released(&need, until);
                 self.server.queue_frame(frame);
                 return Ok(());
             }
@@ -194,7 +194,7 @@ impl Session {
                 ))
             }
         };
-        let substitute = self.gate.refuse_held(&need, error);
+        let substitute = self.gate.refuse_step_up(&need, error);
         self.server.queue_frame(&substitute);
         Ok(())
     }
@@ -233,9 +233,10 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = signal.cancelled() => return Ok(HoldEnd::Cancelled),
-                _ = self.phase.changed() => {
+                _ = self.phase_changes.changed() => {
                     // Draining waits for the held statement like any running one; closing does not.
-                    if *self.phase.borrow() == Phase::Closing {
+                    self.phase = *self.phase_changes.borrow_and_update();
+                    if self.phase == Phase::Closing {
                         self.check_phase()?;
                     }
                 }
@@ -301,7 +302,7 @@ impl Session {
         )
         .with_detail(need.rule.reason.clone())
         .with_hint("No elevation is assumed while the state store is down; the statement was not run. Reads still work. Try again once it is back.");
-        let substitute = self.gate.refuse_held(need, refusal);
+        let substitute = self.gate.refuse_step_up(need, refusal);
         self.server.queue_frame(&substitute);
     }
 

@@ -33,7 +33,10 @@ pub(crate) struct Session {
     pub(crate) hold_signal: Arc<HoldSignal>,
     cancel_pid: Option<i32>,
     _cancel_key: Option<Registration>,
-    pub(crate) phase: watch::Receiver<Phase>,
+    /// Where the instance is in its life, as last seen; updated only when it changes, so
+    /// the per-message check reads a plain field.
+    pub(crate) phase: Phase,
+    pub(crate) phase_changes: watch::Receiver<Phase>,
     _live: Arc<()>,
     /// The transaction status of the last ReadyForQuery.
     transaction_status: u8,
@@ -91,9 +94,10 @@ impl Session {
             mut gate,
             stepup,
             max_backlog_bytes,
-            lifecycle: (phase, live),
+            lifecycle: (phase_changes, live),
             idle_timeout,
         } = parts;
+        let phase = *phase_changes.borrow();
         for frame in &reply.relay {
             if frame.tag() == tag::PARAMETER_STATUS {
                 if let Err(error) = gate.on_parameter_status(frame) {
@@ -128,6 +132,7 @@ impl Session {
             cancel_pid,
             _cancel_key: registration,
             phase,
+            phase_changes,
             _live: live,
             transaction_status: reply.ready_status,
             idle_timeout,
@@ -151,13 +156,16 @@ impl Session {
                 biased;
                 r = self.server.read_frame() => Input::Server(r),
                 r = self.client.read_frame() => Input::Client(r),
-                _ = self.phase.changed() => Input::Phase,
+                _ = self.phase_changes.changed() => Input::Phase,
                 _ = sleep_or_never(idle_timeout) => Input::IdleTimeout,
             };
             let step = match input {
                 Input::Server(r) => self.on_server_input(r).await,
                 Input::Client(r) => self.on_client_input(r).await,
-                Input::Phase => Ok(()),
+                Input::Phase => {
+                    self.phase = *self.phase_changes.borrow_and_update();
+                    Ok(())
+                }
                 Input::IdleTimeout => {
                     self.refuse_fatal(PgError::fatal(
                         sqlstate::IDLE_SESSION_TIMEOUT,
@@ -177,11 +185,13 @@ impl Session {
     /// Draining: a session with nothing in flight outside a transaction closes now; closing:
     /// every session closes now.
     pub(crate) fn check_phase(&mut self) -> Result<(), Ending> {
-        let phase = *self.phase.borrow();
+        if self.phase == Phase::Running {
+            return Ok(());
+        }
         let quiet = self.transaction_status == b'I'
             && self.gate.nothing_in_flight()
             && self.backlog.is_empty();
-        match phase {
+        match self.phase {
             Phase::Running => Ok(()),
             Phase::Draining if !quiet => Ok(()),
             Phase::Draining | Phase::Closing => {

@@ -78,19 +78,29 @@ pub struct ElevationNeed<'a> {
 }
 
 impl ElevationNeed<'_> {
+    // User names may contain `:`: the user's length comes first, so ("a:b", "c") and
+    // ("a", "b:c") can never share a key.
     fn key(&self) -> String {
+        let (user, rule) = (self.user, self.rule);
         if self.user_scope {
-            format!("elev:user:{}:{}", self.user, self.rule)
+            format!("elev:user:{}:{user}:{rule}", user.len())
         } else {
             format!(
-                "elev:conn:{}:{}:{}:{}",
-                self.instance, self.connection_id, self.user, self.rule
+                "elev:conn:{}:{}:{}:{user}:{rule}",
+                self.instance,
+                self.connection_id,
+                user.len()
             )
         }
     }
 
     fn once_key(&self) -> String {
-        format!("elev:once:{}:{}", self.user, self.statement_digest)
+        format!(
+            "elev:once:{}:{}:{}",
+            self.user.len(),
+            self.user,
+            self.statement_digest
+        )
     }
 }
 
@@ -526,6 +536,20 @@ mod tests {
             ..same.clone()
         };
         assert!(stepup.elevation(&elsewhere).await.unwrap().is_none());
+
+        // A user whose name contains the separator cannot reach another user's elevation.
+        let colon = Challenge {
+            user: "alice:default".into(),
+            rule: "write".into(),
+            ..challenge(60, true)
+        };
+        stepup.grant(&colon).await.unwrap();
+        let lookalike = ElevationNeed {
+            user: "alice",
+            rule: "default:write",
+            ..other_connection.clone()
+        };
+        assert!(stepup.elevation(&lookalike).await.unwrap().is_none());
 
         let once = challenge(0, true);
         stepup.grant(&once).await.unwrap();

@@ -101,15 +101,6 @@ impl Credentials {
         }
     }
 
-    /// The user's WebAuthn handle: the one their keys share, or a new one.
-    pub async fn user_handle(&self, user: &str) -> Result<Uuid, CredentialError> {
-        Ok(self
-            .keys_of(user)
-            .await?
-            .first()
-            .map_or_else(Uuid::new_v4, |k| k.user_handle))
-    }
-
     pub fn describe(&self) -> String {
         match self {
             Credentials::File(f) => format!("file {}", f.path.display()),
