@@ -1,14 +1,16 @@
-//! The per-statement cost of deciding: a cache hit (the steady state, including the shape
-//! scan and the policy evaluation), a miss on a short statement, a miss on a long catalog
-//! query, and sqlparser's own parse for comparison.
+//! The per-statement cost of deciding: a session's own memo hit (the steady state: the shape
+//! scan and one lookup), a shared cache hit (shape scan, cache, policy evaluation), a miss on a
+//! short statement, a miss on a long catalog query, and sqlparser's own parse for comparison.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use pgstepup_classify::{classify, Classifier};
+use pgstepup_classify::{classify, lexer, Classifier, ShapeMemo};
 use pgstepup_policy::{Policy, Subject};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 const PGBENCH_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
+/// The same statement as `pgbench -M extended` sends it, verbatim every time.
+const PGBENCH_SELECT_PARAMETERISED: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;";
 
 /// pgJDBC's DatabaseMetaData.getColumns query (what DBeaver sends when browsing a table).
 const JDBC_GET_COLUMNS: &str = "SELECT * FROM (SELECT n.nspname,c.relname,a.attname,a.atttypid,a.attnotnull OR (t.typtype = 'd' AND t.typnotnull) AS attnotnull,a.atttypmod,a.attlen,t.typtypmod,row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum) AS attnum, nullif(a.attidentity, '') as attidentity,nullif(a.attgenerated, '') as attgenerated,pg_catalog.pg_get_expr(def.adbin, def.adrelid) AS adsrc,dsc.description,t.typbasetype,t.typtype  FROM pg_catalog.pg_namespace n  JOIN pg_catalog.pg_class c ON (c.relnamespace = n.oid)  JOIN pg_catalog.pg_attribute a ON (a.attrelid=c.oid)  JOIN pg_catalog.pg_type t ON (a.atttypid = t.oid)  LEFT JOIN pg_catalog.pg_attrdef def ON (a.attrelid=def.adrelid AND a.attnum = def.adnum)  LEFT JOIN pg_catalog.pg_description dsc ON (c.oid=dsc.objoid AND a.attnum = dsc.objsubid)  LEFT JOIN pg_catalog.pg_class dc ON (dc.oid=dsc.classoid AND dc.relname='pg_class')  LEFT JOIN pg_catalog.pg_namespace dn ON (dc.relnamespace=dn.oid AND dn.nspname='pg_catalog')  WHERE c.relkind in ('r','p','v','f','m') and a.attnum > 0 AND NOT a.attisdropped  AND n.nspname LIKE 'public' AND c.relname LIKE 'orders') c WHERE true  ORDER BY nspname,c.relname,attnum";
@@ -21,6 +23,29 @@ fn decide(c: &mut Criterion) {
     classifier.classify(PGBENCH_SELECT, &mut scratch);
     // Simple-protocol clients inline a different literal every time; the shape still hits.
     let other_literal = "SELECT abalance FROM pgbench_accounts WHERE aid = 7;";
+    c.bench_function("shape scan (pgbench select)", |b| {
+        b.iter(|| lexer::shape_into(std::hint::black_box(other_literal), &mut scratch).is_ok())
+    });
+    // What a session does for a statement it already allowed: one lookup in its own memo,
+    // by shape when the literal changed, by exact text for a parameterised statement.
+    let mut memo = ShapeMemo::new(16 * 1024);
+    let allowed = |sql: &str, scratch: &mut String| {
+        policy
+            .evaluate(&classifier.classify(sql, scratch), &subject)
+            .action
+    };
+    for sql in [PGBENCH_SELECT, PGBENCH_SELECT_PARAMETERISED] {
+        assert_eq!(memo.get(sql), Ok(None));
+        memo.remember(sql, allowed(sql, &mut scratch));
+    }
+    c.bench_function(
+        "session memo hit by shape (pgbench select, new literal)",
+        |b| b.iter(|| memo.get(std::hint::black_box(other_literal))),
+    );
+    c.bench_function(
+        "session memo hit by text (pgbench select, parameterised)",
+        |b| b.iter(|| memo.get(std::hint::black_box(PGBENCH_SELECT_PARAMETERISED))),
+    );
     c.bench_function("cache hit + policy (pgbench select, new literal)", |b| {
         b.iter(|| {
             let classification =

@@ -2,7 +2,7 @@
 //! Lookups take one uncontended shard lock; the cache never holds more than its capacity.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 
 use crate::{classify, lexer, SharedClassification};
@@ -15,11 +15,13 @@ type Shard = Mutex<HashMap<u64, (Box<str>, SharedClassification), PreHashed>>;
 /// Classification with a shape-keyed cache.
 pub struct Classifier {
     read_only_functions: Vec<String>,
-    /// Keyed by the shape's hash (computed once, with a per-process random key); the entry
+    /// Keyed by the shape's hash (computed once, with a per-process random seed); the entry
     /// keeps the shape itself, compared on every hit, so a collision is only ever a miss.
     shards: Vec<Shard>,
     per_shard: usize,
-    hasher: RandomState,
+    /// Fast and seeded: the shape is compared on a hit anyway, so SipHash's strength buys
+    /// nothing here but time.
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Classifier {
@@ -32,7 +34,7 @@ impl Classifier {
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
@@ -50,23 +52,35 @@ impl Classifier {
     ) -> (SharedClassification, bool) {
         if lexer::shape_into(sql, scratch).is_err() {
             // Text the scanner refuses is classified every time (it is rare and suspicious).
-            return (Arc::new(classify(sql, &self.read_only_functions)), false);
+            return (self.classify_uncached(sql), false);
         }
-        let hash = self.hasher.hash_one(scratch.as_str());
+        self.classify_shaped(sql, scratch)
+    }
+
+    /// Classifies `sql` whose shape the caller already computed with [`lexer::shape_into`]
+    /// (so a session that keys its own cache on the shape scans the text once).
+    pub fn classify_shaped(&self, sql: &str, shape: &str) -> (SharedClassification, bool) {
+        debug_assert_eq!(lexer::shape(sql).as_deref(), Ok(shape));
+        let hash = self.hasher.hash_one(shape);
         let shard = &self.shards[(hash as usize) % SHARDS];
-        if let Some((shape, hit)) = shard.lock().expect("cache shard").get(&hash) {
-            if **shape == *scratch {
+        if let Some((cached, hit)) = shard.lock().expect("cache shard").get(&hash) {
+            if **cached == *shape {
                 return (hit.clone(), true);
             }
         }
-        let classification = Arc::new(classify(sql, &self.read_only_functions));
+        let classification = self.classify_uncached(sql);
         let mut map = shard.lock().expect("cache shard");
         if map.len() >= self.per_shard {
             // Bounded: start the shard afresh rather than track recency on every hit.
             map.clear();
         }
-        map.insert(hash, (scratch.as_str().into(), classification.clone()));
+        map.insert(hash, (shape.into(), classification.clone()));
         (classification, false)
+    }
+
+    /// Classifies `sql` without the cache (text that does not scan, or an unsafe encoding).
+    pub fn classify_uncached(&self, sql: &str) -> SharedClassification {
+        Arc::new(classify(sql, &self.read_only_functions))
     }
 
     /// Entries currently cached.

@@ -62,7 +62,7 @@ impl<'a> Lexer<'a> {
     fn skip_space_and_comments(&mut self) -> Result<(), LexError> {
         loop {
             match (self.peek(0), self.peek(1)) {
-                (Some(b), _) if b.is_ascii_whitespace() => self.pos += 1,
+                (Some(b), _) if is(b, SPACE) => self.pos += 1,
                 (Some(b'-'), Some(b'-')) => {
                     while let Some(b) = self.peek(0) {
                         self.pos += 1;
@@ -162,35 +162,80 @@ impl<'a> Lexer<'a> {
     }
 }
 
+/// Byte classes, looked up in one table: the scanner's inner loops test one bit per byte.
+const IDENT_CHAR: u8 = 1;
+const IDENT_START: u8 = 2;
+const OPERATOR: u8 = 4;
+const SPACE: u8 = 8;
+/// Identifier characters within ASCII (what the fast shape path copies without a second look).
+const ASCII_IDENT_CHAR: u8 = 16;
+
+static CLASSES: [u8; 256] = classes();
+
+const fn classes() -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let c = b as u8;
+        let mut class = 0;
+        // High-bit bytes continue and start identifiers, as in PostgreSQL.
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 {
+            class |= IDENT_CHAR;
+        }
+        if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            class |= IDENT_START;
+        }
+        if matches!(
+            c,
+            b'+' | b'-'
+                | b'*'
+                | b'/'
+                | b'<'
+                | b'>'
+                | b'='
+                | b'~'
+                | b'!'
+                | b'@'
+                | b'#'
+                | b'%'
+                | b'^'
+                | b'&'
+                | b'|'
+                | b'`'
+                | b'?'
+        ) {
+            class |= OPERATOR;
+        }
+        if c.is_ascii_whitespace() {
+            class |= SPACE;
+        }
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' {
+            class |= ASCII_IDENT_CHAR;
+        }
+        table[b] = class;
+        b += 1;
+    }
+    table
+}
+
+fn is(b: u8, class: u8) -> bool {
+    CLASSES[b as usize] & class != 0
+}
+
 /// Characters that may continue an unquoted identifier (high-bit bytes included, as PostgreSQL).
 pub(crate) fn is_ident_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+    is(b, IDENT_CHAR)
 }
 
-fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
-}
-
-fn is_operator_char(b: u8) -> bool {
-    matches!(
-        b,
-        b'+' | b'-'
-            | b'*'
-            | b'/'
-            | b'<'
-            | b'>'
-            | b'='
-            | b'~'
-            | b'!'
-            | b'@'
-            | b'#'
-            | b'%'
-            | b'^'
-            | b'&'
-            | b'|'
-            | b'`'
-            | b'?'
-    )
+/// What the token being scanned turned out to be; the slice is cut once, at the end.
+#[derive(Clone, Copy)]
+enum Scanned {
+    Word,
+    QuotedIdent,
+    Str,
+    Number,
+    Param,
+    Symbol,
 }
 
 impl<'a> Iterator for Lexer<'a> {
@@ -204,35 +249,36 @@ impl<'a> Iterator for Lexer<'a> {
         let start = self.pos;
         let first = self.peek(0)?;
         let second = self.peek(1);
-        let result = match first {
+        let scanned = match first {
             b';' => {
                 self.pos += 1;
                 return Some(Ok(Token::Semicolon));
             }
-            b'\'' => self
-                .quoted(b'\'', false)
-                .map(|_| Token::Str as fn(&'a str) -> Token<'a>),
-            b'"' => self
-                .quoted(b'"', false)
-                .map(|_| Token::QuotedIdent as fn(&'a str) -> Token<'a>),
+            _ if is(first, IDENT_START) && second != Some(b'\'') && second != Some(b'&') => {
+                // The common case first: a word that is not a string or identifier prefix.
+                self.pos += 1;
+                let rest = &self.bytes()[self.pos..];
+                self.pos += rest.iter().take_while(|&&b| is(b, IDENT_CHAR)).count();
+                Ok(Scanned::Word)
+            }
+            b'\'' => self.quoted(b'\'', false).map(|_| Scanned::Str),
+            b'"' => self.quoted(b'"', false).map(|_| Scanned::QuotedIdent),
             b'e' | b'E' if second == Some(b'\'') => {
                 self.pos += 1;
-                self.quoted(b'\'', true)
-                    .map(|_| Token::Str as fn(&'a str) -> Token<'a>)
+                self.quoted(b'\'', true).map(|_| Scanned::Str)
             }
             b'b' | b'B' | b'x' | b'X' | b'n' | b'N' if second == Some(b'\'') => {
                 self.pos += 1;
-                self.quoted(b'\'', false)
-                    .map(|_| Token::Str as fn(&'a str) -> Token<'a>)
+                self.quoted(b'\'', false).map(|_| Scanned::Str)
             }
             b'u' | b'U' if second == Some(b'&') && matches!(self.peek(2), Some(b'\'' | b'"')) => {
                 self.pos += 2;
                 let quote = self.peek(0).expect("checked");
                 self.quoted(quote, false).map(|_| {
                     if quote == b'"' {
-                        Token::QuotedIdent as fn(&'a str) -> Token<'a>
+                        Scanned::QuotedIdent
                     } else {
-                        Token::Str
+                        Scanned::Str
                     }
                 })
             }
@@ -241,30 +287,30 @@ impl<'a> Iterator for Lexer<'a> {
                 while self.peek(0).is_some_and(|b| b.is_ascii_digit()) {
                     self.pos += 1;
                 }
-                Ok(Token::Param as fn(&'a str) -> Token<'a>)
+                Ok(Scanned::Param)
             }
             b'$' => match self.dollar_quote() {
-                Some(r) => r.map(|_| Token::Str as fn(&'a str) -> Token<'a>),
+                Some(r) => r.map(|_| Scanned::Str),
                 None => {
                     self.pos += 1;
-                    Ok(Token::Symbol as fn(&'a str) -> Token<'a>)
+                    Ok(Scanned::Symbol)
                 }
             },
-            b'0'..=b'9' => self
-                .number()
-                .map(|_| Token::Number as fn(&'a str) -> Token<'a>),
-            b'.' if second.is_some_and(|b| b.is_ascii_digit()) => self
-                .number()
-                .map(|_| Token::Number as fn(&'a str) -> Token<'a>),
-            b if is_ident_start(b) => {
+            b'0'..=b'9' => self.number().map(|_| Scanned::Number),
+            b'.' if second.is_some_and(|b| b.is_ascii_digit()) => {
+                self.number().map(|_| Scanned::Number)
+            }
+            _ if is(first, IDENT_START) => {
+                // A prefix letter (`e`, `u`, ...) not followed by its quote: a plain word.
+                self.pos += 1;
                 while self.peek(0).is_some_and(is_ident_char) {
                     self.pos += 1;
                 }
-                Ok(Token::Word as fn(&'a str) -> Token<'a>)
+                Ok(Scanned::Word)
             }
-            b if is_operator_char(b) => {
+            _ if is(first, OPERATOR) => {
                 // An operator never swallows the start of a comment.
-                while self.peek(0).is_some_and(is_operator_char)
+                while self.peek(0).is_some_and(|b| is(b, OPERATOR))
                     && !matches!(
                         (self.peek(0), self.peek(1)),
                         (Some(b'-'), Some(b'-')) | (Some(b'/'), Some(b'*'))
@@ -275,21 +321,31 @@ impl<'a> Iterator for Lexer<'a> {
                 if self.pos == start {
                     self.pos += 1;
                 }
-                Ok(Token::Symbol as fn(&'a str) -> Token<'a>)
+                Ok(Scanned::Symbol)
             }
             b':' if second == Some(b':') => {
                 self.pos += 2;
-                Ok(Token::Symbol as fn(&'a str) -> Token<'a>)
+                Ok(Scanned::Symbol)
             }
             _ => {
                 // Punctuation, or any other single character (one whole UTF-8 scalar).
                 let len = self.src[start..].chars().next().map_or(1, char::len_utf8);
                 self.pos += len;
-                Ok(Token::Symbol as fn(&'a str) -> Token<'a>)
+                Ok(Scanned::Symbol)
             }
         };
-        Some(match result {
-            Ok(make) => Ok(make(&self.src[start..self.pos])),
+        Some(match scanned {
+            Ok(scanned) => {
+                let text = &self.src[start..self.pos];
+                Ok(match scanned {
+                    Scanned::Word => Token::Word(text),
+                    Scanned::QuotedIdent => Token::QuotedIdent(text),
+                    Scanned::Str => Token::Str(text),
+                    Scanned::Number => Token::Number(text),
+                    Scanned::Param => Token::Param(text),
+                    Scanned::Symbol => Token::Symbol(text),
+                })
+            }
             Err(e) => {
                 self.pos = self.src.len();
                 Err(e)
@@ -317,12 +373,255 @@ pub fn shape(sql: &str) -> Result<String, LexError> {
 }
 
 /// [`shape`] into a caller-owned buffer (cleared first), so the hot path reuses one allocation.
-/// One pass in the common case; a second only when a statement turns out to need its literals.
+/// Typical statements take one tight pass ([`fast_shape`]); anything unusual takes the full
+/// scanner, once, or twice when a statement turns out to need its literals.
 pub fn shape_into(sql: &str, out: &mut String) -> Result<(), LexError> {
-    if write_shape(sql, out, true)? {
+    if fast_shape(sql, out).is_some() || write_shape(sql, out, true)? {
         return Ok(());
     }
     write_shape(sql, out, false).map(|_| ())
+}
+
+/// The shape of the common case in one pass over the bytes, without tokens: ASCII words,
+/// standard strings, plain numbers, `$n` parameters, quoted identifiers, operators,
+/// punctuation and `--` comments, in statements whose literals can all be hidden. `None` at
+/// the first thing outside that (the full scanner then decides, and gives the same shape for
+/// everything this accepts: a test holds the two to it).
+fn fast_shape(sql: &str, out: &mut String) -> Option<()> {
+    // Built as bytes: copying and folding runs of bytes is far cheaper than pushing chars.
+    let mut buf = std::mem::take(out).into_bytes();
+    buf.clear();
+    let shaped = fast_shape_bytes(sql, &mut buf);
+    match String::from_utf8(buf) {
+        Ok(shape) => {
+            *out = shape;
+            shaped
+        }
+        // Cannot happen (every piece is cut from the text at ASCII boundaries); if it did,
+        // the full scanner would decide.
+        Err(_) => None,
+    }
+}
+
+fn fast_shape_bytes(sql: &str, out: &mut Vec<u8>) -> Option<()> {
+    let bytes = sql.as_bytes();
+    let len = bytes.len();
+    let at = |i: usize| bytes.get(i).copied().unwrap_or(0);
+    let mut at_start = true;
+    let mut i = 0;
+    while i < len {
+        let b = bytes[i];
+        if is(b, SPACE) {
+            i += 1;
+            continue;
+        }
+        if b == b'-' && at(i + 1) == b'-' {
+            while i < len && !matches!(bytes[i], b'\n' | b'\r') {
+                i += 1;
+            }
+            continue;
+        }
+        let start = i;
+        if b == b';' {
+            separate_bytes(out);
+            out.push(b';');
+            at_start = true;
+            i += 1;
+            continue;
+        }
+        if b < 0x80 && is(b, IDENT_START) {
+            i += ascii_word_len(&bytes[i..]);
+            // Non-ASCII letters, and prefixes such as E'..', U&'..': the full scanner.
+            if at(i) >= 0x80 || at(i) == b'\'' || (at(i) == b'&' && i - start == 1) {
+                return None;
+            }
+            let word = &sql[start..i];
+            if at_start {
+                at_start = false;
+                if !LITERAL_FREE_LEADERS
+                    .iter()
+                    .any(|k| word.eq_ignore_ascii_case(k))
+                {
+                    return None;
+                }
+            } else if LITERAL_SENSITIVE_NAMES
+                .iter()
+                .any(|n| word.eq_ignore_ascii_case(n))
+            {
+                return None;
+            }
+            separate_bytes(out);
+            push_folded(out, &bytes[start..], word.len());
+            continue;
+        }
+        if at_start {
+            return None;
+        }
+        match b {
+            b'\'' => {
+                i += 1;
+                loop {
+                    match bytes.get(i)? {
+                        b'\'' if at(i + 1) == b'\'' => i += 2,
+                        b'\'' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+                separate_bytes(out);
+                out.push(b'?');
+            }
+            b'"' => {
+                i += 1;
+                loop {
+                    match bytes.get(i)? {
+                        b'"' if at(i + 1) == b'"' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+                let quoted = &sql[start..i];
+                if LITERAL_SENSITIVE_NAMES
+                    .iter()
+                    .any(|n| quoted.trim_matches('"') == *n)
+                {
+                    return None;
+                }
+                separate_bytes(out);
+                out.extend_from_slice(quoted.as_bytes());
+            }
+            b'0'..=b'9' => {
+                while at(i).is_ascii_digit() {
+                    i += 1;
+                }
+                if at(i) == b'.' && at(i + 1) != b'.' {
+                    i += 1;
+                    while at(i).is_ascii_digit() {
+                        i += 1;
+                    }
+                }
+                // Exponents and digits run into letters: the full scanner.
+                if is(at(i), IDENT_CHAR) {
+                    return None;
+                }
+                separate_bytes(out);
+                out.push(b'?');
+            }
+            b'$' if at(i + 1).is_ascii_digit() => {
+                i += 1;
+                while at(i).is_ascii_digit() {
+                    i += 1;
+                }
+                separate_bytes(out);
+                out.extend_from_slice(&bytes[start..i]);
+            }
+            b':' if at(i + 1) == b':' => {
+                i += 2;
+                separate_bytes(out);
+                out.extend_from_slice(b"::");
+            }
+            _ if is(b, OPERATOR) => {
+                if b == b'/' && at(i + 1) == b'*' {
+                    return None;
+                }
+                while i < len
+                    && is(bytes[i], OPERATOR)
+                    && !matches!((bytes[i], at(i + 1)), (b'-', b'-') | (b'/', b'*'))
+                {
+                    i += 1;
+                }
+                separate_bytes(out);
+                out.extend_from_slice(&bytes[start..i]);
+            }
+            b'.' if at(i + 1).is_ascii_digit() => return None,
+            b'$' | 0x80.. => return None,
+            _ => {
+                i += 1;
+                separate_bytes(out);
+                out.extend_from_slice(&bytes[start..i]);
+            }
+        }
+    }
+    Some(())
+}
+
+/// Tokens in a shape are separated by one space.
+fn separate(out: &mut String) {
+    if !out.is_empty() {
+        out.push(' ');
+    }
+}
+
+/// Eight bytes at a time (SWAR): a word of the typical statement is two or three steps, not
+/// a dozen table lookups.
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `y` (whose bytes are all below 0x80) set where the byte is at
+/// least `c`.
+fn at_least(y: u64, c: u8) -> u64 {
+    y.wrapping_add(ONES * u64::from(0x80 - c)) & HIGH_BITS
+}
+
+/// Per byte, high bit set where the byte lies in `lo..=hi`.
+fn within(y: u64, lo: u8, hi: u8) -> u64 {
+    at_least(y, lo) & !at_least(y, hi + 1)
+}
+
+/// Up to eight bytes as a little-endian word, zero-padded (zero is no identifier byte).
+fn load(bytes: &[u8]) -> u64 {
+    if let Some(eight) = bytes.first_chunk::<8>() {
+        return u64::from_le_bytes(*eight);
+    }
+    let mut word = [0u8; 8];
+    for (to, from) in word.iter_mut().zip(bytes) {
+        *to = *from;
+    }
+    u64::from_le_bytes(word)
+}
+
+/// The length of the run of ASCII identifier characters (`[A-Za-z0-9_$]`) `bytes` starts with.
+fn ascii_word_len(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while at < bytes.len() {
+        let x = load(&bytes[at..]);
+        let y = x & !HIGH_BITS;
+        let ident = (within(y, b'a', b'z')
+            | within(y, b'A', b'Z')
+            | within(y, b'0', b'9')
+            | within(y, b'_', b'_')
+            | within(y, b'$', b'$'))
+            & !x;
+        let stops = !ident & HIGH_BITS;
+        if stops != 0 {
+            return (at + stops.trailing_zeros() as usize / 8).min(bytes.len());
+        }
+        at += 8;
+    }
+    bytes.len()
+}
+
+/// Appends the ASCII word of `word_len` bytes that `text` starts with, folded to lower case,
+/// eight bytes at a time (read past the word where the text goes on: whole loads are cheap,
+/// padded ones are not).
+fn push_folded(out: &mut Vec<u8>, text: &[u8], word_len: usize) {
+    let end = out.len() + word_len;
+    let mut at = 0;
+    while at < word_len {
+        let x = load(&text[at..]);
+        let upper = within(x & !HIGH_BITS, b'A', b'Z') & !x;
+        out.extend_from_slice(&(x | (upper >> 2)).to_le_bytes());
+        at += 8;
+    }
+    // Whole words were written; cut off what followed the word.
+    out.truncate(end);
+}
+
+fn separate_bytes(out: &mut Vec<u8>) {
+    if !out.is_empty() {
+        out.push(b' ');
+    }
 }
 
 /// Writes the shape; with `hide_literals`, stops early and returns `false` as soon as a
@@ -335,9 +634,7 @@ fn write_shape(sql: &str, out: &mut String, hide_literals: bool) -> Result<bool,
         if hide_literals && !literal_free(&token, &mut at_start) {
             return Ok(false);
         }
-        if !out.is_empty() {
-            out.push(' ');
-        }
+        separate(out);
         match token {
             Token::Word(w) => {
                 // Copied, then folded in place: far cheaper than pushing char by char.
@@ -496,6 +793,133 @@ mod tests {
         );
         assert_ne!(shape("SELECT \"T\"").unwrap(), shape("SELECT t").unwrap());
         assert_eq!(shape("").unwrap(), "");
+    }
+
+    /// The full scanner's shape, bypassing the fast path.
+    fn full_shape(sql: &str) -> Result<String, LexError> {
+        let mut out = String::new();
+        if !write_shape(sql, &mut out, true)? {
+            write_shape(sql, &mut out, false)?;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn fast_shape_takes_typical_statements() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;",
+            "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+            "select \"Id\", name from \"Orders\" o -- note\n where o.total >= 10.5 and o.tag = 'it''s'",
+            "INSERT INTO t (a, b) VALUES (1, 'x'), (2, 'y') RETURNING a::text",
+        ] {
+            let mut out = String::new();
+            assert!(fast_shape(sql, &mut out).is_some(), "{sql}");
+            assert_eq!(Ok(out), full_shape(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn fast_shape_agrees_with_the_full_scanner() {
+        const PIECES: &[&str] = &[
+            "SELECT",
+            "select",
+            "insert",
+            "UPDATE",
+            "with",
+            "set",
+            "SET",
+            "show",
+            "set_config",
+            "\"set_config\"",
+            "\"a\"\"b\"",
+            "t",
+            "e",
+            "E",
+            "u",
+            "U",
+            "x",
+            "n",
+            "b",
+            "a$b",
+            "é",
+            "'s'",
+            "'a''b'",
+            "''",
+            "'日本'",
+            "'open",
+            "\"open",
+            "1",
+            "42",
+            "3.14",
+            "1.",
+            ".5",
+            "1e5",
+            "1_000",
+            "0x1F",
+            "12abc",
+            "1..2",
+            "$1",
+            "$12",
+            "$",
+            "$$ q $$",
+            "$a$ x $a$",
+            "&",
+            "'",
+            "\"",
+            "=",
+            "<>",
+            "+-",
+            "--",
+            "-- c\n",
+            "/*",
+            "/* c */",
+            "*/",
+            "::",
+            ":",
+            ";",
+            ",",
+            "(",
+            ")",
+            "[",
+            "]",
+            ".",
+            " ",
+            "\n",
+            "\t",
+            "\u{b}",
+            "@",
+            "#",
+            "?",
+            "|",
+            "\\",
+            "~",
+            "%",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut taken, mut out) = (0, String::new());
+        for _ in 0..50_000 {
+            let mut sql = String::new();
+            let leader =
+                ["SELECT ", "select ", "UPDATE ", "with ", "", "SET "][next() as usize % 6];
+            sql.push_str(leader);
+            for _ in 0..(next() % 12) {
+                sql.push_str(PIECES[next() as usize % PIECES.len()]);
+                if next() % 3 > 0 {
+                    sql.push(' ');
+                }
+            }
+            if fast_shape(&sql, &mut out).is_some() {
+                taken += 1;
+                assert_eq!(Ok(out.clone()), full_shape(&sql), "{sql:?}");
+            }
+        }
+        assert!(taken > 5_000, "the fast path took only {taken} texts");
     }
 
     #[test]

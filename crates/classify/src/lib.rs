@@ -6,7 +6,8 @@
 //! [`Kind::Unknown`]. Writes hidden in reads count as writes: data-modifying CTEs,
 //! SELECT INTO, FOR UPDATE, functions not known to be read-only, COPY to or from files and
 //! programs. [`Classifier`] adds a bounded cache keyed on the statement *shape*
-//! ([`lexer::shape`]), so a repeated statement costs a scan and a hash lookup, not a parse.
+//! ([`lexer::shape`]), so a repeated statement costs a scan and a hash lookup, not a parse;
+//! [`ShapeMemo`] is the lock-free per-session layer in front of it.
 
 mod analyze;
 mod cache;
@@ -14,6 +15,7 @@ mod fallback;
 mod functions;
 mod kind;
 pub mod lexer;
+mod memo;
 mod pinned;
 mod table;
 
@@ -25,6 +27,7 @@ use sqlparser::parser::Parser;
 pub use cache::Classifier;
 pub use kind::{Kind, KindSet};
 pub use lexer::LexError;
+pub use memo::ShapeMemo;
 pub use pinned::safe_value as pinned_setting_is_safe;
 pub use table::TableName;
 

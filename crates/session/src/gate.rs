@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use pgstepup_audit::{AuditLog, Record};
-use pgstepup_classify::{Classification, Facet, Kind};
+use pgstepup_classify::{Classification, Facet, Kind, LexError, ShapeMemo};
 use pgstepup_metrics::Metrics;
 use pgstepup_policy::{Action, Decision, Scope, Subject};
 use pgstepup_protocol::backend::{sqlstate, PgError};
@@ -129,18 +129,16 @@ enum PreparedDecision {
     Refused(PgError),
 }
 
-/// Texts this long or longer are not remembered as recently allowed.
-const RECENT_TEXT_MAX: usize = 1024;
-/// Bytes of recently allowed text a session keeps before starting afresh.
+/// Bytes of recently allowed shapes a session keeps before starting afresh.
 const RECENT_BYTES_MAX: usize = 16 * 1024;
 
 /// Per-session gate state.
 pub(crate) struct Gate {
-    /// Exact texts allowed under the policy in force, so a repeat (the extended protocol sends
-    /// the same text with new parameters) costs one hash lookup: no scan, no decision.
-    /// Each with the kind that decided it, for the statement counters.
-    recent_allowed: HashMap<Box<str>, Kind>,
-    recent_bytes: usize,
+    /// Shapes allowed under the policy in force, so a repeat (the same statement with new
+    /// literals or parameters) costs a scan and one lookup in the session's own map: no lock,
+    /// no shared counter, no policy evaluation. Each with the kind that decided it, for the
+    /// statement counters.
+    recent_allowed: ShapeMemo<Kind>,
     prepared: HashMap<Box<[u8]>, Prepared>,
     context: SessionContext,
     store: Arc<PolicyStore>,
@@ -148,7 +146,6 @@ pub(crate) struct Gate {
     generation: u64,
     subject: Subject,
     upstream_roles: Vec<String>,
-    shape_scratch: String,
     unsafe_encoding: Option<String>,
     marker: Arc<str>,
     pending: VecDeque<PendingRefusal>,
@@ -175,8 +172,7 @@ impl Gate {
         let generation = store.generation();
         let roles = active.policy.roles_of(&user, &upstream_roles);
         Gate {
-            recent_allowed: HashMap::new(),
-            recent_bytes: 0,
+            recent_allowed: ShapeMemo::new(RECENT_BYTES_MAX),
             prepared: HashMap::new(),
             context,
             store,
@@ -184,7 +180,6 @@ impl Gate {
             generation,
             subject: Subject { user, roles },
             upstream_roles,
-            shape_scratch: String::new(),
             unsafe_encoding: None,
             marker,
             pending: VecDeque::new(),
@@ -243,22 +238,29 @@ impl Gate {
                 self.prepared.clear();
             }
         }
-        let repeatable = match statement {
-            Statement::Query { sql } | Statement::Parse { name: b"", sql } => {
-                std::str::from_utf8(sql).ok()
-            }
-            _ => None,
-        };
-        if let Some(kind) = repeatable.and_then(|text| self.recent_allowed.get(text)) {
-            self.context
-                .metrics
-                .statement(Action::Allow as usize, *kind as usize);
-            return Verdict::Forward;
-        }
+        // Whether a repeat of this statement's shape may be decided by the session alone (a
+        // named Parse also records the statement, so it always takes the full path).
+        let mut repeatable = false;
         let (classification, sql) = match statement {
             Statement::Query { sql } | Statement::Parse { sql, .. } => {
                 let text = decode(sql);
-                (self.classify(&text), text)
+                // The memo also leaves the shape for the shared cache on a miss.
+                let remembered = match self.unsafe_encoding {
+                    None => self.recent_allowed.get(&text),
+                    Some(_) => Err(LexError::Unterminated),
+                };
+                repeatable = matches!(text, Cow::Borrowed(_))
+                    && matches!(
+                        statement,
+                        Statement::Query { .. } | Statement::Parse { name: b"", .. }
+                    );
+                if let (true, Ok(Some(kind))) = (repeatable, remembered) {
+                    self.context
+                        .metrics
+                        .statement(Action::Allow as usize, kind as usize);
+                    return Verdict::Forward;
+                }
+                (self.classify(&text, remembered.is_ok()), text)
             }
             Statement::FunctionCall { oid } => (
                 Arc::new(function_call(oid)),
@@ -315,8 +317,8 @@ impl Gate {
             }
             Action::Allow => {
                 tracing::debug!(rule = %decision.rule, sql = %sql, "allow");
-                if let Some(text) = repeatable.filter(|t| t.len() < RECENT_TEXT_MAX) {
-                    self.remember_allowed(text, kind);
+                if repeatable {
+                    self.recent_allowed.remember(&sql, kind);
                 }
                 Verdict::Forward
             }
@@ -483,17 +485,8 @@ impl Gate {
         }
     }
 
-    fn remember_allowed(&mut self, text: &str, kind: Kind) {
-        if self.recent_bytes + text.len() > RECENT_BYTES_MAX {
-            self.forget_recent();
-        }
-        self.recent_bytes += text.len();
-        self.recent_allowed.insert(text.into(), kind);
-    }
-
     fn forget_recent(&mut self) {
-        self.recent_allowed = HashMap::new();
-        self.recent_bytes = 0;
+        self.recent_allowed.clear();
     }
 
     fn refresh(&mut self) {
@@ -506,26 +499,27 @@ impl Gate {
             .roles_of(&self.subject.user, &self.upstream_roles);
     }
 
-    fn classify(&mut self, sql: &str) -> Arc<Classification> {
-        match &self.unsafe_encoding {
-            Some(encoding) => Arc::new(single_facet(
+    /// Classifies `sql`, the text the memo last looked up; `scans` says it did scan (not so
+    /// for text the lexer refuses, or in an unsafe encoding: then the cache is not used).
+    fn classify(&mut self, sql: &str, scans: bool) -> Arc<Classification> {
+        if let Some(encoding) = &self.unsafe_encoding {
+            return Arc::new(single_facet(
                 Kind::Unknown,
                 format!("client_encoding {encoding} can hide quotes inside multi-byte characters"),
-            )),
-            None => {
-                let (classification, hit) = self
-                    .active
-                    .classifier
-                    .classify_counted(sql, &mut self.shape_scratch);
-                let metrics = &self.context.metrics;
-                if hit {
-                    metrics.cache_hits.inc();
-                } else {
-                    metrics.cache_misses.inc();
-                }
-                classification
-            }
+            ));
         }
+        let classifier = &self.active.classifier;
+        let (classification, hit) = match self.recent_allowed.shape_of(sql) {
+            Ok(shape) if scans => classifier.classify_shaped(sql, shape),
+            _ => (classifier.classify_uncached(sql), false),
+        };
+        let metrics = &self.context.metrics;
+        if hit {
+            metrics.cache_hits.inc();
+        } else {
+            metrics.cache_misses.inc();
+        }
+        classification
     }
 
     /// Counts forwarded frames that each produce one ReadyForQuery; call after every frame
