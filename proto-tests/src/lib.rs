@@ -188,8 +188,12 @@ pub async fn admin_in(database: &str, sql: &str) {
 pub async fn app_role() {
     static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     DONE.get_or_init(|| async {
+        // Test processes run this at once: a transaction-scoped lock (one implicit
+        // transaction holds the whole batch) serialises them, where concurrent ALTER ROLEs
+        // fail with "tuple concurrently updated".
         admin(&format!(
-            "DO $$BEGIN
+            "SELECT pg_advisory_xact_lock(7240001);
+             DO $$BEGIN
                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_USER}') THEN
                  CREATE ROLE {APP_USER} LOGIN;
                END IF;
