@@ -146,20 +146,50 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Logs go to standard error (the audit trail may own standard output), filtered by
-/// `RUST_LOG` (default `info`).
+/// `RUST_LOG` (default `info`). Target and level directives, the usual kind, go through a
+/// plain target filter; only directives it cannot express (span or field filters) take
+/// `EnvFilter`, whose span tracking costs a lock each time a session's task is polled.
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => logs.init(),
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, Layer};
+
+    let (targets, env_filter) = log_filter(&std::env::var("RUST_LOG").unwrap_or_default());
+    let logs = fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Human => logs.boxed(),
         LogFormat::Json => logs
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .init(),
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(targets)
+        .with(env_filter)
+        .with(logs)
+        .init();
+}
+
+/// The filter for `RUST_LOG` directives: a target filter when they are only targets and
+/// levels, `EnvFilter` otherwise (unreadable directives mean `info`).
+fn log_filter(
+    directives: &str,
+) -> (
+    Option<tracing_subscriber::filter::Targets>,
+    Option<tracing_subscriber::EnvFilter>,
+) {
+    use tracing_subscriber::{filter::Targets, EnvFilter};
+    let directives = match directives.trim() {
+        "" => "info",
+        given => given,
+    };
+    match directives.parse::<Targets>() {
+        Ok(targets) => (Some(targets), None),
+        Err(_) => (
+            None,
+            Some(EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"))),
+        ),
     }
 }
 
@@ -262,4 +292,26 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutdown requested");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+    use tracing::level_filters::LevelFilter;
+
+    #[test]
+    fn plain_directives_take_the_target_filter_and_others_env_filter() {
+        let (targets, env) = log_filter("pgstepup_session=debug,warn");
+        let targets = targets.expect("targets and levels");
+        assert!(env.is_none());
+        assert_eq!(
+            targets.default_level(),
+            Some(LevelFilter::WARN),
+            "{targets:?}"
+        );
+        // Empty means info; a span filter needs EnvFilter.
+        assert!(log_filter("").0.is_some());
+        let (targets, env) = log_filter("[conn{id=7}]=debug");
+        assert!(targets.is_none() && env.is_some());
+    }
 }

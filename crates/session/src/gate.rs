@@ -616,7 +616,11 @@ impl Gate {
 /// above ASCII become U+FFFD, which keeps every quote, keyword and separator in place for
 /// the single-byte encodings (multi-byte unsafe ones are refused above).
 fn decode(sql: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(sql)
+    // Valid UTF-8 is the rule: check it with the fast validator, decode lossily only if not.
+    match std::str::from_utf8(sql) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(sql),
+    }
 }
 
 fn function_call(oid: u32) -> Classification {

@@ -60,8 +60,8 @@ pub(crate) struct SessionParts {
 enum Input {
     Client(Result<Frame, ConnectionError>),
     Server(Result<Frame, ConnectionError>),
-    /// The instance started draining or closing.
-    Phase,
+    /// The instance started draining or closing (the watch that saw it comes back).
+    Phase(Phase, watch::Receiver<Phase>),
     IdleTimeout,
 }
 
@@ -147,6 +147,9 @@ impl Session {
 
     /// Relays until either side ends the session, or the instance shuts it down.
     pub(crate) async fn run(mut self) -> Ending {
+        // One registration with the lifecycle for the whole loop: a `changed()` made afresh
+        // in every select registers and unregisters a waiter (two locks) per exchange.
+        let mut phase_change = std::pin::pin!(next_phase(self.phase_changes.clone()));
         let ending = loop {
             let idle_timeout = self
                 .idle_timeout
@@ -156,14 +159,15 @@ impl Session {
                 biased;
                 r = self.server.read_frame() => Input::Server(r),
                 r = self.client.read_frame() => Input::Client(r),
-                _ = self.phase_changes.changed() => Input::Phase,
+                (phase, changes) = &mut phase_change => Input::Phase(phase, changes),
                 _ = sleep_or_never(idle_timeout) => Input::IdleTimeout,
             };
             let step = match input {
                 Input::Server(r) => self.on_server_input(r).await,
                 Input::Client(r) => self.on_client_input(r).await,
-                Input::Phase => {
-                    self.phase = *self.phase_changes.borrow_and_update();
+                Input::Phase(phase, changes) => {
+                    self.phase = phase;
+                    phase_change.set(next_phase(changes));
                     Ok(())
                 }
                 Input::IdleTimeout => {
@@ -377,6 +381,16 @@ impl Session {
             }
         }
     }
+}
+
+/// The lifecycle's next phase, with the watch to wait for the one after (never, once the
+/// lifecycle is gone).
+async fn next_phase(mut changes: watch::Receiver<Phase>) -> (Phase, watch::Receiver<Phase>) {
+    if changes.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    let phase = *changes.borrow_and_update();
+    (phase, changes)
 }
 
 /// Completes after `timeout`, or never.
