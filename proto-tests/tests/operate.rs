@@ -211,7 +211,8 @@ async fn metrics_move_by_exactly_what_happened() {
     let classified = delta("pgstepup_classification_cache_hits_total", &[])
         + delta("pgstepup_classification_cache_misses_total", &[]);
     assert_eq!(classified, 5.0);
-    assert!(delta("pgstepup_statement_overhead_seconds", &[]) >= 4.0);
+    // Sampled (one client message in 8, the first of a session always): at least one.
+    assert!(delta("pgstepup_statement_overhead_seconds", &[]) >= 1.0);
     assert_eq!(after.value("pgstepup_ready", &[]), 1.0);
     assert_eq!(
         after.value(

@@ -215,7 +215,7 @@ impl Metrics {
                 .collect(),
             statement_overhead: histogram(
                 "pgstepup_statement_overhead_seconds",
-                "Time pgstepup adds per statement: from its last byte read to its first byte written upstream (holds excluded).",
+                "Time pgstepup adds per statement: from its last byte read to its first byte written upstream (holds excluded; sampled, one client message in 8 per session).",
                 vec![
                     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 1e-2, 0.1,
                 ],

@@ -3,10 +3,10 @@
 
 use std::io;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::frame::{Frame, HEADER_LEN};
+use crate::frame::{Frame, FrameRef, HEADER_LEN};
 use crate::stream::Stream;
 
 /// Default cap on one frame (PostgreSQL itself refuses most messages above 1 GiB).
@@ -120,6 +120,40 @@ impl Connection {
 
     /// Returns a frame if one is already complete in the buffer, without touching the socket.
     pub fn try_read_frame(&mut self) -> Result<Option<Frame>, ConnectionError> {
+        let Some(total) = self.whole_frame_len()? else {
+            return Ok(None);
+        };
+        let frame = Frame::from_bytes(self.read_buf.split_to(total).freeze());
+        self.release_drained_grown_buffer();
+        Ok(Some(frame))
+    }
+
+    /// Waits until a whole frame is buffered, for [`Connection::peek_frame`]. Cancel-safe.
+    pub async fn wait_frame(&mut self) -> Result<(), ConnectionError> {
+        while self.whole_frame_len()?.is_none() {
+            self.fill().await?;
+        }
+        Ok(())
+    }
+
+    /// The next frame if one is complete in the buffer, left where it lies until
+    /// [`Connection::consume`]: relaying it this way costs no reference count and no
+    /// allocation (the frame is copied once, into the other side's output).
+    pub fn peek_frame(&mut self) -> Result<Option<FrameRef<'_>>, ConnectionError> {
+        Ok(self
+            .whole_frame_len()?
+            .map(|total| FrameRef::new(&self.read_buf[..total])))
+    }
+
+    /// Drops a frame seen with [`Connection::peek_frame`] (`len`: its whole length).
+    pub fn consume(&mut self, len: usize) {
+        self.read_buf.advance(len);
+        self.release_drained_grown_buffer();
+    }
+
+    /// The length of the whole frame at the front of the buffer, once it is all there (the
+    /// buffer is made room for the rest of it otherwise).
+    fn whole_frame_len(&mut self) -> Result<Option<usize>, ConnectionError> {
         if self.read_buf.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -139,7 +173,10 @@ impl Connection {
             self.read_grown |= self.read_buf.capacity() > IDLE_BUFFER_CAP;
             return Ok(None);
         }
-        let frame = Frame::from_bytes(self.read_buf.split_to(total).freeze());
+        Ok(Some(total))
+    }
+
+    fn release_drained_grown_buffer(&mut self) {
         if self.read_buf.is_empty() && self.read_grown {
             // The buffer was grown for a large message. Its (now empty) tail still pins that
             // whole allocation, so start afresh: the memory goes once the frames sliced from
@@ -147,7 +184,6 @@ impl Connection {
             self.read_buf = BytesMut::with_capacity(READ_CHUNK);
             self.read_grown = false;
         }
-        Ok(Some(frame))
     }
 
     /// Whether bytes of a not yet complete frame are waiting in the read buffer, meaning the

@@ -62,16 +62,22 @@ impl Frame {
         }
     }
 
+    /// A borrowed view of the frame.
+    #[inline]
+    pub fn view(&self) -> FrameRef<'_> {
+        FrameRef { bytes: &self.bytes }
+    }
+
     /// The message type byte.
     #[inline]
     pub fn tag(&self) -> u8 {
-        self.bytes[0]
+        self.view().tag()
     }
 
     /// The payload after the tag and length.
     #[inline]
     pub fn body(&self) -> &[u8] {
-        &self.bytes[HEADER_LEN..]
+        self.view().body()
     }
 
     /// The whole frame as received, ready to forward.
@@ -89,8 +95,46 @@ impl Frame {
     /// Reads a NUL-terminated string from the start of `body[at..]`, returning it and the offset
     /// after the NUL; `None` when there is no terminator.
     pub fn cstr_at(&self, at: usize) -> Option<(&[u8], usize)> {
-        let body = self.body();
-        let rest = body.get(at..)?;
+        self.view().cstr_at(at)
+    }
+}
+
+/// A complete frame borrowed where it lies (in a connection's read buffer, or in a [`Frame`]):
+/// relaying it needs no reference count and no allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameRef<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> FrameRef<'a> {
+    /// Views bytes that hold one whole frame.
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        debug_assert!(bytes.len() >= HEADER_LEN);
+        FrameRef { bytes }
+    }
+
+    /// The message type byte.
+    #[inline]
+    pub fn tag(self) -> u8 {
+        self.bytes[0]
+    }
+
+    /// The payload after the tag and length.
+    #[inline]
+    pub fn body(self) -> &'a [u8] {
+        &self.bytes[HEADER_LEN..]
+    }
+
+    /// The whole frame as received, ready to forward.
+    #[inline]
+    pub fn as_bytes(self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Reads a NUL-terminated string from the start of `body[at..]`, returning it and the offset
+    /// after the NUL; `None` when there is no terminator.
+    pub fn cstr_at(self, at: usize) -> Option<(&'a [u8], usize)> {
+        let rest = self.body().get(at..)?;
         let nul = rest.iter().position(|&b| b == 0)?;
         Some((&rest[..nul], at + nul + 1))
     }

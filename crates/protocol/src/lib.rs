@@ -14,5 +14,5 @@ pub mod startup;
 mod stream;
 
 pub use connection::{Connection, ConnectionError, DEFAULT_MAX_FRAME};
-pub use frame::{error_field, error_message, tag, Frame};
+pub use frame::{error_field, error_message, tag, Frame, FrameRef};
 pub use stream::Stream;

@@ -20,7 +20,7 @@ use pgstepup_classify::{Classification, Facet, Kind, LexError, ShapeMemo};
 use pgstepup_metrics::Metrics;
 use pgstepup_policy::{Action, Decision, Scope, Subject};
 use pgstepup_protocol::backend::{sqlstate, PgError};
-use pgstepup_protocol::{error_message, tag, Frame};
+use pgstepup_protocol::{error_message, tag, Frame, FrameRef};
 use pgstepup_stepup::unix_now;
 
 use crate::policy_store::{ActivePolicy, PolicyStore};
@@ -134,12 +134,14 @@ const RECENT_BYTES_MAX: usize = 16 * 1024;
 
 /// Per-session gate state.
 pub(crate) struct Gate {
-    /// Shapes allowed under the policy in force, so a repeat (the same statement with new
-    /// literals or parameters) costs a scan and one lookup in the session's own map: no lock,
-    /// no shared counter, no policy evaluation. Each with the kind that decided it, for the
-    /// statement counters.
+    /// Statements allowed under the policy in force, so a repeat costs one lookup in the
+    /// session's own memo (by exact text when it has no literals, by shape after one scan when
+    /// only the literals changed): no lock, no shared counter, no policy evaluation. Each with
+    /// the kind that decided it, for the statement counters.
     recent_allowed: ShapeMemo<Kind>,
-    prepared: HashMap<Box<[u8]>, Prepared>,
+    /// Named prepared statements, looked up at every Bind (a fast seeded hash: names are short
+    /// and only this session's client chooses them).
+    prepared: HashMap<Box<[u8]>, Prepared, foldhash::fast::RandomState>,
     context: SessionContext,
     store: Arc<PolicyStore>,
     active: Arc<ActivePolicy>,
@@ -173,7 +175,7 @@ impl Gate {
         let roles = active.policy.roles_of(&user, &upstream_roles);
         Gate {
             recent_allowed: ShapeMemo::new(RECENT_BYTES_MAX),
-            prepared: HashMap::new(),
+            prepared: HashMap::default(),
             context,
             store,
             active,
@@ -566,7 +568,7 @@ impl Gate {
 
     /// The client's version of a server ErrorResponse: pgstepup's own explanation when the
     /// error is a substitute's.
-    pub(crate) fn rewrite_error(&mut self, frame: &Frame) -> Option<Bytes> {
+    pub(crate) fn rewrite_error(&mut self, frame: FrameRef<'_>) -> Option<Bytes> {
         if self.pending.is_empty() {
             return None;
         }
@@ -590,7 +592,7 @@ impl Gate {
     }
 
     /// Tracks settings that change how text must be read. An error means the session must end.
-    pub(crate) fn on_parameter_status(&mut self, frame: &Frame) -> Result<(), PgError> {
+    pub(crate) fn on_parameter_status(&mut self, frame: FrameRef<'_>) -> Result<(), PgError> {
         let (name, at) = frame.cstr_at(0).unwrap_or_default();
         let (value, _) = frame.cstr_at(at).unwrap_or_default();
         match name {

@@ -240,11 +240,10 @@ impl Session {
                         self.check_phase()?;
                     }
                 }
-                read = self.server.read_frame() => {
-                    let frame = read.map_err(|_| Ending::ServerGone)?;
-                    self.relay_server_frame(&frame)?;
-                    while let Some(frame) = self.server.try_read_frame().map_err(|_| Ending::ServerGone)? {
-                        self.relay_server_frame(&frame)?;
+                ready = self.server.wait_frame() => {
+                    ready.map_err(|_| Ending::ServerGone)?;
+                    while self.relay_buffered_server_frames()? {
+                        self.client.flush().await.map_err(|_| Ending::ClientGone)?;
                     }
                     self.client.flush().await.map_err(|_| Ending::ClientGone)?;
                 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use pgstepup_protocol::backend::{self, sqlstate, PgError};
-use pgstepup_protocol::{tag, Connection, ConnectionError, Frame};
+use pgstepup_protocol::{tag, Connection, ConnectionError, Frame, FrameRef};
 use pgstepup_stepup::StepUp;
 use pgstepup_upstream::LoginReply;
 
@@ -43,6 +43,8 @@ pub(crate) struct Session {
     idle_timeout: Option<Duration>,
     /// Set when the input being handled held a statement (its wait is not overhead).
     pub(crate) held_in_batch: bool,
+    /// Client inputs handled, for sampling the overhead histogram.
+    inputs: u32,
 }
 
 /// What a new session needs besides its two connections.
@@ -59,11 +61,16 @@ pub(crate) struct SessionParts {
 /// What woke the session.
 enum Input {
     Client(Result<Frame, ConnectionError>),
-    Server(Result<Frame, ConnectionError>),
+    /// A whole server frame is buffered.
+    Server(Result<(), ConnectionError>),
     /// The instance started draining or closing (the watch that saw it comes back).
     Phase(Phase, watch::Receiver<Phase>),
     IdleTimeout,
 }
+
+/// One client input in this many feeds the overhead histogram (the first of each session
+/// always does).
+const OVERHEAD_SAMPLE_EVERY: u32 = 8;
 
 /// How a session ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -100,7 +107,7 @@ impl Session {
         let phase = *phase_changes.borrow();
         for frame in &reply.relay {
             if frame.tag() == tag::PARAMETER_STATUS {
-                if let Err(error) = gate.on_parameter_status(frame) {
+                if let Err(error) = gate.on_parameter_status(frame.view()) {
                     return Err((client, error));
                 }
             }
@@ -137,6 +144,7 @@ impl Session {
             transaction_status: reply.ready_status,
             idle_timeout,
             held_in_batch: false,
+            inputs: 0,
         })
     }
 
@@ -157,7 +165,7 @@ impl Session {
             let input = tokio::select! {
                 // Server output first: it frees server memory and keeps notifications timely.
                 biased;
-                r = self.server.read_frame() => Input::Server(r),
+                r = self.server.wait_frame() => Input::Server(r),
                 r = self.client.read_frame() => Input::Client(r),
                 (phase, changes) = &mut phase_change => Input::Phase(phase, changes),
                 _ = sleep_or_never(idle_timeout) => Input::IdleTimeout,
@@ -208,20 +216,10 @@ impl Session {
         }
     }
 
-    async fn on_server_input(
-        &mut self,
-        first: Result<Frame, ConnectionError>,
-    ) -> Result<(), Ending> {
-        let mut next = Some(first.map_err(|_| Ending::ServerGone)?);
-        while let Some(frame) = next {
-            self.relay_server_frame(&frame)?;
-            if self.client.should_flush() {
-                self.client.flush().await.map_err(|_| Ending::ClientGone)?;
-            }
-            next = self
-                .server
-                .try_read_frame()
-                .map_err(|_| Ending::ServerGone)?;
+    async fn on_server_input(&mut self, ready: Result<(), ConnectionError>) -> Result<(), Ending> {
+        ready.map_err(|_| Ending::ServerGone)?;
+        while self.relay_buffered_server_frames()? {
+            self.client.flush().await.map_err(|_| Ending::ClientGone)?;
         }
         // Drained: unless the server is mid-message (more bytes certainly follow), the
         // exchange is over for now, so the client gets everything.
@@ -231,36 +229,36 @@ impl Session {
         Ok(())
     }
 
-    pub(crate) fn relay_server_frame(&mut self, frame: &Frame) -> Result<(), Ending> {
-        match frame.tag() {
-            // Clients hold pgstepup's key, never the upstream's.
-            tag::BACKEND_KEY_DATA => {}
-            tag::ERROR_RESPONSE => match self.gate.rewrite_error(frame) {
-                Some(ours) => self.client.queue(&ours),
-                None => self.client.queue_frame(frame),
-            },
-            tag::READY_FOR_QUERY => {
-                self.gate.on_ready_for_query();
-                self.transaction_status = frame.body().first().copied().unwrap_or(b'I');
-                self.client.queue_frame(frame);
+    /// Relays the whole server frames buffered, straight from the read buffer; stops early,
+    /// returning true, when enough output is queued that it should go out first.
+    pub(crate) fn relay_buffered_server_frames(&mut self) -> Result<bool, Ending> {
+        while let Some(frame) = self.server.peek_frame().map_err(|_| Ending::ServerGone)? {
+            let len = frame.as_bytes().len();
+            relay_server_frame(
+                &mut self.gate,
+                &mut self.client,
+                &mut self.transaction_status,
+                frame,
+            )?;
+            self.server.consume(len);
+            if self.client.should_flush() {
+                return Ok(true);
             }
-            tag::PARAMETER_STATUS => {
-                self.client.queue_frame(frame);
-                if let Err(error) = self.gate.on_parameter_status(frame) {
-                    self.refuse_fatal(error);
-                    return Err(Ending::UnsafeSetting);
-                }
-            }
-            _ => self.client.queue_frame(frame),
         }
-        Ok(())
+        Ok(false)
     }
 
     async fn on_client_input(
         &mut self,
         first: Result<Frame, ConnectionError>,
     ) -> Result<(), Ending> {
-        let started = Instant::now();
+        // Sampled: two clock reads and a histogram update on every message would cost more
+        // than the rest of the relay's own accounting.
+        let started = self
+            .inputs
+            .is_multiple_of(OVERHEAD_SAMPLE_EVERY)
+            .then(Instant::now);
+        self.inputs = self.inputs.wrapping_add(1);
         self.held_in_batch = false;
         let mut next = Some(first.map_err(|e| self.client_error(e))?);
         while let Some(frame) = next {
@@ -282,7 +280,7 @@ impl Session {
         if self.server.has_queued() && !self.client.has_partial_input() {
             self.server.flush().await.map_err(|_| Ending::ServerGone)?;
         }
-        if !self.held_in_batch {
+        if let (Some(started), false) = (started, self.held_in_batch) {
             self.gate
                 .metrics()
                 .statement_overhead
@@ -381,6 +379,40 @@ impl Session {
             }
         }
     }
+}
+
+/// Queues one server frame for the client, keeping what the session tracks of the server's
+/// output (transaction status, completed cycles, settings that change how SQL reads), and
+/// swapping errors of refusal substitutes for pgstepup's own.
+fn relay_server_frame(
+    gate: &mut Gate,
+    client: &mut Connection,
+    transaction_status: &mut u8,
+    frame: FrameRef<'_>,
+) -> Result<(), Ending> {
+    match frame.tag() {
+        // Clients hold pgstepup's key, never the upstream's.
+        tag::BACKEND_KEY_DATA => {}
+        tag::ERROR_RESPONSE => match gate.rewrite_error(frame) {
+            Some(ours) => client.queue(&ours),
+            None => client.queue(frame.as_bytes()),
+        },
+        tag::READY_FOR_QUERY => {
+            gate.on_ready_for_query();
+            *transaction_status = frame.body().first().copied().unwrap_or(b'I');
+            client.queue(frame.as_bytes());
+        }
+        tag::PARAMETER_STATUS => {
+            client.queue(frame.as_bytes());
+            if let Err(error) = gate.on_parameter_status(frame) {
+                tracing::info!(%error, "closing session");
+                client.queue(&error.to_error_response());
+                return Err(Ending::UnsafeSetting);
+            }
+        }
+        _ => client.queue(frame.as_bytes()),
+    }
+    Ok(())
 }
 
 /// The lifecycle's next phase, with the watch to wait for the one after (never, once the
