@@ -347,4 +347,33 @@ mod tests {
         // Each message landed where the last one did, not after it.
         assert!(starts.windows(2).all(|w| w[0] == w[1]), "{starts:?}");
     }
+
+    #[tokio::test]
+    async fn frames_can_be_relayed_where_they_lie() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut conn = Connection::new(Stream::Plain(accepted), 64);
+        // Two whole frames and the first byte of a third.
+        peer.write_all(b"1\0\0\0\x04Z\0\0\0\x05IC").await.unwrap();
+        conn.wait_frame().await.unwrap();
+        let first = conn.peek_frame().unwrap().unwrap();
+        assert_eq!((first.tag(), first.as_bytes().len()), (b'1', 5));
+        // Peeking again sees the same frame until it is consumed.
+        assert_eq!(conn.peek_frame().unwrap().unwrap().tag(), b'1');
+        conn.consume(5);
+        let second = conn.peek_frame().unwrap().unwrap();
+        assert_eq!((second.tag(), second.body()), (b'Z', &b"I"[..]));
+        conn.consume(6);
+        assert!(conn.peek_frame().unwrap().is_none());
+        assert!(conn.has_partial_input());
+        // A length past the limit is refused before anything is buffered for it.
+        peer.write_all(b"\0\0\x10\0").await.unwrap();
+        assert!(matches!(
+            conn.wait_frame().await,
+            Err(ConnectionError::TooLarge { .. })
+        ));
+    }
 }
