@@ -53,14 +53,30 @@ pub fn safe_value(name: &str, value: &str) -> Option<bool> {
     Some(safe.contains(&value.as_str()))
 }
 
+/// What a statement that unpins a setting must mention: the pinned settings, the encoding
+/// settings, `pg_settings` and `set_config`.
+const MENTIONED: &[&str] = &[
+    "standard_conforming_strings",
+    "backslash_quote",
+    "client_encoding",
+    "names",
+    "pg_settings",
+    "set_config",
+];
+
 fn pinned_message(name: &str) -> String {
     format!("pgstepup pins {name}: the proxy and the server must read SQL text alike")
 }
 
 /// Why the statement text would unpin a setting, if it would.
 pub(crate) fn violation(sql: &str) -> Option<String> {
-    let tokens: Vec<Token<'_>> = Lexer::new(sql).collect::<Result<_, _>>().ok()?;
     let lowered = sql.to_ascii_lowercase();
+    // Every violation names one of these (as a word, identifier or string), so text that
+    // contains none needs no token-by-token look.
+    if !MENTIONED.iter().any(|word| lowered.contains(word)) {
+        return None;
+    }
+    let tokens: Vec<Token<'_>> = Lexer::new(sql).collect::<Result<_, _>>().ok()?;
     for statement in tokens.split(|t| matches!(t, Token::Semicolon)) {
         let Some(leader) = statement.first().and_then(setting_name) else {
             continue;
