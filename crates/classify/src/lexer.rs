@@ -459,28 +459,12 @@ fn fast_shape_bytes(sql: &str, out: &mut Vec<u8>) -> Option<()> {
         }
         match b {
             b'\'' => {
-                i += 1;
-                loop {
-                    match bytes.get(i)? {
-                        b'\'' if at(i + 1) == b'\'' => i += 2,
-                        b'\'' => break,
-                        _ => i += 1,
-                    }
-                }
-                i += 1;
+                i = quoted_end(bytes, i)?;
                 separate_bytes(out);
                 out.push(b'?');
             }
             b'"' => {
-                i += 1;
-                loop {
-                    match bytes.get(i)? {
-                        b'"' if at(i + 1) == b'"' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
-                    }
-                }
-                i += 1;
+                i = quoted_end(bytes, i)?;
                 let quoted = &sql[start..i];
                 if LITERAL_SENSITIVE_NAMES
                     .iter()
@@ -544,6 +528,20 @@ fn fast_shape_bytes(sql: &str, out: &mut Vec<u8>) -> Option<()> {
         }
     }
     Some(())
+}
+
+/// Just past the quote that closes the run opened at `open` (a doubled quote is an escaped
+/// one); `None` when it is not closed.
+fn quoted_end(bytes: &[u8], open: usize) -> Option<usize> {
+    let quote = bytes[open];
+    let mut i = open + 1;
+    loop {
+        match *bytes.get(i)? {
+            b if b == quote && bytes.get(i + 1) == Some(&quote) => i += 2,
+            b if b == quote => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
 }
 
 /// Tokens in a shape are separated by one space.

@@ -284,14 +284,19 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
-    #[tokio::test]
-    async fn a_large_message_does_not_leave_a_large_buffer_behind() {
+    /// A connection accepted on loopback, and the peer socket that talks to it.
+    async fn connected(max_frame: usize) -> (Connection, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        let peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
-        let mut conn = Connection::new(Stream::Plain(accepted), 1 << 20);
+        (Connection::new(Stream::Plain(accepted), max_frame), peer)
+    }
+
+    #[tokio::test]
+    async fn a_large_message_does_not_leave_a_large_buffer_behind() {
+        let (mut conn, mut peer) = connected(1 << 20).await;
         let body = vec![b'x'; 300 * 1024];
         let mut message = vec![b'D'];
         message.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
@@ -325,12 +330,7 @@ mod tests {
 
     #[tokio::test]
     async fn drained_buffers_start_again_at_their_beginning() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        let mut conn = Connection::new(Stream::Plain(accepted), 1 << 20);
+        let (mut conn, mut peer) = connected(1 << 20).await;
         let query = b"Q\0\0\0\x0eSELECT 1;\0";
         let mut starts = Vec::new();
         for _ in 0..3 {
@@ -350,12 +350,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_can_be_relayed_where_they_lie() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        let mut conn = Connection::new(Stream::Plain(accepted), 64);
+        let (mut conn, mut peer) = connected(64).await;
         // Two whole frames and the first byte of a third.
         peer.write_all(b"1\0\0\0\x04Z\0\0\0\x05IC").await.unwrap();
         conn.wait_frame().await.unwrap();
