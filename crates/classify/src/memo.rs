@@ -22,8 +22,8 @@ pub struct ShapeMemo<V> {
 }
 
 impl<V: Copy> ShapeMemo<V> {
-    /// A memo holding at most `max_bytes` of text and shapes; one longer than a sixteenth of
-    /// that is never remembered (one long text must not flush the rest).
+    /// A memo holding at most `max_bytes` of text and shapes; a statement whose shape is longer
+    /// than an eighth of that is never remembered (one long text must not flush the rest).
     pub fn new(max_bytes: usize) -> Self {
         ShapeMemo {
             scratch: String::new(),
@@ -68,14 +68,15 @@ impl<V: Copy> ShapeMemo<V> {
         if !self.shaped {
             return;
         }
-        // A shape without a hidden literal means the text has none: it will come back
-        // verbatim, so it is worth finding without a scan. (`?` is also an operator; such a
-        // text is then only found by shape, which is as correct, just slower.)
-        let verbatim = !self.scratch.contains('?');
-        let cost = self.scratch.len() + if verbatim { sql.len() } else { 0 };
-        if cost * 16 > self.max_bytes {
+        let shape_len = self.scratch.len();
+        if shape_len * 8 > self.max_bytes {
             return;
         }
+        // A shape without a hidden literal means the text has none: it will come back
+        // verbatim, so it is worth finding without a scan, when it fits too. (`?` is also an
+        // operator; such a text is then only found by shape, which is as correct, just slower.)
+        let verbatim = !self.scratch.contains('?') && (shape_len + sql.len()) * 8 <= self.max_bytes;
+        let cost = shape_len + if verbatim { sql.len() } else { 0 };
         if self.bytes + cost > self.max_bytes {
             self.clear();
         }
@@ -140,6 +141,13 @@ mod tests {
             assert!(memo.bytes <= 1024);
         }
         assert!(memo.len() < 100);
+        // Too long to keep verbatim as well, but its shape fits: found by shape.
+        memo.clear();
+        let wide = format!("SELECT {}c FROM t", "c, ".repeat(22));
+        memo.get(&wide).unwrap();
+        memo.remember(&wide, 5);
+        assert!(memo.exact.is_empty());
+        assert_eq!(memo.get(&wide), Ok(Some(5)));
         let long = format!("SELECT {} FROM t", "c, ".repeat(30));
         memo.get(&long).unwrap();
         memo.remember(&long, 0);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use pgstepup_audit::{AuditLog, Record};
-use pgstepup_classify::{Classification, Facet, Kind, LexError, ShapeMemo};
+use pgstepup_classify::{Classification, Facet, Kind, ShapeMemo};
 use pgstepup_metrics::Metrics;
 use pgstepup_policy::{Action, Decision, Scope, Subject};
 use pgstepup_protocol::backend::{sqlstate, PgError};
@@ -246,23 +246,24 @@ impl Gate {
         let (classification, sql) = match statement {
             Statement::Query { sql } | Statement::Parse { sql, .. } => {
                 let text = decode(sql);
-                // The memo also leaves the shape for the shared cache on a miss.
+                // `None`: the memo cannot be used (the text does not scan, or the encoding can
+                // hide quotes). On a miss the memo keeps the shape for the shared cache.
                 let remembered = match self.unsafe_encoding {
-                    None => self.recent_allowed.get(&text),
-                    Some(_) => Err(LexError::Unterminated),
+                    None => self.recent_allowed.get(&text).ok(),
+                    Some(_) => None,
                 };
                 repeatable = matches!(text, Cow::Borrowed(_))
                     && matches!(
                         statement,
                         Statement::Query { .. } | Statement::Parse { name: b"", .. }
                     );
-                if let (true, Ok(Some(kind))) = (repeatable, remembered) {
+                if let (true, Some(Some(kind))) = (repeatable, remembered) {
                     self.context
                         .metrics
                         .statement(Action::Allow as usize, kind as usize);
                     return Verdict::Forward;
                 }
-                (self.classify(&text, remembered.is_ok()), text)
+                (self.classify(&text, remembered.is_some()), text)
             }
             Statement::FunctionCall { oid } => (
                 Arc::new(function_call(oid)),
