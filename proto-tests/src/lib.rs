@@ -499,3 +499,65 @@ fn init_logs() {
             .try_init();
     });
 }
+
+/// A free loopback port (free when asked; the caller binds it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something listens on `port`; panics if `child` exits first or after 20 s.
+pub async fn wait_for_port(port: u16, what: &str, child: &mut tokio::process::Child) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening on {port}: {status}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never listened on {port}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A Redis of the test's own (not the shared one on 6379), so it can be stopped and started.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl OwnRedis {
+    /// Starts `redis-server` on `port`, keeping nothing on disk, and waits until it listens.
+    pub async fn start(port: u16) -> Self {
+        let mut child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server runs");
+        wait_for_port(port, "redis-server", &mut child).await;
+        OwnRedis {
+            port,
+            child: Some(child),
+        }
+    }
+
+    /// Stops it (a later [`OwnRedis::start`] on the same port brings it back, empty).
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+            let _ = child.wait().await;
+        }
+    }
+}

@@ -171,6 +171,15 @@ impl WebClient {
             .await;
         (assertion, status, reply)
     }
+
+    /// Denies the statement behind a link (no ceremony needed); returns the reply.
+    pub async fn deny(&self, link: &str) -> (u16, Value) {
+        self.post(
+            &format!("/api/approve/{}/deny", last_segment(link)),
+            &serde_json::json!({}),
+        )
+        .await
+    }
 }
 
 /// A software passkey (user verification on).

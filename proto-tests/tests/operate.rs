@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_postgres::error::SqlState;
 
 use proto_tests::stepup::{
@@ -111,12 +111,7 @@ async fn metrics_move_by_exactly_what_happened() {
     // Held, then denied.
     let held = run(format!("DELETE FROM public.{orders} WHERE v = 2"));
     let link = notices.next_link().await;
-    let (status, reply) = web
-        .post(
-            &format!("/api/approve/{}/deny", last_segment(&link)),
-            &json!({}),
-        )
-        .await;
+    let (status, reply) = web.deny(&link).await;
     assert_reply(status, &reply, 200, "denied");
     assert!(held.await.unwrap().is_err());
     // One failed WebAuthn attempt.
@@ -129,12 +124,7 @@ async fn metrics_move_by_exactly_what_happened() {
         )
         .await;
     assert_eq!(status, 403);
-    let (status, reply) = web
-        .post(
-            &format!("/api/approve/{}/deny", last_segment(&link)),
-            &json!({}),
-        )
-        .await;
+    let (status, reply) = web.deny(&link).await;
     assert_reply(status, &reply, 200, "denied");
     assert!(held.await.unwrap().is_err());
 

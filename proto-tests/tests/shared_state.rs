@@ -2,7 +2,6 @@
 //! cancel through the other), registered keys live in a PostgreSQL table, and a Redis outage
 //! refuses step-up at once while reads keep flowing, then recovers by itself.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -14,8 +13,8 @@ use proto_tests::stepup::{
     table_of_three, WebClient,
 };
 use proto_tests::{
-    admin_client, admin_in, app_role, use_policy_file, write_policy_as_is, Auth, TestProxy, APP_DB,
-    APP_USER,
+    admin_client, admin_in, app_role, free_port, use_policy_file, write_policy_as_is, Auth,
+    OwnRedis, TestProxy, APP_DB, APP_USER,
 };
 
 /// What both instances are reached at through the load balancer: the WebAuthn origin.
@@ -123,52 +122,6 @@ async fn two_instances_behind_a_load_balancer_act_as_one() {
         .get(0);
     assert_eq!(stored, 1);
     let _ = web_a;
-}
-
-/// A Redis of our own, so it can be stopped and started.
-struct OwnRedis {
-    port: u16,
-    child: Option<tokio::process::Child>,
-}
-
-impl OwnRedis {
-    async fn start(port: u16) -> Self {
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server runs");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        OwnRedis {
-            port,
-            child: Some(child),
-        }
-    }
-
-    async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.unwrap();
-            let _ = child.wait().await;
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

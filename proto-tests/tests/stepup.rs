@@ -150,12 +150,7 @@ async fn denial_inside_a_transaction_fails_the_servers_transaction_too() {
         (client, result)
     });
     let link = notices.next_link().await;
-    let (status, reply) = web
-        .post(
-            &format!("/api/approve/{}/deny", last_segment(&link)),
-            &json!({}),
-        )
-        .await;
+    let (status, reply) = web.deny(&link).await;
     assert_reply(status, &reply, 200, "denied");
     let (client, result) = held.await.unwrap();
     let error = result.unwrap_err();
@@ -507,12 +502,7 @@ timeout = "30s"
     });
     let link = notices.next_link().await;
     assert_eq!(count(&orders).await, 2, "held at Bind");
-    let (status, reply) = web
-        .post(
-            &format!("/api/approve/{}/deny", last_segment(&link)),
-            &json!({}),
-        )
-        .await;
+    let (status, reply) = web.deny(&link).await;
     assert_reply(status, &reply, 200, "denied");
     let error = executing.await.unwrap().unwrap_err();
     assert_eq!(error.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use proto_tests::{free_port, wait_for_port, OwnRedis};
 use tokio::process::{Child, Command};
 
 const UPSTREAM: &str = "postgres://127.0.0.1:5432";
@@ -77,31 +78,6 @@ fn require(program: &str, version_flag: &str) {
         found,
         "{program} is needed (scripts/test.sh installs it: apt-get install {program})"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_for_port(port: u16, what: &str, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited before listening on {port}: {status}");
-        }
-        assert!(Instant::now() < deadline, "{what} never listened on {port}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A pgstepup replica: its ports and the file its log (stderr) goes to.
@@ -272,14 +248,7 @@ async fn run(binary: PathBuf) {
 
     // One Redis.
     let redis_port = free_port();
-    let mut redis = Command::new("redis-server")
-        .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-server runs");
-    wait_for_port(redis_port, "redis-server", &mut redis).await;
+    let mut redis = OwnRedis::start(redis_port).await;
 
     // Both replicas read one configuration, as in deploy/compose (addresses come as flags): the
     // same Redis prefix, public_url and credential table (opened lazily; no key is used here).
@@ -412,7 +381,7 @@ async fn run(binary: PathBuf) {
     drop(clients);
     let _ = haproxy.kill().await;
     let _ = b.child.kill().await;
-    let _ = redis.kill().await;
+    redis.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use proto_tests::{certs, Auth, TestProxy};
+use proto_tests::{certs, free_port, Auth, TestProxy};
 use tokio_postgres::error::SqlState;
 
 const USER: &str = "scram_user";
@@ -126,14 +126,6 @@ impl Drop for Cluster {
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn chown_postgres(path: &Path) {
