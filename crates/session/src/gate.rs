@@ -246,24 +246,25 @@ impl Gate {
         let (classification, sql) = match statement {
             Statement::Query { sql } | Statement::Parse { sql, .. } => {
                 let text = decode(sql);
-                // `None`: the memo cannot be used (the text does not scan, or the encoding can
-                // hide quotes). On a miss the memo keeps the shape for the shared cache.
+                // Not with an encoding that can hide quotes, nor for text that does not scan.
+                // On a miss the memo keeps the shape for the shared cache.
                 let remembered = match self.unsafe_encoding {
-                    None => self.recent_allowed.get(&text).ok(),
+                    None => self.recent_allowed.get(&text).ok().flatten(),
                     Some(_) => None,
                 };
-                repeatable = matches!(text, Cow::Borrowed(_))
+                repeatable = self.unsafe_encoding.is_none()
+                    && matches!(text, Cow::Borrowed(_))
                     && matches!(
                         statement,
                         Statement::Query { .. } | Statement::Parse { name: b"", .. }
                     );
-                if let (true, Some(Some(kind))) = (repeatable, remembered) {
+                if let (true, Some(kind)) = (repeatable, remembered) {
                     self.context
                         .metrics
                         .statement(Action::Allow as usize, kind as usize);
                     return Verdict::Forward;
                 }
-                (self.classify(&text, remembered.is_some()), text)
+                (self.classify(&text), text)
             }
             Statement::FunctionCall { oid } => (
                 Arc::new(function_call(oid)),
@@ -502,9 +503,9 @@ impl Gate {
             .roles_of(&self.subject.user, &self.upstream_roles);
     }
 
-    /// Classifies `sql`, the text the memo last looked up; `scans` says it did scan (not so
-    /// for text the lexer refuses, or in an unsafe encoding: then the cache is not used).
-    fn classify(&mut self, sql: &str, scans: bool) -> Arc<Classification> {
+    /// Classifies `sql`, the text the memo last looked up (whose shape it may already hold);
+    /// text the lexer refuses is classified without the cache.
+    fn classify(&mut self, sql: &str) -> Arc<Classification> {
         if let Some(encoding) = &self.unsafe_encoding {
             return Arc::new(single_facet(
                 Kind::Unknown,
@@ -513,8 +514,8 @@ impl Gate {
         }
         let classifier = &self.active.classifier;
         let (classification, hit) = match self.recent_allowed.shape_of(sql) {
-            Ok(shape) if scans => classifier.classify_shaped(sql, shape),
-            _ => (classifier.classify_uncached(sql), false),
+            Ok(shape) => classifier.classify_shaped(sql, shape),
+            Err(_) => (classifier.classify_uncached(sql), false),
         };
         let metrics = &self.context.metrics;
         if hit {
