@@ -8,6 +8,13 @@ fn pgstepup() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pgstepup"))
 }
 
+/// Runs a command that must fail; returns what it said on standard error.
+fn fails(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -25,36 +32,19 @@ fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
 #[test]
 fn config_errors_name_the_file_the_key_and_the_problem() {
     let path = temp_file("bad.toml", "[upstream]\nurl = \"mysql://db:3306\"\n");
-    let out = pgstepup()
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = fails(pgstepup().args(["serve", "--config"]).arg(&path));
     assert!(stderr.contains(&path.display().to_string()), "{stderr}");
     assert!(stderr.contains("upstream.url"), "{stderr}");
     assert!(stderr.contains("mysql"), "{stderr}");
 
     let path = temp_file("typo.toml", "[proxy]\nlisten = \"127.0.0.1:1\"\nport = 5\n");
-    let out = pgstepup()
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = fails(pgstepup().args(["serve", "--config"]).arg(&path));
     assert!(
         stderr.contains("line 3") && stderr.contains("port"),
         "{stderr}"
     );
 
-    let out = pgstepup()
-        .args(["serve", "--listen", "no-port-here"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = fails(pgstepup().args(["serve", "--listen", "no-port-here"]));
     assert!(
         stderr.contains("command-line") && stderr.contains("proxy.listen"),
         "{stderr}"
@@ -248,13 +238,8 @@ fn audit_verify_checks_the_chain() {
         .unwrap()
         .replace("\"bob\"", "\"eve\"");
     std::fs::write(&path, text).unwrap();
-    let out = pgstepup()
-        .args(["audit", "verify"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+    let stderr = fails(pgstepup().args(["audit", "verify"]).arg(&path));
+    assert!(stderr.contains("line 2"), "{stderr}");
 }
 
 #[tokio::test]
@@ -385,17 +370,13 @@ async fn enroll_and_keys_reach_the_running_server_through_its_admin_socket() {
     let _ = child.kill().await;
 
     // With no server behind the socket, the command says what to check.
-    let out = pgstepup()
-        .args([
-            "enroll",
-            "alice",
-            "--admin-socket",
-            "/nonexistent/pgstepup.sock",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("pgstepup serve"));
+    let stderr = fails(pgstepup().args([
+        "enroll",
+        "alice",
+        "--admin-socket",
+        "/nonexistent/pgstepup.sock",
+    ]));
+    assert!(stderr.contains("pgstepup serve"), "{stderr}");
 }
 
 #[tokio::test]
