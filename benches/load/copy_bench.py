@@ -297,10 +297,7 @@ def main():
     finally:
         ctx.pm.stop_all()
 
-    if not runs:
-        if interrupted:
-            raise H.Interrupted(interrupted)
-        raise H.HarnessError("no runs completed")
+    H.require_runs(runs, interrupted)
     names = [t.name for t in targets]
     meta = {
         "started": started, "finished": H.now_iso(), "interrupted": interrupted,

@@ -713,6 +713,15 @@ def render_table(headers: list[str], rows: list[list[str]], markdown: bool,
     return "\n".join([line(headers), "  ".join("-" * x for x in w)] + [line(r) for r in rows])
 
 
+def require_runs(runs: list, interrupted: Optional[str], what: str = "runs") -> None:
+    """After the measuring loop: partial results are fine, none at all is an error (or the
+    interruption that stopped it)."""
+    if not runs:
+        if interrupted:
+            raise Interrupted(interrupted)
+        raise HarnessError(f"no {what} completed")
+
+
 def run_main(main) -> None:
     """Wrap a script's main(): signal handling, clean error messages, exit codes."""
     install_signal_handlers()

@@ -387,10 +387,7 @@ def main():
         H.log(f"interrupted ({interrupted}); writing partial results")
     finally:
         ctx.pm.stop_all()
-    if not runs:
-        if interrupted:
-            raise H.Interrupted(interrupted)
-        raise H.HarnessError("no measurement completed")
+    H.require_runs(runs, interrupted, "measurement")
     names = [tn for tn in names if any(r["target"] == tn for r in runs)]
     n_used = min(r["connections"] for r in runs)
     meta = {

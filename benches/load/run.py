@@ -552,10 +552,7 @@ def main():
     finally:
         ctx.pm.stop_all()
 
-    if not runs:
-        if interrupted:
-            raise H.Interrupted(interrupted)
-        raise H.HarnessError("no runs completed")
+    H.require_runs(runs, interrupted)
     meta = {
         "started": started, "finished": H.now_iso(), "interrupted": interrupted,
         "loadavg_1m": {"start": load_start, "end": H.loadavg()},
