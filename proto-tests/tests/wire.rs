@@ -633,3 +633,22 @@ async fn app_login_works_and_a_wrong_password_does_not(proxy: &TestProxy) {
         .expect_err("wrong password refused");
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
 }
+
+#[tokio::test]
+async fn an_idle_session_is_closed_with_57p01_as_soon_as_shutdown_begins() {
+    let mut proxy = TestProxy::with(Auth::Passthrough, false, |c| {
+        c.proxy.shutdown_grace_secs = 60;
+    });
+    let (mut raw, _) = logged_in(&proxy, &[]).await;
+    // Some traffic first: the session is in its steady loop, not just started.
+    for _ in 0..3 {
+        simple(&mut raw, "SELECT 1").await;
+    }
+    proxy.begin_shutdown();
+    // Nothing else happens on the connection: only the lifecycle can wake the session, and
+    // it must, long before the grace period ends (`recv` gives up after a few seconds).
+    let (tag, body) = raw.recv().await.expect("an error before the close");
+    assert_eq!(tag, b'E');
+    assert_eq!(field(&body, b'C').as_deref(), Some("57P01"));
+    assert_eq!(raw.recv().await, None);
+}

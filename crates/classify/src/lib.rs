@@ -58,6 +58,16 @@ pub struct Classification {
     pub fully_parsed: bool,
 }
 
+impl Classification {
+    /// Fully parsed reads that call only read-only functions, none of them `set_config`,
+    /// cannot change a setting (a DBA's read-only list is not trusted with that one).
+    fn cannot_change_settings(&self) -> bool {
+        self.fully_parsed
+            && self.kinds.iter().all(|kind| kind == Kind::Read)
+            && !self.functions.iter().any(|f| f.ends_with("set_config"))
+    }
+}
+
 /// sqlparser's default recursion limit; deeper nesting counts as unparseable.
 const RECURSION_LIMIT: usize = 50;
 
@@ -108,8 +118,11 @@ pub fn classify(sql: &str, read_only_functions: &[String]) -> Classification {
             }
         },
     }
-    builder.out.pinned_violation = pinned::violation(sql);
-    builder.finish(read_only_functions)
+    let mut out = builder.finish(read_only_functions);
+    if !out.cannot_change_settings() {
+        out.pinned_violation = pinned::violation(sql);
+    }
+    out
 }
 
 fn parse(sql: &str) -> Option<Vec<sqlparser::ast::Statement>> {
@@ -129,10 +142,10 @@ struct Builder {
 
 impl Builder {
     fn add(&mut self, findings: analyze::Findings) {
-        self.out.facets.extend(findings.facets);
-        self.relations.extend(findings.relations);
-        self.out.functions.extend(findings.functions);
-        self.out.reasons.extend(findings.reasons);
+        append(&mut self.out.facets, findings.facets);
+        append(&mut self.relations, findings.relations);
+        append(&mut self.out.functions, findings.functions);
+        append(&mut self.out.reasons, findings.reasons);
     }
 
     fn finish(mut self, read_only_functions: &[String]) -> Classification {
@@ -183,18 +196,76 @@ impl Builder {
     }
 }
 
-/// Removes repeats, keeping first occurrences in order.
-fn dedup<T: PartialEq + Clone>(items: &mut Vec<T>) {
-    let mut seen: Vec<T> = Vec::with_capacity(items.len());
-    items.retain(|item| {
-        if seen.contains(item) {
-            false
-        } else {
-            seen.push(item.clone());
-            true
+/// Moves `items` to the end of `list`, taking the allocation whole when `list` is empty (one
+/// statement per text is the common case).
+fn append<T>(list: &mut Vec<T>, mut items: Vec<T>) {
+    if list.is_empty() {
+        *list = items;
+    } else {
+        list.append(&mut items);
+    }
+}
+
+/// Removes repeats, keeping first occurrences in order, in place (the lists are short, so
+/// a quadratic look beats allocating a set).
+fn dedup<T: PartialEq>(items: &mut Vec<T>) {
+    let mut kept = 0;
+    for i in 0..items.len() {
+        if !items[..kept].contains(&items[i]) {
+            // Everything between `kept` and `i` is a repeat, so order there does not matter.
+            items.swap(kept, i);
+            kept += 1;
         }
-    });
+    }
+    items.truncate(kept);
 }
 
 /// A classification shared between the cache and the sessions that use it.
 pub type SharedClassification = Arc<Classification>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_keeps_first_occurrences_in_order() {
+        let mut items = vec!["b", "a", "b", "c", "a", "a", "d", "c"];
+        dedup(&mut items);
+        assert_eq!(items, ["b", "a", "c", "d"]);
+        let mut empty: Vec<u8> = Vec::new();
+        dedup(&mut empty);
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn findings_of_several_statements_add_up() {
+        let c = classify(
+            "SELECT * FROM a; INSERT INTO b SELECT * FROM a; SELECT * FROM c, a",
+            &[],
+        );
+        assert_eq!(
+            c.reads.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(
+            c.writes.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            ["b"]
+        );
+    }
+
+    #[test]
+    fn pinned_settings_are_checked_unless_the_text_only_reads() {
+        let declared = ["set_config".to_owned()];
+        for sql in [
+            "SET standard_conforming_strings = off",
+            "SELECT set_config('standard_conforming_strings', 'off', false)",
+            "SELECT 1; SET standard_conforming_strings = off",
+        ] {
+            assert!(classify(sql, &[]).pinned_violation.is_some(), "{sql}");
+            // Even with set_config declared read-only by a DBA.
+            assert!(classify(sql, &declared).pinned_violation.is_some(), "{sql}");
+        }
+        let read = classify("SELECT * FROM pg_settings WHERE name = 'names'", &[]);
+        assert!(read.pinned_violation.is_none());
+    }
+}

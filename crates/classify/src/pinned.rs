@@ -3,6 +3,10 @@
 //! a DROP to the server; so any statement that would turn it off (or loosen `backslash_quote`)
 //! is denied, whatever the policy says.
 
+use std::sync::LazyLock;
+
+use aho_corasick::AhoCorasick;
+
 use crate::lexer::{Lexer, Token};
 
 /// The settings whose safe values are known.
@@ -70,12 +74,18 @@ fn pinned_message(name: &str) -> String {
 
 /// Why the statement text would unpin a setting, if it would.
 pub(crate) fn violation(sql: &str) -> Option<String> {
-    let lowered = sql.to_ascii_lowercase();
     // Every violation names one of these (as a word, identifier or string), so text that
-    // contains none needs no token-by-token look.
-    if !MENTIONED.iter().any(|word| lowered.contains(word)) {
+    // contains none needs no token-by-token look: one pass, no allocation.
+    static MENTIONS: LazyLock<AhoCorasick> = LazyLock::new(|| {
+        AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(MENTIONED)
+            .expect("fixed ASCII patterns")
+    });
+    if !MENTIONS.is_match(sql) {
         return None;
     }
+    let lowered = sql.to_ascii_lowercase();
     let tokens: Vec<Token<'_>> = Lexer::new(sql).collect::<Result<_, _>>().ok()?;
     for statement in tokens.split(|t| matches!(t, Token::Semicolon)) {
         let Some(leader) = statement.first().and_then(setting_name) else {
@@ -154,7 +164,10 @@ fn is_word(token: &Token<'_>, word: &str) -> bool {
 fn setting_name(token: &Token<'_>) -> Option<String> {
     match token {
         Token::Word(w) => Some(w.to_ascii_lowercase()),
-        Token::QuotedIdent(q) if q.starts_with('"') => Some(q.trim_matches('"').to_owned()),
+        // PostgreSQL looks settings up case-insensitively, even quoted ones.
+        Token::QuotedIdent(q) if q.starts_with('"') => {
+            Some(q.trim_matches('"').to_ascii_lowercase())
+        }
         Token::Str(s) if s.starts_with('\'') => Some(s.trim_matches('\'').to_ascii_lowercase()),
         Token::Number(n) => Some((*n).to_owned()),
         _ => None,
@@ -194,6 +207,10 @@ mod tests {
             "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
             "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET standard_conforming_strings = off AS 'SELECT 1'",
             "DO $$ BEGIN SET standard_conforming_strings = off; END $$",
+            // Setting names are case-insensitive to PostgreSQL, quoted or not.
+            "SET Standard_Conforming_Strings = off",
+            "SET \"STANDARD_CONFORMING_STRINGS\" = off",
+            "select SET_CONFIG('Client_Encoding', 'sjis', false)",
         ] {
             assert!(violation(sql).is_some(), "{sql}");
         }

@@ -119,7 +119,7 @@ impl Connection {
     }
 
     /// Returns a frame if one is already complete in the buffer, without touching the socket.
-    pub fn try_read_frame(&mut self) -> Result<Option<Frame>, ConnectionError> {
+    fn try_read_frame(&mut self) -> Result<Option<Frame>, ConnectionError> {
         let Some(total) = self.whole_frame_len()? else {
             return Ok(None);
         };

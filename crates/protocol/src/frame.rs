@@ -62,6 +62,12 @@ impl Frame {
         }
     }
 
+    /// Copies a borrowed frame out of the buffer it lies in (to keep it past that buffer's
+    /// next read).
+    pub fn copied(frame: FrameRef<'_>) -> Self {
+        Frame::from_bytes(Bytes::copy_from_slice(frame.as_bytes()))
+    }
+
     /// A borrowed view of the frame.
     #[inline]
     pub fn view(&self) -> FrameRef<'_> {

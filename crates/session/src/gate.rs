@@ -356,7 +356,7 @@ impl Gate {
     /// the policy now in force; needing step-up, it needs an elevation at each execution (one
     /// may have ended since the Parse). Refused, it is swapped for a failing Parse (the server
     /// then skips the rest of the batch, as for any error).
-    pub(crate) fn check_bind(&mut self, frame: &Frame) -> Verdict {
+    pub(crate) fn check_bind(&mut self, frame: FrameRef<'_>) -> Verdict {
         if self.store.generation() != self.generation {
             self.refresh();
         }
@@ -370,6 +370,11 @@ impl Gate {
         let Some(prepared) = self.prepared.get(name) else {
             return Verdict::Forward;
         };
+        // The common case: decided under the current policy and allowed; one lookup.
+        if prepared.generation == generation && matches!(prepared.decided, PreparedDecision::Allow)
+        {
+            return Verdict::Forward;
+        }
         if prepared.generation != generation {
             let decision = self
                 .active
@@ -455,7 +460,7 @@ impl Gate {
     }
 
     /// A Close of a named statement forgets it.
-    pub(crate) fn on_close(&mut self, frame: &Frame) {
+    pub(crate) fn on_close(&mut self, frame: FrameRef<'_>) {
         if frame.body().first() == Some(&b'S') {
             if let Some((name, _)) = frame.cstr_at(1) {
                 self.prepared.remove(name);

@@ -5,7 +5,9 @@
 //! coalesced and flushed once per batch of input, not per message.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -16,9 +18,9 @@ use pgstepup_stepup::StepUp;
 use pgstepup_upstream::LoginReply;
 
 use crate::cancel::{HoldSignal, Registration};
-use crate::gate::{Gate, Verdict};
+use crate::gate::{Gate, StepUpNeed, Verdict};
 use crate::lifecycle::Phase;
-use crate::statement::Statement;
+use crate::statement::{MalformedStatement, Statement};
 
 /// A live, authenticated session.
 pub(crate) struct Session {
@@ -60,7 +62,8 @@ pub(crate) struct SessionParts {
 
 /// What woke the session.
 enum Input {
-    Client(Result<Frame, ConnectionError>),
+    /// A whole client frame is buffered.
+    Client(Result<(), ConnectionError>),
     /// A whole server frame is buffered.
     Server(Result<(), ConnectionError>),
     /// The instance started draining or closing (the watch that saw it comes back).
@@ -156,18 +159,28 @@ impl Session {
     /// Relays until either side ends the session, or the instance shuts it down.
     pub(crate) async fn run(mut self) -> Ending {
         // One registration with the lifecycle for the whole loop: a `changed()` made afresh
-        // in every select registers and unregisters a waiter (two locks) per exchange.
+        // in every select registers and unregisters a waiter (two locks) per exchange. Once
+        // polled, the future keeps this task's waker, so it is polled again only when the
+        // watch says the phase changed (an atomic load), not on every wake (a lock each).
         let mut phase_change = std::pin::pin!(next_phase(self.phase_changes.clone()));
+        let mut phase_armed = false;
         let ending = loop {
             let idle_timeout = self
                 .idle_timeout
                 .filter(|_| self.transaction_status == b'I');
+            let phase_news = std::future::poll_fn(|cx| {
+                if phase_armed && !self.phase_changes.has_changed().unwrap_or(false) {
+                    return Poll::Pending;
+                }
+                phase_armed = true;
+                phase_change.as_mut().poll(cx)
+            });
             let input = tokio::select! {
                 // Server output first: it frees server memory and keeps notifications timely.
                 biased;
                 r = self.server.wait_frame() => Input::Server(r),
-                r = self.client.read_frame() => Input::Client(r),
-                (phase, changes) = &mut phase_change => Input::Phase(phase, changes),
+                r = self.client.wait_frame() => Input::Client(r),
+                (phase, changes) = phase_news => Input::Phase(phase, changes),
                 _ = sleep_or_never(idle_timeout) => Input::IdleTimeout,
             };
             let step = match input {
@@ -175,7 +188,10 @@ impl Session {
                 Input::Client(r) => self.on_client_input(r).await,
                 Input::Phase(phase, changes) => {
                     self.phase = phase;
+                    // This receiver has seen what the future saw, so `has_changed` is news.
+                    self.phase_changes = changes.clone();
                     phase_change.set(next_phase(changes));
+                    phase_armed = false;
                     Ok(())
                 }
                 Input::IdleTimeout => {
@@ -248,10 +264,7 @@ impl Session {
         Ok(false)
     }
 
-    async fn on_client_input(
-        &mut self,
-        first: Result<Frame, ConnectionError>,
-    ) -> Result<(), Ending> {
+    async fn on_client_input(&mut self, ready: Result<(), ConnectionError>) -> Result<(), Ending> {
         // Sampled: two clock reads and a histogram update on every message would cost more
         // than the rest of the relay's own accounting.
         let started = self
@@ -260,22 +273,50 @@ impl Session {
             .then(Instant::now);
         self.inputs = self.inputs.wrapping_add(1);
         self.held_in_batch = false;
-        let mut next = Some(first.map_err(|e| self.client_error(e))?);
-        while let Some(frame) = next {
-            self.on_client_frame(frame).await?;
+        ready.map_err(|e| self.client_error(e))?;
+        loop {
+            // Frames read while a statement was held come before what is still buffered.
+            let route = match self.backlog.pop_front() {
+                Some(frame) => {
+                    self.backlog_bytes -= frame.as_bytes().len();
+                    route_client_frame(&mut self.gate, &mut self.server, frame.view(), |_| {
+                        frame.clone()
+                    })
+                }
+                None => {
+                    let frame = match self.client.peek_frame() {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => break,
+                        Err(e) => return Err(self.client_error(e)),
+                    };
+                    let len = frame.as_bytes().len();
+                    // Only a held statement outlives the read buffer, so only it is copied.
+                    let route =
+                        route_client_frame(&mut self.gate, &mut self.server, frame, Frame::copied);
+                    self.client.consume(len);
+                    route
+                }
+            };
+            match route {
+                Route::Forwarded => {}
+                Route::Hold(frame, need) => {
+                    self.step_up(&frame, need).await?;
+                    self.gate.note_forwarded(frame.tag());
+                }
+                Route::Terminate => return Err(Ending::ClientTerminated),
+                Route::Malformed(malformed) => {
+                    // Never forward what cannot be read: the server would see something else
+                    // than pgstepup did.
+                    self.refuse_fatal(PgError::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        malformed.to_string(),
+                    ));
+                    return Err(Ending::ClientProtocolError);
+                }
+            }
             if self.server.should_flush() {
                 self.server.flush().await.map_err(|_| Ending::ServerGone)?;
             }
-            next = match self.backlog.pop_front() {
-                Some(frame) => {
-                    self.backlog_bytes -= frame.as_bytes().len();
-                    Some(frame)
-                }
-                None => self
-                    .client
-                    .try_read_frame()
-                    .map_err(|e| self.client_error(e))?,
-            };
         }
         if self.server.has_queued() && !self.client.has_partial_input() {
             self.server.flush().await.map_err(|_| Ending::ServerGone)?;
@@ -286,39 +327,6 @@ impl Session {
                 .statement_overhead
                 .observe(started.elapsed().as_secs_f64());
         }
-        Ok(())
-    }
-
-    async fn on_client_frame(&mut self, frame: Frame) -> Result<(), Ending> {
-        if frame.tag() == tag::TERMINATE {
-            self.server.queue_frame(&frame);
-            return Err(Ending::ClientTerminated);
-        }
-        let verdict = match Statement::from_frame(&frame) {
-            Ok(Some(statement)) => self.gate.check(statement),
-            Ok(None) if frame.tag() == tag::BIND => self.gate.check_bind(&frame),
-            Ok(None) => {
-                if frame.tag() == tag::CLOSE {
-                    self.gate.on_close(&frame);
-                }
-                Verdict::Forward
-            }
-            Err(malformed) => {
-                // Never forward what cannot be read: the server would see something else
-                // than pgstepup did.
-                self.refuse_fatal(PgError::fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    malformed.to_string(),
-                ));
-                return Err(Ending::ClientProtocolError);
-            }
-        };
-        match verdict {
-            Verdict::Forward => self.server.queue_frame(&frame),
-            Verdict::Substitute(substitute) => self.server.queue_frame(&substitute),
-            Verdict::StepUp(need) => self.step_up(&frame, need).await?,
-        }
-        self.gate.note_forwarded(frame.tag());
         Ok(())
     }
 
@@ -379,6 +387,49 @@ impl Session {
             }
         }
     }
+}
+
+/// Where a client frame went.
+enum Route {
+    /// Queued for the server, as is or swapped for a refusal.
+    Forwarded,
+    /// Needs step-up first; the frame is kept to forward after it.
+    Hold(Frame, StepUpNeed),
+    /// Terminate, queued for the server.
+    Terminate,
+    Malformed(MalformedStatement),
+}
+
+/// Passes one client frame through the gate and queues what the server should get for it,
+/// reading the frame where it lies (`keep` makes an owned copy, only for a frame to hold).
+fn route_client_frame(
+    gate: &mut Gate,
+    server: &mut Connection,
+    frame: FrameRef<'_>,
+    keep: impl FnOnce(FrameRef<'_>) -> Frame,
+) -> Route {
+    if frame.tag() == tag::TERMINATE {
+        server.queue(frame.as_bytes());
+        return Route::Terminate;
+    }
+    let verdict = match Statement::from_frame(frame) {
+        Ok(Some(statement)) => gate.check(statement),
+        Ok(None) if frame.tag() == tag::BIND => gate.check_bind(frame),
+        Ok(None) => {
+            if frame.tag() == tag::CLOSE {
+                gate.on_close(frame);
+            }
+            Verdict::Forward
+        }
+        Err(malformed) => return Route::Malformed(malformed),
+    };
+    match verdict {
+        Verdict::Forward => server.queue(frame.as_bytes()),
+        Verdict::Substitute(substitute) => server.queue_frame(&substitute),
+        Verdict::StepUp(need) => return Route::Hold(keep(frame), need),
+    }
+    gate.note_forwarded(frame.tag());
+    Route::Forwarded
 }
 
 /// Queues one server frame for the client, keeping what the session tracks of the server's

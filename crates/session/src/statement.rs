@@ -1,7 +1,7 @@
 //! The statement a client frame carries: what the session loop looks at before forwarding.
 //! Borrowed from the frame, so seeing a statement costs no allocation.
 
-use pgstepup_protocol::{tag, Frame};
+use pgstepup_protocol::{tag, FrameRef};
 
 /// A statement-carrying client message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +21,7 @@ pub struct MalformedStatement(pub &'static str);
 
 impl<'a> Statement<'a> {
     /// The statement in `frame`, `Ok(None)` for frames that carry none.
-    pub fn from_frame(frame: &'a Frame) -> Result<Option<Self>, MalformedStatement> {
+    pub fn from_frame(frame: FrameRef<'a>) -> Result<Option<Self>, MalformedStatement> {
         match frame.tag() {
             tag::QUERY => {
                 let (sql, end) = frame.cstr_at(0).ok_or(MalformedStatement("Query"))?;
@@ -58,19 +58,20 @@ impl<'a> Statement<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgstepup_protocol::Frame;
 
     #[test]
     fn reads_query_parse_and_function_call() {
         let q = Frame::new(tag::QUERY, b"select 1; select 2\0");
         assert_eq!(
-            Statement::from_frame(&q),
+            Statement::from_frame(q.view()),
             Ok(Some(Statement::Query {
                 sql: b"select 1; select 2"
             }))
         );
         let p = Frame::new(tag::PARSE, b"s1\0select $1\0\0\x01\0\0\0\x17");
         assert_eq!(
-            Statement::from_frame(&p),
+            Statement::from_frame(p.view()),
             Ok(Some(Statement::Parse {
                 name: b"s1",
                 sql: b"select $1"
@@ -78,10 +79,13 @@ mod tests {
         );
         let f = Frame::new(tag::FUNCTION_CALL, &[0, 0, 3, 0xb8, 0, 0]);
         assert_eq!(
-            Statement::from_frame(&f),
+            Statement::from_frame(f.view()),
             Ok(Some(Statement::FunctionCall { oid: 952 }))
         );
-        assert_eq!(Statement::from_frame(&Frame::new(tag::SYNC, b"")), Ok(None));
+        assert_eq!(
+            Statement::from_frame(Frame::new(tag::SYNC, b"").view()),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -93,7 +97,7 @@ mod tests {
             Frame::new(tag::PARSE, b"s1\0select 1\0\0\x02\0\0\0\x17"),
             Frame::new(tag::FUNCTION_CALL, b"ab"),
         ] {
-            assert!(Statement::from_frame(&frame).is_err(), "{frame:?}");
+            assert!(Statement::from_frame(frame.view()).is_err(), "{frame:?}");
         }
     }
 }
