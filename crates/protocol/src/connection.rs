@@ -7,6 +7,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::frame::{Frame, FrameRef, HEADER_LEN};
+use crate::read_wake::ReadWake;
 use crate::stream::Stream;
 
 /// Default cap on one frame (PostgreSQL itself refuses most messages above 1 GiB).
@@ -49,6 +50,8 @@ pub struct Connection {
     read_buf: BytesMut,
     /// The read buffer was grown past the idle size for a large message.
     read_grown: bool,
+    /// Skips re-polling the socket while it has nothing new.
+    read_wake: ReadWake,
     /// Queued output; `written` bytes of it are already sent. Once all of it is sent it starts
     /// again at its beginning, so the kernel copies from the same few cache-hot lines every
     /// time instead of walking through the allocation.
@@ -64,6 +67,7 @@ impl Connection {
             stream,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             read_grown: false,
+            read_wake: ReadWake::new(),
             write_buf: Vec::with_capacity(READ_CHUNK),
             written: 0,
             max_frame,
@@ -193,7 +197,7 @@ impl Connection {
     }
 
     async fn fill(&mut self) -> Result<(), ConnectionError> {
-        if self.read_buf.is_empty() {
+        if self.read_buf.is_empty() && self.read_buf.capacity() < READ_CHUNK {
             // Back to the start of the allocation when no frame still points into it (no copy,
             // no allocation): the kernel then writes into the same cache-hot lines every time.
             let _ = self.read_buf.try_reclaim(READ_CHUNK);
@@ -202,7 +206,14 @@ impl Connection {
             self.read_buf.reserve(READ_CHUNK);
             self.read_grown |= self.read_buf.capacity() > IDLE_BUFFER_CAP;
         }
-        let n = self.stream.read_buf(&mut self.read_buf).await?;
+        let Connection {
+            stream,
+            read_buf,
+            read_wake,
+            ..
+        } = self;
+        let mut read = std::pin::pin!(stream.read_buf(read_buf));
+        let n = std::future::poll_fn(|cx| read_wake.poll(read.as_mut(), cx)).await?;
         if n == 0 {
             return Err(if self.read_buf.is_empty() {
                 ConnectionError::Closed

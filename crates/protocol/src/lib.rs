@@ -10,6 +10,7 @@
 pub mod backend;
 mod connection;
 mod frame;
+mod read_wake;
 pub mod startup;
 mod stream;
 

@@ -18,7 +18,8 @@ use crate::tls::ALPN_POSTGRESQL;
 pub(crate) enum Opening {
     /// A client that wants a session.
     Session {
-        conn: Connection,
+        /// Boxed: a connection is far larger than the other variant.
+        conn: Box<Connection>,
         startup: StartupMessage,
     },
     /// A cancel request, already dealt with.
@@ -102,7 +103,10 @@ pub(crate) async fn open(
             }
             StartupPacket::Startup(startup) => {
                 return match check_startup(shared, &conn, &startup) {
-                    Ok(()) => Ok(Opening::Session { conn, startup }),
+                    Ok(()) => Ok(Opening::Session {
+                        conn: Box::new(conn),
+                        startup,
+                    }),
                     Err(e) => Err((Some(conn), Refusal::Error(e))),
                 };
             }

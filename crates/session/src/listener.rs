@@ -312,7 +312,7 @@ async fn establish(
     id: u64,
 ) -> Option<Session> {
     let (mut client, startup) = match open(shared, tcp, peer).await {
-        Ok(Opening::Session { conn, startup }) => (conn, startup),
+        Ok(Opening::Session { conn, startup }) => (*conn, startup),
         Ok(Opening::Cancelled) => return None,
         Err((conn, refusal)) => {
             if let Some(conn) = conn {

@@ -1,0 +1,140 @@
+//! [`ReadWake`]: lets a session that waits on two sockets skip the one that has nothing new.
+//!
+//! A session's task waits on its client and its server socket at once, so every wake-up polls
+//! both, and polling a socket that is still waiting re-registers the task with it (a lock in
+//! tokio's I/O driver each time). The socket is given its own waker instead, which notes that
+//! it fired before waking the task; until it fires, a poll costs one atomic swap.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use atomic_waker::AtomicWaker;
+
+/// The read side's own waker, and whether the socket holds it unused.
+pub(crate) struct ReadWake {
+    signal: Arc<Signal>,
+    waker: Waker,
+    /// The socket returned Pending with `waker` and has not woken it since.
+    armed: bool,
+}
+
+struct Signal {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl ReadWake {
+    pub(crate) fn new() -> Self {
+        let signal = Arc::new(Signal {
+            fired: AtomicBool::new(false),
+            task: AtomicWaker::new(),
+        });
+        ReadWake {
+            waker: Waker::from(Arc::clone(&signal)),
+            signal,
+            armed: false,
+        }
+    }
+
+    /// Polls `read` (a read from the socket) with the socket's own waker, unless the socket
+    /// is known to have nothing new since it last returned Pending.
+    pub(crate) fn poll<F: Future>(
+        &mut self,
+        read: Pin<&mut F>,
+        cx: &mut Context<'_>,
+    ) -> Poll<F::Output> {
+        // Whoever polls now is who the socket's waker must wake.
+        self.signal.task.register(cx.waker());
+        if self.armed && !self.signal.fired.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        // Cleared before the poll, so a wake-up that comes during or after it is kept.
+        self.signal.fired.store(false, Ordering::Release);
+        match read.poll(&mut Context::from_waker(&self.waker)) {
+            Poll::Pending => {
+                self.armed = true;
+                Poll::Pending
+            }
+            ready => {
+                self.armed = false;
+                ready
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A waker that counts its wake-ups.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A read that is pending until `ready` is set, keeping the last waker it was given.
+    struct Gate {
+        ready: bool,
+        polls: usize,
+        waker: Option<Waker>,
+    }
+
+    impl Future for Gate {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.polls += 1;
+            if self.ready {
+                return Poll::Ready(());
+            }
+            self.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_waiting_socket_is_polled_again_only_after_it_fired() {
+        let task = Arc::new(Count(AtomicUsize::new(0)));
+        let task_waker = Waker::from(Arc::clone(&task));
+        let mut cx = Context::from_waker(&task_waker);
+        let mut wake = ReadWake::new();
+        let mut read = Gate {
+            ready: false,
+            polls: 0,
+            waker: None,
+        };
+        assert!(wake.poll(Pin::new(&mut read), &mut cx).is_pending());
+        assert!(wake.poll(Pin::new(&mut read), &mut cx).is_pending());
+        assert_eq!(
+            read.polls, 1,
+            "nothing fired, so the socket was not polled again"
+        );
+        // The socket fires: the task is woken and the next poll reaches the socket.
+        read.ready = true;
+        read.waker.take().unwrap().wake();
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert!(wake.poll(Pin::new(&mut read), &mut cx).is_ready());
+        assert_eq!(read.polls, 2);
+        // After data, the socket is polled again (its waker was used up).
+        assert!(wake.poll(Pin::new(&mut read), &mut cx).is_ready());
+        assert_eq!(read.polls, 3);
+    }
+}
