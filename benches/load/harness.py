@@ -385,7 +385,8 @@ class Ctx:
                            "pass --proxy-user")
 
     def start_pgbouncer(self, max_client_conn: int = 200,
-                        default_pool_size: int = 40) -> Target:
+                        default_pool_size: int = 40, wrap: tuple[str, ...] = ()) -> Target:
+        """`wrap`: a command prefix (such as valgrind and its options)."""
         user = self._proxy_user()
         d = self.pm.mkdtemp("pgstepup-bench-pgbouncer-", owner=user)
         port = free_port()
@@ -419,16 +420,18 @@ log_stats = 0
         (d / "pgbouncer.ini").write_text(ini)
         for f in d.iterdir():
             os.chmod(f, 0o644)
-        m = self.pm.start("pgbouncer", [self.pgbouncer, "-q", str(d / "pgbouncer.ini")],
+        m = self.pm.start("pgbouncer",
+                          list(wrap) + [self.pgbouncer, "-q", str(d / "pgbouncer.ini")],
                           d / "stderr.log", env={"PATH": "/usr/bin:/bin"}, user=user)
         t = Target("pgbouncer", "127.0.0.1", port, m, {"run_as": user or "(self)",
                                                         "max_client_conn": max_client_conn,
                                                         "default_pool_size": default_pool_size})
-        wait_port("127.0.0.1", port, m)
+        wait_port("127.0.0.1", port, m, timeout=120 if wrap else 30)
         self.verify_target(t)
         return t
 
-    def start_pgstepup(self) -> Optional[Target]:
+    def start_pgstepup(self, wrap: tuple[str, ...] = ()) -> Optional[Target]:
+        """`wrap`: a command prefix (such as valgrind and its options)."""
         if not self.pgstepup:
             return None
         d = self.pm.mkdtemp("pgstepup-bench-pgstepup-")
@@ -442,7 +445,7 @@ log_stats = 0
             'tables = ["copy_bench_t", "pgbench_*"]\n'
             'kinds = ["write", "ddl"]\naction = "allow"\n')
         (d / "pgstepup.toml").write_text(f'[policy]\nfile = "{d / "policy.toml"}"\n')
-        cmd = [self.pgstepup, "serve", "--config", str(d / "pgstepup.toml"),
+        cmd = list(wrap) + [self.pgstepup, "serve", "--config", str(d / "pgstepup.toml"),
                "--listen", f"127.0.0.1:{port}", "--upstream", upstream,
                "--web-listen", "127.0.0.1:0", "--admin-socket", str(d / "admin.sock"),
                ] + list(self.args.pgstepup_arg)
@@ -451,7 +454,7 @@ log_stats = 0
         m = self.pm.start("pgstepup", cmd, d / "pgstepup.log", env=env)
         t = Target("pgstepup", "127.0.0.1", port, m, {"binary": self.pgstepup,
                                                        "command": cmd})
-        wait_port("127.0.0.1", port, m)
+        wait_port("127.0.0.1", port, m, timeout=120 if wrap else 30)
         self.verify_target(t)
         return t
 
