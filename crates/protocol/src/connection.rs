@@ -48,6 +48,10 @@ pub enum ConnectionError {
 pub struct Connection {
     stream: Stream,
     read_buf: BytesMut,
+    /// How much of `read_buf`'s front was consumed in place. Dropped in one go (cleared once
+    /// all of it is consumed, so the next read lands at the same place) instead of advancing
+    /// the buffer frame by frame.
+    read_at: usize,
     /// The read buffer was grown past the idle size for a large message.
     read_grown: bool,
     /// Skips re-polling the socket while it has nothing new.
@@ -66,6 +70,7 @@ impl Connection {
         Connection {
             stream,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
+            read_at: 0,
             read_grown: false,
             read_wake: ReadWake::new(),
             write_buf: Vec::with_capacity(READ_CHUNK),
@@ -82,7 +87,7 @@ impl Connection {
     /// Gives the stream back for a TLS upgrade. Refuses when the peer already sent bytes beyond
     /// the request, as PostgreSQL does (those bytes would escape the encryption).
     pub fn into_stream(self) -> Result<Stream, ConnectionError> {
-        if !self.read_buf.is_empty() {
+        if self.has_partial_input() {
             return Err(ConnectionError::DataAfterEncryptionRequest);
         }
         Ok(self.stream)
@@ -92,8 +97,9 @@ impl Connection {
     /// whole, length included.
     pub async fn read_startup_packet(&mut self) -> Result<Bytes, ConnectionError> {
         loop {
-            if self.read_buf.len() >= 4 {
-                let len = i32::from_be_bytes(self.read_buf[..4].try_into().expect("4 bytes"));
+            let input = self.input();
+            if input.len() >= 4 {
+                let len = i32::from_be_bytes(input[..4].try_into().expect("4 bytes"));
                 if len < 8 {
                     return Err(ConnectionError::InvalidLength(len.into()));
                 }
@@ -104,7 +110,8 @@ impl Connection {
                         max: MAX_STARTUP_PACKET,
                     });
                 }
-                if self.read_buf.len() >= len {
+                if input.len() >= len {
+                    self.drop_consumed();
                     return Ok(self.read_buf.split_to(len).freeze());
                 }
             }
@@ -127,6 +134,7 @@ impl Connection {
         let Some(total) = self.whole_frame_len()? else {
             return Ok(None);
         };
+        self.drop_consumed();
         let frame = Frame::from_bytes(self.read_buf.split_to(total).freeze());
         self.release_drained_grown_buffer();
         Ok(Some(frame))
@@ -146,22 +154,53 @@ impl Connection {
     pub fn peek_frame(&mut self) -> Result<Option<FrameRef<'_>>, ConnectionError> {
         Ok(self
             .whole_frame_len()?
-            .map(|total| FrameRef::new(&self.read_buf[..total])))
+            .map(|total| FrameRef::new(&self.input()[..total])))
     }
 
     /// Drops a frame seen with [`Connection::peek_frame`] (`len`: its whole length).
     pub fn consume(&mut self, len: usize) {
-        self.read_buf.advance(len);
-        self.release_drained_grown_buffer();
+        self.read_at += len;
+        debug_assert!(self.read_at <= self.read_buf.len());
+        if self.read_at == self.read_buf.len() {
+            self.read_buf.clear();
+            self.read_at = 0;
+            self.release_drained_grown_buffer();
+        }
+    }
+
+    /// The input not yet consumed.
+    #[inline]
+    fn input(&self) -> &[u8] {
+        &self.read_buf[self.read_at..]
+    }
+
+    /// Makes room in the buffer for a frame of `total` bytes whose start is buffered.
+    #[cold]
+    #[inline(never)]
+    fn make_room_for(&mut self, total: usize) {
+        self.drop_consumed();
+        self.read_buf.reserve(total - self.read_buf.len());
+        self.read_grown |= self.read_buf.capacity() > IDLE_BUFFER_CAP;
+    }
+
+    /// Drops the bytes consumed in place from the front of the buffer (before an owned frame
+    /// is split off it, or room is made).
+    fn drop_consumed(&mut self) {
+        if self.read_at > 0 {
+            self.read_buf.advance(self.read_at);
+            self.read_at = 0;
+        }
     }
 
     /// The length of the whole frame at the front of the buffer, once it is all there (the
     /// buffer is made room for the rest of it otherwise).
+    #[inline]
     fn whole_frame_len(&mut self) -> Result<Option<usize>, ConnectionError> {
-        if self.read_buf.len() < HEADER_LEN {
+        let input = self.input();
+        if input.len() < HEADER_LEN {
             return Ok(None);
         }
-        let len = i32::from_be_bytes(self.read_buf[1..5].try_into().expect("4 bytes"));
+        let len = i32::from_be_bytes(input[1..5].try_into().expect("4 bytes"));
         if len < 4 {
             return Err(ConnectionError::InvalidLength(len.into()));
         }
@@ -172,9 +211,10 @@ impl Connection {
                 max: self.max_frame,
             });
         }
-        if self.read_buf.len() < total {
-            self.read_buf.reserve(total - self.read_buf.len());
-            self.read_grown |= self.read_buf.capacity() > IDLE_BUFFER_CAP;
+        if input.len() < total {
+            if self.read_buf.capacity() - self.read_at < total {
+                self.make_room_for(total);
+            }
             return Ok(None);
         }
         Ok(Some(total))
@@ -193,7 +233,7 @@ impl Connection {
     /// Whether bytes of a not yet complete frame are waiting in the read buffer, meaning the
     /// peer is mid-message and more input is certain to follow.
     pub fn has_partial_input(&self) -> bool {
-        !self.read_buf.is_empty()
+        self.read_at < self.read_buf.len()
     }
 
     async fn fill(&mut self) -> Result<(), ConnectionError> {
@@ -203,6 +243,7 @@ impl Connection {
             let _ = self.read_buf.try_reclaim(READ_CHUNK);
         }
         if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+            self.drop_consumed();
             self.read_buf.reserve(READ_CHUNK);
             self.read_grown |= self.read_buf.capacity() > IDLE_BUFFER_CAP;
         }
@@ -215,7 +256,7 @@ impl Connection {
         let mut read = std::pin::pin!(stream.read_buf(read_buf));
         let n = std::future::poll_fn(|cx| read_wake.poll(read.as_mut(), cx)).await?;
         if n == 0 {
-            return Err(if self.read_buf.is_empty() {
+            return Err(if !self.has_partial_input() {
                 ConnectionError::Closed
             } else {
                 ConnectionError::Truncated
@@ -283,8 +324,9 @@ impl Connection {
     }
 
     fn release_idle_buffers(&mut self) {
-        if self.read_buf.is_empty() && self.read_buf.capacity() > IDLE_BUFFER_CAP {
+        if !self.has_partial_input() && self.read_buf.capacity() > IDLE_BUFFER_CAP {
             self.read_buf = BytesMut::with_capacity(READ_CHUNK);
+            self.read_at = 0;
             self.read_grown = false;
         }
     }
