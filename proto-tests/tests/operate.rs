@@ -247,6 +247,11 @@ async fn health_readiness_and_limits() {
 
     let conn = proxy.conn_str(APP_USER, APP_PASSWORD, APP_DB, "require");
     let (first, _a) = proxy.connect_with(&conn).await.unwrap();
+    // Activity keeps a session open past the limit: a query every 300 ms for 1.8 s.
+    for _ in 0..6 {
+        first.simple_query("SELECT 1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let (second, _b) = proxy.connect_with(&conn).await.unwrap();
     let third = match proxy.connect_with(&conn).await {
         Ok(_) => panic!("a third connection is over the limit"),

@@ -14,6 +14,7 @@ mod client_auth;
 mod gate;
 mod handshake;
 mod hold;
+mod idle;
 mod lifecycle;
 mod listener;
 mod policy_store;

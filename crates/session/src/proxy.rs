@@ -19,6 +19,7 @@ use pgstepup_upstream::LoginReply;
 
 use crate::cancel::{HoldSignal, Registration};
 use crate::gate::{Gate, StepUpNeed, Verdict};
+use crate::idle::IdleTimer;
 use crate::lifecycle::Phase;
 use crate::statement::{MalformedStatement, Statement};
 
@@ -164,10 +165,11 @@ impl Session {
         // watch says the phase changed (an atomic load), not on every wake (a lock each).
         let mut phase_change = std::pin::pin!(next_phase(self.phase_changes.clone()));
         let mut phase_armed = false;
+        let mut idle = self.idle_timeout.map(IdleTimer::new);
         let ending = loop {
-            let idle_timeout = self
-                .idle_timeout
-                .filter(|_| self.transaction_status == b'I');
+            // Only a session outside a transaction is idle (PostgreSQL's own
+            // idle_in_transaction_session_timeout covers the rest).
+            let watch_idle = self.transaction_status == b'I';
             let phase_news = std::future::poll_fn(|cx| {
                 if phase_armed && !self.phase_changes.has_changed().unwrap_or(false) {
                     return Poll::Pending;
@@ -181,7 +183,7 @@ impl Session {
                 r = self.server.wait_frame() => Input::Server(r),
                 r = self.client.wait_frame() => Input::Client(r),
                 (phase, changes) = phase_news => Input::Phase(phase, changes),
-                _ = sleep_or_never(idle_timeout) => Input::IdleTimeout,
+                _ = idle_expired(idle.as_mut()), if watch_idle => Input::IdleTimeout,
             };
             let step = match input {
                 Input::Server(r) => self.on_server_input(r).await,
@@ -204,6 +206,9 @@ impl Session {
             };
             if let Err(ending) = step.and_then(|()| self.check_phase()) {
                 break ending;
+            }
+            if let Some(idle) = &mut idle {
+                idle.touch();
             }
         };
         self.close(&ending).await;
@@ -476,10 +481,10 @@ async fn next_phase(mut changes: watch::Receiver<Phase>) -> (Phase, watch::Recei
     (phase, changes)
 }
 
-/// Completes after `timeout`, or never.
-async fn sleep_or_never(timeout: Option<Duration>) {
-    match timeout {
-        Some(timeout) => tokio::time::sleep(timeout).await,
+/// Completes once the session has been idle past its limit, or never without one.
+async fn idle_expired(idle: Option<&mut IdleTimer>) {
+    match idle {
+        Some(idle) => idle.expired().await,
         None => std::future::pending().await,
     }
 }
