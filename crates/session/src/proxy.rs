@@ -358,8 +358,7 @@ impl Session {
     }
 
     pub(crate) fn refuse_fatal(&mut self, error: PgError) {
-        tracing::info!(%error, "closing session");
-        self.client.queue(&error.to_error_response());
+        queue_fatal(&mut self.client, error);
     }
 
     async fn close(&mut self, ending: &Ending) {
@@ -461,14 +460,19 @@ fn relay_server_frame(
         tag::PARAMETER_STATUS => {
             client.queue(frame.as_bytes());
             if let Err(error) = gate.on_parameter_status(frame) {
-                tracing::info!(%error, "closing session");
-                client.queue(&error.to_error_response());
+                queue_fatal(client, error);
                 return Err(Ending::UnsafeSetting);
             }
         }
         _ => client.queue(frame.as_bytes()),
     }
     Ok(())
+}
+
+/// Queues the FATAL error that ends a session (the caller then closes it).
+fn queue_fatal(client: &mut Connection, error: PgError) {
+    tracing::info!(%error, "closing session");
+    client.queue(&error.to_error_response());
 }
 
 /// The lifecycle's next phase, with the watch to wait for the one after (never, once the
