@@ -513,6 +513,14 @@ def proc_cpu_ticks(pid: int) -> Optional[int]:
     return int(f[11]) + int(f[12])
 
 
+def proc_user_ticks(pid: int) -> Optional[int]:
+    """utime alone (field 14): the process's own code, without the kernel's socket work."""
+    f = _stat_fields(pid)
+    if f is None:
+        return None
+    return int(f[11])
+
+
 def proc_tree_pids(pid: int) -> list[int]:
     """pid and all its descendants (from the ppid field of /proc/*/stat)."""
     children: dict[int, list[int]] = {}

@@ -142,6 +142,7 @@ def _run_one(ctx, t, mode, clients, duration, pgcpu, sampling_rate, logdir) -> d
     rec = {"target": t.name, "mode": mode, "clients": clients, "duration_s": duration,
            "command": " ".join(cmd), "loadavg_1m_before": H.loadavg()}
     px0 = H.proc_cpu_ticks(t.pid) if t.pid else None
+    pu0 = H.proc_user_ticks(t.pid) if t.pid else None
     pg0 = pgcpu.ticks()
     cl0 = children_cpu_s()
     w0 = time.monotonic()
@@ -158,6 +159,7 @@ def _run_one(ctx, t, mode, clients, duration, pgcpu, sampling_rate, logdir) -> d
     cl1 = children_cpu_s()
     time.sleep(0.25)  # let backends/proxy finish disconnect work before the 2nd snapshot
     px1 = H.proc_cpu_ticks(t.pid) if t.pid else None
+    pu1 = H.proc_user_ticks(t.pid) if t.pid else None
     pg1 = pgcpu.ticks()
     rec["returncode"] = rc
     for k, rx in RE.items():
@@ -172,6 +174,8 @@ def _run_one(ctx, t, mode, clients, duration, pgcpu, sampling_rate, logdir) -> d
     if px0 is not None and px1 is not None:
         rec["proxy_cpu_s"] = (px1 - px0) / H.CLK_TCK
         rec["proxy_cpu_us_per_txn"] = rec["proxy_cpu_s"] * 1e6 / n if n else None
+    if pu0 is not None and pu1 is not None:
+        rec["proxy_user_us_per_txn"] = (pu1 - pu0) / H.CLK_TCK * 1e6 / n if n else None
     if pg0 is not None and pg1 is not None:
         rec["pg_cpu_s"] = (pg1 - pg0) / H.CLK_TCK
         rec["pg_cpu_us_per_txn"] = rec["pg_cpu_s"] * 1e6 / n if n else None
@@ -216,6 +220,8 @@ def summarize(runs, target_names, modes, clients):
                     "p50_us_median": _med([r.get("latency_p50_us") for r in rs]),
                     "p99_us_median": _med([r.get("latency_p99_us") for r in rs]),
                     "proxy_cpu_us_per_txn": _med([r.get("proxy_cpu_us_per_txn") for r in rs]),
+                    "proxy_user_us_per_txn": _med([r.get("proxy_user_us_per_txn")
+                                                   for r in rs]),
                     "pg_cpu_us_per_txn": _med([r.get("pg_cpu_us_per_txn") for r in rs]),
                     "pgbench_cpu_us_per_txn": _med([r.get("pgbench_cpu_us_per_txn")
                                                     for r in rs]),
@@ -237,7 +243,8 @@ def _ratio(a, b):
 def main_table(summary, markdown):
     headers = ["mode", "clients", "direct TPS", "pgbouncer TPS", "pgstepup TPS",
                "pgbouncer/direct", "pgstepup/direct", "pgstepup/pgbouncer",
-               "pgbouncer µs CPU/txn", "pgstepup µs CPU/txn", "p99 pgstepup/pgbouncer"]
+               "pgbouncer µs CPU/txn", "pgstepup µs CPU/txn", "pgbouncer µs user/txn",
+               "pgstepup µs user/txn", "p99 pgstepup/pgbouncer"]
     rows = []
     for row in summary:
         t = row["targets"]
@@ -258,6 +265,8 @@ def main_table(summary, markdown):
                      H.fmt_num(_ratio(s, b), ".3f"),
                      H.fmt_num(g("pgbouncer", "proxy_cpu_us_per_txn"), ".1f"),
                      H.fmt_num(g("pgstepup", "proxy_cpu_us_per_txn"), ".1f"),
+                     H.fmt_num(g("pgbouncer", "proxy_user_us_per_txn"), ".1f"),
+                     H.fmt_num(g("pgstepup", "proxy_user_us_per_txn"), ".1f"),
                      H.fmt_num(row.get("p99_ratio_pgstepup_pgbouncer"), ".3f")])
     return H.render_table(headers, rows, markdown)
 
@@ -340,7 +349,9 @@ def write_markdown(path, meta, summary, target_names):
         "## Throughput (median TPS over rounds) and proxy CPU per transaction", "",
         main_table(summary, True), "",
         "Ratios > 1 mean the numerator is faster. µs CPU/txn = (utime+stime of the proxy "
-        "process, all threads) / transactions, median over rounds. On a machine with few "
+        "process, all threads) / transactions, median over rounds; µs user/txn counts utime "
+        "alone (the proxy's own code: the rest is kernel time in the socket system calls, "
+        "the same calls for both proxies). On a machine with few "
         "cores the proxy, PostgreSQL and pgbench share the CPUs, so proxy CPU directly "
         "reduces throughput.", "",
         "## Latency average (ms, median over rounds)", "",

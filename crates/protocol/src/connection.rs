@@ -306,7 +306,10 @@ impl Connection {
         } else {
             self.write_buf.clear();
         }
-        self.stream.flush().await?;
+        // Only TLS holds bytes back (a record being built); a plain socket has nothing to flush.
+        if self.stream.is_tls() {
+            self.stream.flush().await?;
+        }
         self.release_idle_buffers();
         Ok(())
     }

@@ -24,6 +24,7 @@ use pgstepup_protocol::{error_message, tag, Frame, FrameRef};
 use pgstepup_stepup::unix_now;
 
 use crate::policy_store::{ActivePolicy, PolicyStore};
+use crate::prepared::{Prepared, PreparedDecision, PreparedStatements};
 use crate::statement::Statement;
 
 /// Client encodings whose multi-byte characters can contain ASCII quote or backslash bytes:
@@ -111,24 +112,6 @@ pub(crate) struct SessionContext {
     pub metrics: Arc<Metrics>,
 }
 
-/// A named prepared statement the gate let through, kept so its executions can be re-decided
-/// when the policy changes after it was parsed.
-struct Prepared {
-    classification: Arc<Classification>,
-    sql: String,
-    /// The policy generation it was last decided under, and what was decided.
-    generation: u64,
-    decided: PreparedDecision,
-}
-
-#[derive(Clone)]
-enum PreparedDecision {
-    Allow,
-    /// Each execution needs an elevation under this rule.
-    StepUp(StepUpRule),
-    Refused(PgError),
-}
-
 /// Bytes of recently allowed shapes a session keeps before starting afresh.
 const RECENT_BYTES_MAX: usize = 16 * 1024;
 
@@ -139,9 +122,8 @@ pub(crate) struct Gate {
     /// only the literals changed): no lock, no shared counter, no policy evaluation. Each with
     /// the kind that decided it, for the statement counters.
     recent_allowed: ShapeMemo<Kind>,
-    /// Named prepared statements, looked up at every Bind (a fast seeded hash: names are short
-    /// and only this session's client chooses them).
-    prepared: HashMap<Box<[u8]>, Prepared, foldhash::fast::RandomState>,
+    /// Named prepared statements, looked up at every Bind.
+    prepared: PreparedStatements,
     context: SessionContext,
     store: Arc<PolicyStore>,
     active: Arc<ActivePolicy>,
@@ -175,7 +157,7 @@ impl Gate {
         let roles = active.policy.roles_of(&user, &upstream_roles);
         Gate {
             recent_allowed: ShapeMemo::new(RECENT_BYTES_MAX),
-            prepared: HashMap::default(),
+            prepared: PreparedStatements::new(),
             context,
             store,
             active,
@@ -287,7 +269,7 @@ impl Gate {
         ) {
             if !name.is_empty() {
                 self.prepared.insert(
-                    name.into(),
+                    name,
                     Prepared {
                         classification: classification.clone(),
                         sql: sql.clone().into_owned(),
@@ -367,12 +349,18 @@ impl Gate {
             return Verdict::Forward;
         };
         let generation = self.generation;
+        // The unnamed statement was decided at its own Parse (it is never kept); the common
+        // case, the statement last found allowed, again: no lookup.
+        if name.is_empty() || self.prepared.is_allowed_repeat(name, generation) {
+            return Verdict::Forward;
+        }
         let Some(prepared) = self.prepared.get(name) else {
             return Verdict::Forward;
         };
-        // The common case: decided under the current policy and allowed; one lookup.
+        // Decided under the current policy and allowed: one lookup.
         if prepared.generation == generation && matches!(prepared.decided, PreparedDecision::Allow)
         {
+            self.prepared.note_allowed(name, generation);
             return Verdict::Forward;
         }
         if prepared.generation != generation {
@@ -433,7 +421,7 @@ impl Gate {
         if let Refusable::Parse { name } = &need.refusable {
             if !name.is_empty() {
                 self.prepared.insert(
-                    name.as_slice().into(),
+                    name,
                     Prepared {
                         classification: need.classification.clone(),
                         sql: need.sql.clone(),

@@ -7,7 +7,8 @@
 //! [`cancel`] maps pgstepup's own cancel keys to the upstream's; [`proxy`] is the session loop
 //! that frames both directions and coalesces writes; every statement ([`statement`]) passes
 //! the [`gate`] (classification and the policy in [`policy_store`]) before it is forwarded;
-//! statements that need step-up are run under an elevation or held ([`hold`]) until approved.
+//! statements that need step-up are run under an elevation or held ([`hold`]) until approved;
+//! named prepared statements ([`prepared`]) are decided again at each Bind.
 
 mod cancel;
 mod client_auth;
@@ -18,6 +19,7 @@ mod idle;
 mod lifecycle;
 mod listener;
 mod policy_store;
+mod prepared;
 mod proxy;
 mod statement;
 mod tls;
