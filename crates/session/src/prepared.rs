@@ -117,7 +117,6 @@ impl PreparedStatements {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgstepup_classify::Classification;
 
     fn allowed(generation: u64) -> Prepared {
         Prepared {
