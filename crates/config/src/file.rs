@@ -65,8 +65,8 @@ pub struct ProxyConfig {
     /// On SIGTERM: seconds running statements and open transactions get to finish before
     /// their sessions are closed (57P01).
     pub shutdown_grace_secs: u64,
-    /// Threads serving connections; 0 = automatic (one on machines with up to two cores,
-    /// where the proxy shares the CPU with PostgreSQL; otherwise one per core).
+    /// Session threads, each running its own runtime (a session stays on one); 0 = one per
+    /// core.
     pub worker_threads: usize,
 }
 
@@ -484,17 +484,10 @@ impl Config {
         }
     }
 
-    /// How many runtime threads serve connections (see [`ProxyConfig::worker_threads`]).
+    /// How many session threads serve connections (see [`ProxyConfig::worker_threads`]).
     pub fn worker_threads(&self) -> usize {
         match self.proxy.worker_threads {
-            0 => {
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                if cores <= 2 {
-                    1
-                } else {
-                    cores
-                }
-            }
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
     }
@@ -592,7 +585,7 @@ mod tests {
     fn worker_threads_follow_the_machine_unless_set() {
         let mut c = Config::default();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(c.worker_threads(), if cores <= 2 { 1 } else { cores });
+        assert_eq!(c.worker_threads(), cores);
         c.proxy.worker_threads = 3;
         assert_eq!(c.worker_threads(), 3);
     }

@@ -253,21 +253,13 @@ fn load_config(args: ServeArgs) -> anyhow::Result<Config> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(args)?;
     init_logs(config.log.format);
-    let threads = config.worker_threads();
-    let runtime = if threads == 1 {
-        // One thread, like pgbouncer: no cross-thread wake-ups or work stealing per message,
-        // which on a small box is where a proxy's CPU goes.
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    }
-    .context("starting the async runtime")?;
-    tracing::info!(worker_threads = threads, "runtime started");
+    // Sessions run on threads of their own (`proxy.worker_threads`, each its own runtime);
+    // this one accepts connections and serves the web side, the admin socket and Redis.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    tracing::info!(session_threads = config.worker_threads(), "runtime started");
     runtime.block_on(async {
         let service = Service::bind(config).await?;
         let reloader = service.reloader();

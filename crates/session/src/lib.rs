@@ -23,6 +23,7 @@ mod prepared;
 mod proxy;
 mod statement;
 mod tls;
+mod workers;
 
 pub use listener::{Proxy, ProxyError, ProxyParts, Reloader};
 pub use policy_store::{ActivePolicy, PolicyStore};

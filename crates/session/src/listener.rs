@@ -29,6 +29,7 @@ use crate::lifecycle::Lifecycle;
 use crate::policy_store::PolicyStore;
 use crate::proxy::{Session, SessionParts};
 use crate::tls::{self, ClientTls};
+use crate::workers::Workers;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,8 @@ pub enum ProxyError {
     Policy(#[from] pgstepup_policy::PolicyError),
     #[error("audit trail: {0}")]
     Audit(#[from] pgstepup_audit::AuditError),
+    #[error("cannot start the session threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// State shared by every connection.
@@ -109,6 +112,7 @@ pub(crate) struct Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     listener: TcpListener,
+    workers: Workers,
 }
 
 impl Proxy {
@@ -166,7 +170,23 @@ impl Proxy {
             refusal_marker,
             next_id: AtomicU64::new(1),
         });
-        Ok(Proxy { shared, listener })
+        let session_shared = shared.clone();
+        let workers = Workers::start(shared.config.worker_threads(), move |tcp, peer, id| {
+            let span = tracing::info_span!(
+                "conn",
+                id,
+                %peer,
+                user = tracing::field::Empty,
+                application_name = tracing::field::Empty
+            );
+            handle_client(session_shared.clone(), tcp, peer, id).instrument(span)
+        })
+        .map_err(ProxyError::Workers)?;
+        Ok(Proxy {
+            shared,
+            listener,
+            workers,
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -185,7 +205,7 @@ impl Proxy {
     }
 
     /// Accepts clients until `shutdown` resolves; watches the policy file meanwhile.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let watcher = tokio::spawn(self.shared.policy.clone().watch(POLICY_POLL));
         let _stop_watching = AbortOnDrop(watcher);
@@ -224,16 +244,8 @@ impl Proxy {
                     }
                 },
             };
-            let shared = self.shared.clone();
-            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-            let span = tracing::info_span!(
-                "conn",
-                id,
-                %peer,
-                user = tracing::field::Empty,
-                application_name = tracing::field::Empty
-            );
-            tokio::spawn(handle_client(shared, tcp, peer, id).instrument(span));
+            let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            self.workers.assign(tcp, peer, id);
         }
         // Stop accepting (the listener closes here), then let sessions finish.
         drop(self.listener);
@@ -250,6 +262,7 @@ impl Proxy {
             grace.as_secs()
         );
         tracing::info!(%reason, "drained");
+        self.workers.stop().await;
         if let Err(error) = self.shared.audit.record(&Record {
             event: "shutdown",
             reason: Some(reason),
