@@ -80,6 +80,10 @@ def add_common_args(p: argparse.ArgumentParser, default_rounds: int = 3) -> None
     p.add_argument("--proxy-user", default=None,
                    help="when running as root, the user pgbouncer runs as "
                         "(default postgres, else nobody)")
+    p.add_argument("--pgbouncer-fresh-backends", action="store_true",
+                   help="set pgbouncer's server_lifetime = 0, so each client connection gets "
+                        "a new PostgreSQL backend as with direct and pgstepup (by default "
+                        "pgbouncer keeps backends, warm, from one pgbench run to the next)")
     p.add_argument("--sslmode", default="disable",
                    help="libpq sslmode for benchmark clients and pgbouncer's server "
                         "connections (default %(default)s, i.e. everything plaintext so "
@@ -403,6 +407,7 @@ auth_type = trust
 auth_file = {d}/userlist.txt
 admin_users = {self.user}
 pool_mode = session
+{"server_lifetime = 0" if getattr(self.args, "pgbouncer_fresh_backends", False) else ""}
 max_client_conn = {max_client_conn}
 default_pool_size = {default_pool_size}
 server_tls_sslmode = {self.args.sslmode}
@@ -425,6 +430,9 @@ log_stats = 0
                           d / "stderr.log", env={"PATH": "/usr/bin:/bin"}, user=user)
         t = Target("pgbouncer", "127.0.0.1", port, m, {"run_as": user or "(self)",
                                                         "max_client_conn": max_client_conn,
+                                                        "fresh_backends": getattr(
+                                                            self.args,
+                                                            "pgbouncer_fresh_backends", False),
                                                         "default_pool_size": default_pool_size})
         wait_port("127.0.0.1", port, m, timeout=120 if wrap else 30)
         self.verify_target(t)

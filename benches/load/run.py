@@ -335,7 +335,10 @@ def write_markdown(path, meta, summary, target_names):
         f"{meta['loadavg_1m']['start']} / {meta['loadavg_1m']['end']}",
         f"- PostgreSQL: {v['postgresql']}",
         f"- pgbench: {v['pgbench']}",
-        f"- pgbouncer: {v['pgbouncer']} (pool_mode=session, default_pool_size=40)",
+        f"- pgbouncer: {v['pgbouncer']} (pool_mode=session, default_pool_size=40"
+        + (", server_lifetime=0: a new backend per client connection)"
+           if p.get("pgbouncer_fresh_backends") else
+           "; backends kept, warm, between pgbench runs)"),
         f"- pgstepup: git commit {v['pgstepup_git_commit']}"
         + (f", binary `{v['pgstepup_binary']}` ({v.get('pgstepup_version')})"
            if v.get("pgstepup_binary") else ", **not run** (--no-pgstepup)"),
@@ -571,6 +574,7 @@ def main():
         "parameters": {"duration": args.duration, "rounds": args.rounds,
                        "clients": args.clients, "modes": args.modes, "scale": args.scale,
                        "warmup": args.warmup, "sslmode": args.sslmode,
+                       "pgbouncer_fresh_backends": args.pgbouncer_fresh_backends,
                        "sampling_rate": None if args.no_latency_log else args.sampling_rate,
                        "pgstepup_upstream": args.pgstepup_upstream if ctx.pgstepup else None,
                        "clk_tck": H.CLK_TCK},

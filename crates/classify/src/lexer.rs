@@ -376,22 +376,103 @@ pub fn shape(sql: &str) -> Result<String, LexError> {
 /// Typical statements take one tight pass ([`fast_shape`]); anything unusual takes the full
 /// scanner, once, or twice when a statement turns out to need its literals.
 pub fn shape_into(sql: &str, out: &mut String) -> Result<(), LexError> {
-    if fast_shape(sql, out).is_some() || write_shape(sql, out, true)? {
+    if fast_shape(sql, out, |_, _| {}).is_some() {
+        return Ok(());
+    }
+    full_shape_into(sql, out)
+}
+
+/// The full scanner's shape: literals hidden where they cannot matter.
+fn full_shape_into(sql: &str, out: &mut String) -> Result<(), LexError> {
+    if write_shape(sql, out, true)? {
         return Ok(());
     }
     write_shape(sql, out, false).map(|_| ())
+}
+
+/// The longest text a [`ShapeTemplate`] keeps.
+const MAX_TEMPLATE_TEXT: usize = 1024;
+
+/// The last text shaped by the fast path and where its integer literals lie (all hidden in its
+/// shape). A text that differs from it only inside those literals, each replaced by another run
+/// of digits, has the same shape: this is checked by comparing bytes, with no scan. It is how
+/// statements built by interpolating ids (pgbench `-M simple`, client-side parameter binding)
+/// skip the scanner.
+#[derive(Debug, Default)]
+pub struct ShapeTemplate {
+    text: Vec<u8>,
+    integers: Vec<(u16, u16)>,
+    valid: bool,
+}
+
+impl ShapeTemplate {
+    /// Whether `sql` has the shape of the template's text (false when unsure).
+    pub fn same_shape(&self, sql: &str) -> bool {
+        if !self.valid {
+            return false;
+        }
+        let (old, new) = (self.text.as_slice(), sql.as_bytes());
+        let (mut at_old, mut at_new) = (0, 0);
+        for &(start, end) in &self.integers {
+            let (start, end) = (usize::from(start), usize::from(end));
+            let same = &old[at_old..start];
+            if new.get(at_new..at_new + same.len()) != Some(same) {
+                return false;
+            }
+            at_new += same.len();
+            let digits = new[at_new..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            if digits == 0 {
+                return false;
+            }
+            at_new += digits;
+            at_old = end;
+        }
+        new.get(at_new..) == Some(&old[at_old..])
+    }
+}
+
+/// [`shape_into`], keeping `template` in step with `out`: it describes `sql` when the fast path
+/// shaped it (and it is short enough to keep), and matches nothing otherwise.
+pub fn shape_into_template(
+    sql: &str,
+    out: &mut String,
+    template: &mut ShapeTemplate,
+) -> Result<(), LexError> {
+    template.valid = false;
+    template.integers.clear();
+    let keep = sql.len() <= MAX_TEMPLATE_TEXT;
+    let integers = &mut template.integers;
+    let fast = fast_shape(sql, out, |start, end| {
+        if keep {
+            // Both fit: the text is at most MAX_TEMPLATE_TEXT bytes long.
+            integers.push((start as u16, end as u16));
+        }
+    });
+    if fast.is_none() {
+        return full_shape_into(sql, out);
+    }
+    if keep {
+        template.text.clear();
+        template.text.extend_from_slice(sql.as_bytes());
+        template.valid = true;
+    }
+    Ok(())
 }
 
 /// The shape of the common case in one pass over the bytes, without tokens: ASCII words,
 /// standard strings, plain numbers, `$n` parameters, quoted identifiers, operators,
 /// punctuation and `--` comments, in statements whose literals can all be hidden. `None` at
 /// the first thing outside that (the full scanner then decides, and gives the same shape for
-/// everything this accepts: a test holds the two to it).
-fn fast_shape(sql: &str, out: &mut String) -> Option<()> {
+/// everything this accepts: a test holds the two to it). `integer` is told where each integer
+/// literal lies.
+fn fast_shape(sql: &str, out: &mut String, integer: impl FnMut(usize, usize)) -> Option<()> {
     // Built as bytes: copying and folding runs of bytes is far cheaper than pushing chars.
     let mut buf = std::mem::take(out).into_bytes();
     buf.clear();
-    let shaped = fast_shape_bytes(sql, &mut buf);
+    let shaped = fast_shape_bytes(sql, &mut buf, integer);
     match String::from_utf8(buf) {
         Ok(shape) => {
             *out = shape;
@@ -403,7 +484,11 @@ fn fast_shape(sql: &str, out: &mut String) -> Option<()> {
     }
 }
 
-fn fast_shape_bytes(sql: &str, out: &mut Vec<u8>) -> Option<()> {
+fn fast_shape_bytes(
+    sql: &str,
+    out: &mut Vec<u8>,
+    mut integer: impl FnMut(usize, usize),
+) -> Option<()> {
     let bytes = sql.as_bytes();
     let len = bytes.len();
     let at = |i: usize| bytes.get(i).copied().unwrap_or(0);
@@ -479,6 +564,7 @@ fn fast_shape_bytes(sql: &str, out: &mut Vec<u8>) -> Option<()> {
                 while at(i).is_ascii_digit() {
                     i += 1;
                 }
+                let integer_end = i;
                 if at(i) == b'.' && at(i + 1) != b'.' {
                     i += 1;
                     while at(i).is_ascii_digit() {
@@ -488,6 +574,9 @@ fn fast_shape_bytes(sql: &str, out: &mut Vec<u8>) -> Option<()> {
                 // Exponents and digits run into letters: the full scanner.
                 if is(at(i), IDENT_CHAR) {
                     return None;
+                }
+                if i == integer_end {
+                    integer(start, i);
                 }
                 separate_bytes(out);
                 out.push(b'?');
@@ -811,88 +900,90 @@ mod tests {
             "INSERT INTO t (a, b) VALUES (1, 'x'), (2, 'y') RETURNING a::text",
         ] {
             let mut out = String::new();
-            assert!(fast_shape(sql, &mut out).is_some(), "{sql}");
+            assert!(fast_shape(sql, &mut out, |_, _| {}).is_some(), "{sql}");
             assert_eq!(Ok(out), full_shape(sql), "{sql}");
         }
     }
 
+    /// Pieces random statements are made of.
+    const PIECES: &[&str] = &[
+        "SELECT",
+        "select",
+        "insert",
+        "UPDATE",
+        "with",
+        "set",
+        "SET",
+        "show",
+        "set_config",
+        "\"set_config\"",
+        "\"a\"\"b\"",
+        "t",
+        "e",
+        "E",
+        "u",
+        "U",
+        "x",
+        "n",
+        "b",
+        "a$b",
+        "é",
+        "'s'",
+        "'a''b'",
+        "''",
+        "'日本'",
+        "'open",
+        "\"open",
+        "1",
+        "42",
+        "3.14",
+        "1.",
+        ".5",
+        "1e5",
+        "1_000",
+        "0x1F",
+        "12abc",
+        "1..2",
+        "$1",
+        "$12",
+        "$",
+        "$$ q $$",
+        "$a$ x $a$",
+        "&",
+        "'",
+        "\"",
+        "=",
+        "<>",
+        "+-",
+        "--",
+        "-- c\n",
+        "/*",
+        "/* c */",
+        "*/",
+        "::",
+        ":",
+        ";",
+        ",",
+        "(",
+        ")",
+        "[",
+        "]",
+        ".",
+        " ",
+        "\n",
+        "\t",
+        "\u{b}",
+        "@",
+        "#",
+        "?",
+        "|",
+        "\\",
+        "~",
+        "%",
+    ];
+
     #[test]
     fn fast_shape_agrees_with_the_full_scanner() {
-        const PIECES: &[&str] = &[
-            "SELECT",
-            "select",
-            "insert",
-            "UPDATE",
-            "with",
-            "set",
-            "SET",
-            "show",
-            "set_config",
-            "\"set_config\"",
-            "\"a\"\"b\"",
-            "t",
-            "e",
-            "E",
-            "u",
-            "U",
-            "x",
-            "n",
-            "b",
-            "a$b",
-            "é",
-            "'s'",
-            "'a''b'",
-            "''",
-            "'日本'",
-            "'open",
-            "\"open",
-            "1",
-            "42",
-            "3.14",
-            "1.",
-            ".5",
-            "1e5",
-            "1_000",
-            "0x1F",
-            "12abc",
-            "1..2",
-            "$1",
-            "$12",
-            "$",
-            "$$ q $$",
-            "$a$ x $a$",
-            "&",
-            "'",
-            "\"",
-            "=",
-            "<>",
-            "+-",
-            "--",
-            "-- c\n",
-            "/*",
-            "/* c */",
-            "*/",
-            "::",
-            ":",
-            ";",
-            ",",
-            "(",
-            ")",
-            "[",
-            "]",
-            ".",
-            " ",
-            "\n",
-            "\t",
-            "\u{b}",
-            "@",
-            "#",
-            "?",
-            "|",
-            "\\",
-            "~",
-            "%",
-        ];
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = || {
             state ^= state << 13;
@@ -912,12 +1003,110 @@ mod tests {
                     sql.push(' ');
                 }
             }
-            if fast_shape(&sql, &mut out).is_some() {
+            if fast_shape(&sql, &mut out, |_, _| {}).is_some() {
                 taken += 1;
                 assert_eq!(Ok(out.clone()), full_shape(&sql), "{sql:?}");
             }
         }
         assert!(taken > 5_000, "the fast path took only {taken} texts");
+    }
+
+    #[test]
+    fn a_template_matches_only_texts_of_its_shape() {
+        let (mut template, mut out) = (ShapeTemplate::default(), String::new());
+        let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
+        shape_into_template(sql, &mut out, &mut template).unwrap();
+        assert_eq!(out, shape(sql).unwrap());
+        for same in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 7;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1234567890123;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;",
+        ] {
+            assert!(template.same_shape(same), "{same}");
+        }
+        for other in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 7.5;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 7e5;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = ;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 48213",
+            "SELECT abalance FROM pgbench_accounts1 WHERE aid = 48213;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4821x;",
+        ] {
+            assert!(!template.same_shape(other), "{other}");
+        }
+        // Digits in a quoted identifier or a parameter are not a literal.
+        shape_into_template(
+            "SELECT \"12\" FROM t WHERE a = $1 AND b = 3",
+            &mut out,
+            &mut template,
+        )
+        .unwrap();
+        assert!(!template.same_shape("SELECT \"13\" FROM t WHERE a = $1 AND b = 3"));
+        assert!(!template.same_shape("SELECT \"12\" FROM t WHERE a = $2 AND b = 3"));
+        assert!(template.same_shape("SELECT \"12\" FROM t WHERE a = $1 AND b = 30"));
+        // What the fast path does not take (literals that matter), or too long, matches nothing.
+        shape_into_template("SET x = 1", &mut out, &mut template).unwrap();
+        assert!(!template.same_shape("SET x = 1") && !template.same_shape("SET x = 2"));
+        let long = format!("SELECT 1 FROM t WHERE a IN ({}1)", "1, ".repeat(400));
+        shape_into_template(&long, &mut out, &mut template).unwrap();
+        assert!(!template.same_shape(&long));
+        // A text that does not scan leaves a template that matches nothing.
+        shape_into_template("SELECT 1", &mut out, &mut template).unwrap();
+        assert!(shape_into_template("SELECT 'open", &mut out, &mut template).is_err());
+        assert!(!template.same_shape("SELECT 1"));
+    }
+
+    #[test]
+    fn template_matches_agree_with_the_scanner() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut template, mut out, mut matched) = (ShapeTemplate::default(), String::new(), 0);
+        for _ in 0..20_000 {
+            let mut sql =
+                String::from(["SELECT ", "update ", "WITH ", "SET "][next() as usize % 4]);
+            for _ in 0..(next() % 10) {
+                sql.push_str(PIECES[next() as usize % PIECES.len()]);
+                if next() % 3 > 0 {
+                    sql.push(' ');
+                }
+            }
+            if shape_into_template(&sql, &mut out, &mut template).is_err() {
+                continue;
+            }
+            for _ in 0..4 {
+                // Every run of digits (in literals, names, parameters, strings alike) may be
+                // swapped for another, and one byte may change.
+                let mut variant = String::new();
+                let mut chars = sql.chars().peekable();
+                while let Some(c) = chars.next() {
+                    if c.is_ascii_digit() && next() % 2 == 0 {
+                        while chars.peek().is_some_and(char::is_ascii_digit) {
+                            chars.next();
+                        }
+                        for _ in 0..=(next() % 3) {
+                            variant.push(char::from(b'0' + (next() % 10) as u8));
+                        }
+                    } else {
+                        variant.push(c);
+                    }
+                }
+                let at = (next() as usize) % (variant.len() + 1);
+                if next() % 4 == 0 && variant.is_char_boundary(at) {
+                    variant.insert_str(at, PIECES[next() as usize % PIECES.len()]);
+                }
+                if template.same_shape(&variant) {
+                    matched += 1;
+                    assert_eq!(shape(&variant), Ok(out.clone()), "{sql:?} -> {variant:?}");
+                }
+            }
+        }
+        assert!(matched > 5_000, "only {matched} variants matched");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::lexer::{self, LexError};
+use crate::lexer::{self, LexError, ShapeTemplate};
 
 type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
@@ -14,6 +14,9 @@ type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 pub struct ShapeMemo<V> {
     /// The shape of the text last looked up; reused, never shrunk.
     scratch: String,
+    /// The last text scanned, whose shape `scratch` holds: a text differing from it only in
+    /// its integer literals needs no scan.
+    template: ShapeTemplate,
     shaped: bool,
     exact: Map<V>,
     shapes: Map<V>,
@@ -27,6 +30,7 @@ impl<V: Copy> ShapeMemo<V> {
     pub fn new(max_bytes: usize) -> Self {
         ShapeMemo {
             scratch: String::new(),
+            template: ShapeTemplate::default(),
             shaped: false,
             exact: HashMap::default(),
             shapes: HashMap::default(),
@@ -43,7 +47,9 @@ impl<V: Copy> ShapeMemo<V> {
         if let Some(value) = self.exact.get(sql) {
             return Ok(Some(*value));
         }
-        lexer::shape_into(sql, &mut self.scratch)?;
+        if !self.template.same_shape(sql) {
+            lexer::shape_into_template(sql, &mut self.scratch, &mut self.template)?;
+        }
         self.shaped = true;
         Ok(self.shapes.get(self.scratch.as_str()).copied())
     }
@@ -57,7 +63,7 @@ impl<V: Copy> ShapeMemo<V> {
     /// found the text verbatim.
     pub fn shape_of(&mut self, sql: &str) -> Result<&str, LexError> {
         if !self.shaped {
-            lexer::shape_into(sql, &mut self.scratch)?;
+            lexer::shape_into_template(sql, &mut self.scratch, &mut self.template)?;
             self.shaped = true;
         }
         Ok(self.scratch.as_str())
