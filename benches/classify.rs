@@ -1,5 +1,5 @@
-//! The per-statement cost of deciding: a session's own memo hit (the steady state: the shape
-//! scan and one lookup), a shared cache hit (shape scan, cache, policy evaluation), a miss on a
+//! The per-statement cost of deciding: a session's own memo hit (the steady state: one lookup,
+//! after a byte comparison with the text last scanned or a shape scan), a shared cache hit (shape scan, cache, policy evaluation), a miss on a
 //! short statement, a miss on a long catalog query, and sqlparser's own parse for comparison.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -38,9 +38,31 @@ fn decide(c: &mut Criterion) {
         assert_eq!(memo.get(sql), Ok(None));
         memo.remember(sql, allowed(sql, &mut scratch));
     }
+    // Simple-protocol pgbench: a new id each time, the rest the same as the text last scanned.
+    let new_ids = [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 7;",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 912344;",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 48;",
+    ];
+    let mut next = new_ids.iter().cycle();
     c.bench_function(
-        "session memo hit by shape (pgbench select, new literal)",
-        |b| b.iter(|| memo.get(std::hint::black_box(other_literal))),
+        "session memo hit, only an integer changed (pgbench select, no scan)",
+        |b| b.iter(|| memo.get(std::hint::black_box(next.next().expect("cycle")))),
+    );
+    // Two statements in turn, each unlike the text scanned before it: found by shape, after
+    // a scan.
+    let branches = "SELECT bbalance FROM pgbench_branches WHERE bid = 3 AND bbalance > 'x';";
+    memo.get(branches).expect("scans");
+    memo.remember(branches, allowed(branches, &mut scratch));
+    let mut next = [
+        other_literal,
+        "SELECT bbalance FROM pgbench_branches WHERE bid = 5 AND bbalance > 'y';",
+    ]
+    .into_iter()
+    .cycle();
+    c.bench_function(
+        "session memo hit by shape (pgbench select, new literal, scanned)",
+        |b| b.iter(|| memo.get(std::hint::black_box(next.next().expect("cycle")))),
     );
     c.bench_function(
         "session memo hit by text (pgbench select, parameterised)",
