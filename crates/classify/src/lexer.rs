@@ -982,27 +982,36 @@ mod tests {
         "%",
     ];
 
-    #[test]
-    fn fast_shape_agrees_with_the_full_scanner() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let (mut taken, mut out) = (0, String::new());
-        for _ in 0..50_000 {
-            let mut sql = String::new();
-            let leader =
-                ["SELECT ", "select ", "UPDATE ", "with ", "", "SET "][next() as usize % 6];
-            sql.push_str(leader);
-            for _ in 0..(next() % 12) {
-                sql.push_str(PIECES[next() as usize % PIECES.len()]);
-                if next() % 3 > 0 {
+    /// A small deterministic PRNG (xorshift), so failures reproduce.
+    struct Random(u64);
+
+    impl Random {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// One of `leaders`, then up to `pieces` random [`PIECES`], some spaced.
+        fn statement(&mut self, leaders: &[&str], pieces: u64) -> String {
+            let mut sql = String::from(leaders[self.next() as usize % leaders.len()]);
+            for _ in 0..(self.next() % pieces) {
+                sql.push_str(PIECES[self.next() as usize % PIECES.len()]);
+                if !self.next().is_multiple_of(3) {
                     sql.push(' ');
                 }
             }
+            sql
+        }
+    }
+
+    #[test]
+    fn fast_shape_agrees_with_the_full_scanner() {
+        let mut random = Random(0x2545_f491_4f6c_dd1d);
+        let (mut taken, mut out) = (0, String::new());
+        for _ in 0..50_000 {
+            let sql = random.statement(&["SELECT ", "select ", "UPDATE ", "with ", "", "SET "], 12);
             if fast_shape(&sql, &mut out, |_, _| {}).is_some() {
                 taken += 1;
                 assert_eq!(Ok(out.clone()), full_shape(&sql), "{sql:?}");
@@ -1045,6 +1054,9 @@ mod tests {
         assert!(!template.same_shape("SELECT \"13\" FROM t WHERE a = $1 AND b = 3"));
         assert!(!template.same_shape("SELECT \"12\" FROM t WHERE a = $2 AND b = 3"));
         assert!(template.same_shape("SELECT \"12\" FROM t WHERE a = $1 AND b = 30"));
+        // Only integers: `7.a` is not `1.5.a` with another number (it scans as `7.` then `a`).
+        shape_into_template("SELECT 1.5.a", &mut out, &mut template).unwrap();
+        assert!(!template.same_shape("SELECT 7.a"));
         // What the fast path does not take (literals that matter), or too long, matches nothing.
         shape_into_template("SET x = 1", &mut out, &mut template).unwrap();
         assert!(!template.same_shape("SET x = 1") && !template.same_shape("SET x = 2"));
@@ -1059,23 +1071,10 @@ mod tests {
 
     #[test]
     fn template_matches_agree_with_the_scanner() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut random = Random(0x9e37_79b9_7f4a_7c15);
         let (mut template, mut out, mut matched) = (ShapeTemplate::default(), String::new(), 0);
         for _ in 0..20_000 {
-            let mut sql =
-                String::from(["SELECT ", "update ", "WITH ", "SET "][next() as usize % 4]);
-            for _ in 0..(next() % 10) {
-                sql.push_str(PIECES[next() as usize % PIECES.len()]);
-                if next() % 3 > 0 {
-                    sql.push(' ');
-                }
-            }
+            let sql = random.statement(&["SELECT ", "update ", "WITH ", "SET "], 10);
             if shape_into_template(&sql, &mut out, &mut template).is_err() {
                 continue;
             }
@@ -1085,20 +1084,20 @@ mod tests {
                 let mut variant = String::new();
                 let mut chars = sql.chars().peekable();
                 while let Some(c) = chars.next() {
-                    if c.is_ascii_digit() && next() % 2 == 0 {
+                    if c.is_ascii_digit() && random.next().is_multiple_of(2) {
                         while chars.peek().is_some_and(char::is_ascii_digit) {
                             chars.next();
                         }
-                        for _ in 0..=(next() % 3) {
-                            variant.push(char::from(b'0' + (next() % 10) as u8));
+                        for _ in 0..=(random.next() % 3) {
+                            variant.push(char::from(b'0' + (random.next() % 10) as u8));
                         }
                     } else {
                         variant.push(c);
                     }
                 }
-                let at = (next() as usize) % (variant.len() + 1);
-                if next() % 4 == 0 && variant.is_char_boundary(at) {
-                    variant.insert_str(at, PIECES[next() as usize % PIECES.len()]);
+                let at = (random.next() as usize) % (variant.len() + 1);
+                if random.next().is_multiple_of(4) && variant.is_char_boundary(at) {
+                    variant.insert_str(at, PIECES[random.next() as usize % PIECES.len()]);
                 }
                 if template.same_shape(&variant) {
                     matched += 1;
