@@ -1,11 +1,15 @@
 //! Session threads: each runs its own single-threaded runtime, and the listener hands every
-//! accepted connection to the next one in turn. A session lives its whole life on one thread
+//! accepted connection to the one with the fewest live sessions (in turn among equals, so
+//! connections closing unevenly do not leave one thread with most of the load). A session
+//! lives its whole life on one thread
 //! (its sockets registered with that thread's reactor, its timers on that thread's clock), so
 //! no message costs a cross-thread wake-up or a work-stealing scheduler's bookkeeping, while
 //! a machine with spare cores still gets more than one of them for sessions.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::net::TcpStream;
@@ -21,8 +25,20 @@ struct Accepted {
 /// The session threads of one proxy.
 pub(crate) struct Workers {
     queues: Vec<mpsc::UnboundedSender<Accepted>>,
+    /// Live sessions per thread: counted up when handed over, down when the session's task
+    /// ends (or is dropped with its runtime).
+    live: Vec<Arc<AtomicUsize>>,
     threads: Vec<JoinHandle<()>>,
     next: usize,
+}
+
+/// Counts a session out of its thread's load when its task ends, however it ends.
+struct LiveSession(Arc<AtomicUsize>);
+
+impl Drop for LiveSession {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Workers {
@@ -34,12 +50,15 @@ impl Workers {
     {
         let mut workers = Workers {
             queues: Vec::new(),
+            live: Vec::new(),
             threads: Vec::new(),
             next: 0,
         };
         for index in 0..count.max(1) {
             let (queue, mut accepted) = mpsc::unbounded_channel::<Accepted>();
             let session = session.clone();
+            let live = Arc::new(AtomicUsize::new(0));
+            let thread_live = live.clone();
             // The runtime is built on its own thread: a runtime must not be dropped (as on a
             // failed start) inside the async context that calls this.
             let (started, outcome) = std::sync::mpsc::channel();
@@ -61,9 +80,14 @@ impl Workers {
                     };
                     runtime.block_on(async move {
                         while let Some(Accepted { tcp, peer, id }) = accepted.recv().await {
+                            let counted = LiveSession(thread_live.clone());
                             match TcpStream::from_std(tcp) {
                                 Ok(tcp) => {
-                                    tokio::spawn(session(tcp, peer, id));
+                                    let session = session(tcp, peer, id);
+                                    tokio::spawn(async move {
+                                        let _counted = counted;
+                                        session.await;
+                                    });
                                 }
                                 Err(error) => {
                                     tracing::error!(%peer, %error, "cannot register an accepted connection")
@@ -74,12 +98,14 @@ impl Workers {
                 })?;
             outcome.recv().map_err(std::io::Error::other)??;
             workers.queues.push(queue);
+            workers.live.push(live);
             workers.threads.push(thread);
         }
         Ok(workers)
     }
 
-    /// Hands an accepted connection to the next thread in turn.
+    /// Hands an accepted connection to the thread with the fewest live sessions (the first
+    /// such from the one after the last chosen, so equal loads take turns).
     pub(crate) fn assign(&mut self, tcp: TcpStream, peer: SocketAddr, id: u64) {
         let tcp = match tcp.into_std() {
             Ok(tcp) => tcp,
@@ -88,9 +114,19 @@ impl Workers {
                 return;
             }
         };
-        let queue = &self.queues[self.next];
-        self.next = (self.next + 1) % self.queues.len();
-        if queue.send(Accepted { tcp, peer, id }).is_err() {
+        let threads = self.queues.len();
+        let chosen = (0..threads)
+            .map(|offset| (self.next + offset) % threads)
+            .min_by_key(|&index| self.live[index].load(Ordering::Relaxed))
+            .unwrap_or(0);
+        self.next = (chosen + 1) % threads;
+        // Counted before it is queued, so the next connection sees this one.
+        self.live[chosen].fetch_add(1, Ordering::Relaxed);
+        if self.queues[chosen]
+            .send(Accepted { tcp, peer, id })
+            .is_err()
+        {
+            self.live[chosen].fetch_sub(1, Ordering::Relaxed);
             tracing::error!(%peer, "a session thread has stopped; connection dropped");
         }
     }
@@ -145,6 +181,60 @@ mod tests {
             );
             assert_eq!(flavor, tokio::runtime::RuntimeFlavor::CurrentThread);
         }
+        workers.stop().await;
+    }
+
+    /// When sessions end unevenly, new connections go where fewer sessions live.
+    #[tokio::test]
+    async fn connections_go_to_the_thread_with_fewest_sessions() {
+        let (seen, mut sessions) = mpsc::unbounded_channel();
+        let mut workers = Workers::start(2, move |mut tcp: TcpStream, _peer, _id| {
+            let seen = seen.clone();
+            async move {
+                seen.send(std::thread::current().name().map(str::to_owned))
+                    .unwrap();
+                // Lives until the client hangs up.
+                let _ = tcp.read_u8().await;
+            }
+        })
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut connect = async |workers: &mut Workers| {
+            let client = TcpStream::connect(address).await.unwrap();
+            let (tcp, peer) = listener.accept().await.unwrap();
+            workers.assign(tcp, peer, 0);
+            let thread = sessions.recv().await.unwrap();
+            (client, thread)
+        };
+        let mut open = Vec::new();
+        for _ in 0..4 {
+            open.push(connect(&mut workers).await);
+        }
+        let threads: Vec<_> = open.iter().map(|(_, t)| t.clone()).collect();
+        let first = threads[0].clone();
+        assert_eq!(
+            threads,
+            [
+                first.clone(),
+                threads[1].clone(),
+                first.clone(),
+                threads[1].clone()
+            ]
+        );
+        assert_ne!(threads[0], threads[1]);
+        // Both sessions of the first thread end.
+        open.retain(|(_, thread)| *thread != first);
+        let index = usize::from(first.as_deref() == Some("sessions-1"));
+        while workers.live[index].load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        for _ in 0..2 {
+            let (client, thread) = connect(&mut workers).await;
+            assert_eq!(thread, first, "the emptier thread takes the connection");
+            open.push((client, thread));
+        }
+        drop(open);
         workers.stop().await;
     }
 }
