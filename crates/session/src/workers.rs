@@ -151,6 +151,20 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    /// Connects a client to `listener` and hands the accepted socket to `workers`.
+    async fn hand_over(listener: &TcpListener, workers: &mut Workers, id: u64) -> TcpStream {
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, peer) = listener.accept().await.unwrap();
+        workers.assign(tcp, peer, id);
+        client
+    }
+
+    fn thread_name() -> Option<String> {
+        std::thread::current().name().map(str::to_owned)
+    }
+
     /// Connections go to the threads in turn, and each session runs on its thread's own
     /// single-threaded runtime, its socket served there.
     #[tokio::test]
@@ -159,19 +173,15 @@ mod tests {
         let mut workers = Workers::start(2, move |mut tcp: TcpStream, _peer, id| {
             let seen = seen.clone();
             async move {
-                let thread = std::thread::current().name().map(str::to_owned);
                 let flavor = tokio::runtime::Handle::current().runtime_flavor();
                 tcp.write_all(&[id as u8]).await.unwrap();
-                seen.send((id, thread, flavor)).unwrap();
+                seen.send((id, thread_name(), flavor)).unwrap();
             }
         })
         .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
         for id in 0..4 {
-            let mut client = TcpStream::connect(address).await.unwrap();
-            let (tcp, peer) = listener.accept().await.unwrap();
-            workers.assign(tcp, peer, id);
+            let mut client = hand_over(&listener, &mut workers, id).await;
             assert_eq!(client.read_u8().await.unwrap(), id as u8);
             let (session, thread, flavor) = sessions.recv().await.unwrap();
             assert_eq!(session, id);
@@ -191,48 +201,38 @@ mod tests {
         let mut workers = Workers::start(2, move |mut tcp: TcpStream, _peer, _id| {
             let seen = seen.clone();
             async move {
-                seen.send(std::thread::current().name().map(str::to_owned))
-                    .unwrap();
+                seen.send(thread_name()).unwrap();
                 // Lives until the client hangs up.
                 let _ = tcp.read_u8().await;
             }
         })
         .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let mut connect = async |workers: &mut Workers| {
-            let client = TcpStream::connect(address).await.unwrap();
-            let (tcp, peer) = listener.accept().await.unwrap();
-            workers.assign(tcp, peer, 0);
-            let thread = sessions.recv().await.unwrap();
-            (client, thread)
-        };
         let mut open = Vec::new();
-        for _ in 0..4 {
-            open.push(connect(&mut workers).await);
+        for id in 0..4 {
+            let client = hand_over(&listener, &mut workers, id).await;
+            open.push((client, sessions.recv().await.unwrap()));
         }
-        let threads: Vec<_> = open.iter().map(|(_, t)| t.clone()).collect();
-        let first = threads[0].clone();
+        let first = Some("sessions-0".to_owned());
+        let threads: Vec<_> = open.iter().map(|(_, thread)| thread.clone()).collect();
+        let second = Some("sessions-1".to_owned());
         assert_eq!(
             threads,
-            [
-                first.clone(),
-                threads[1].clone(),
-                first.clone(),
-                threads[1].clone()
-            ]
+            [first.clone(), second.clone(), first.clone(), second]
         );
-        assert_ne!(threads[0], threads[1]);
         // Both sessions of the first thread end.
         open.retain(|(_, thread)| *thread != first);
-        let index = usize::from(first.as_deref() == Some("sessions-1"));
-        while workers.live[index].load(Ordering::Relaxed) > 0 {
+        while workers.live[0].load(Ordering::Relaxed) > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        for _ in 0..2 {
-            let (client, thread) = connect(&mut workers).await;
-            assert_eq!(thread, first, "the emptier thread takes the connection");
-            open.push((client, thread));
+        for id in 4..6 {
+            let client = hand_over(&listener, &mut workers, id).await;
+            assert_eq!(
+                sessions.recv().await.unwrap(),
+                first,
+                "the emptier thread takes the connection"
+            );
+            open.push((client, first.clone()));
         }
         drop(open);
         workers.stop().await;
