@@ -1,6 +1,7 @@
 //! The per-statement cost of deciding: a session's own memo hit (the steady state: one lookup,
-//! after a byte comparison with the text last scanned or a shape scan), a shared cache hit (shape scan, cache, policy evaluation), a miss on a
-//! short statement, a miss on a long catalog query, and sqlparser's own parse for comparison.
+//! after a byte comparison with the text last scanned or a shape scan), a shared cache hit
+//! (shape scan, cache, policy evaluation), a miss on a short statement, a miss on a long
+//! catalog query, and sqlparser's own parse for comparison.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use pgstepup_classify::{classify, lexer, Classifier, ShapeMemo};

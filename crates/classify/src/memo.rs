@@ -1,7 +1,8 @@
 //! [`ShapeMemo`]: one owner's (a session's) memory of what it decided per statement. No lock
 //! and no shared counter: a repeat costs one lookup in maps only its owner touches. Texts
 //! without literals (parameterised statements, which clients send verbatim again and again)
-//! are found by their exact text, without a scan; texts with literals by their shape.
+//! are found by their exact text, without a scan; texts with literals by their shape, taken
+//! without a scan when only integers differ from the text last scanned ([`ShapeTemplate`]).
 //! Bounded in bytes; full, it starts afresh.
 
 use std::collections::HashMap;

@@ -8,7 +8,8 @@
 //! that frames both directions and coalesces writes; every statement ([`statement`]) passes
 //! the [`gate`] (classification and the policy in [`policy_store`]) before it is forwarded;
 //! statements that need step-up are run under an elevation or held ([`hold`]) until approved;
-//! named prepared statements ([`prepared`]) are decided again at each Bind.
+//! named prepared statements ([`prepared`]) are decided again at each Bind. Sessions run on
+//! the session threads of [`workers`], one single-threaded runtime per core.
 
 mod cancel;
 mod client_auth;
