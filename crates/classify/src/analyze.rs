@@ -120,7 +120,7 @@ impl Collector {
                     (CopySource::Table { table_name, .. }, true) => {
                         self.add(Kind::Read, Some(table_name), None)
                     }
-                    (CopySource::Query(_), _) => {}
+                    (CopySource::Query(query), _) => self.query(query),
                 }
                 match target {
                     CopyTarget::File { .. } => {
