@@ -84,6 +84,10 @@ def add_common_args(p: argparse.ArgumentParser, default_rounds: int = 3) -> None
                    help="set pgbouncer's server_lifetime = 0, so each client connection gets "
                         "a new PostgreSQL backend as with direct and pgstepup (by default "
                         "pgbouncer keeps backends, warm, from one pgbench run to the next)")
+    p.add_argument("--upstream-socket", metavar="DIR", default=None,
+                   help="both proxies reach PostgreSQL by its Unix socket in DIR (such as "
+                        "/var/run/postgresql) instead of TCP, as when a proxy runs on the "
+                        "database host; pgbench still reaches each target over TCP")
     p.add_argument("--sslmode", default="disable",
                    help="libpq sslmode for benchmark clients and pgbouncer's server "
                         "connections (default %(default)s, i.e. everything plaintext so "
@@ -397,7 +401,7 @@ class Ctx:
         (d / "userlist.txt").write_text(f'"{self.user}" ""\n')
         ini = f"""\
 [databases]
-{BENCH_DB} = host={self.args.pg_host} port={self.args.pg_port} dbname={BENCH_DB}
+{BENCH_DB} = host={self.args.upstream_socket or self.args.pg_host} port={self.args.pg_port} dbname={BENCH_DB}
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -444,8 +448,14 @@ log_stats = 0
             return None
         d = self.pm.mkdtemp("pgstepup-bench-pgstepup-")
         port = free_port()
-        upstream = (self.args.pgstepup_upstream
-                    or f"postgres://127.0.0.1:5432?sslmode={self.args.sslmode}")
+        if self.args.pgstepup_upstream:
+            upstream = self.args.pgstepup_upstream
+        elif self.args.upstream_socket:
+            # libpq ignores sslmode on a socket; pgstepup refuses one that requires TLS there.
+            upstream = (f"postgres:///?host={self.args.upstream_socket}"
+                        f"&port={self.args.pg_port}")
+        else:
+            upstream = f"postgres://127.0.0.1:5432?sslmode={self.args.sslmode}"
         # What a DBA would write for these tables: the benchmark's own tables may be written
         # (COPY in) without step-up; everything else keeps the built-in policy.
         (d / "policy.toml").write_text(
@@ -468,16 +478,24 @@ log_stats = 0
 
     def verify_target(self, t: Target) -> None:
         """A real query through the target; also records whether the
-        target->PostgreSQL connection uses TLS (fairness check)."""
+        target->PostgreSQL connection uses TLS and whether it is a Unix socket
+        (fairness checks)."""
         deadline = time.monotonic() + 15
         last = None
         while time.monotonic() < deadline:
             t.check_alive()
             try:
                 out = self.sql("select coalesce((select ssl from pg_stat_ssl "
-                               "where pid = pg_backend_pid()), false)",
+                               "where pid = pg_backend_pid()), false) "
+                               "|| '|' || (inet_server_addr() is null)",
                                db=BENCH_DB, host=t.host, port=t.port, timeout=15)
-                t.info["upstream_tls"] = (out == "t")
+                tls, unix = out.split("|")
+                t.info["upstream_tls"] = (tls == "true")
+                t.info["upstream_unix_socket"] = (unix == "true")
+                if (t.managed and bool(self.args.upstream_socket)
+                        != t.info["upstream_unix_socket"]):
+                    raise HarnessError(f"{t.name} does not reach PostgreSQL the way "
+                                       "--upstream-socket asks")
                 return
             except (HarnessError, subprocess.TimeoutExpired) as e:
                 last = e

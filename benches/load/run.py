@@ -346,6 +346,9 @@ def write_markdown(path, meta, summary, target_names):
         f"scale {p['scale']}, clients {','.join(map(str, p['clients']))}, "
         f"modes {','.join(p['modes'])}, "
         f"sslmode {p['sslmode']}, `pgbench -S -n -M MODE -c C -j min(C,2) -T {p['duration']}`",
+        "- proxies reach PostgreSQL by: "
+        + (f"its Unix socket in `{p['upstream_socket']}`" if p.get("upstream_socket")
+           else "TCP (127.0.0.1)"),
         f"- TLS between target and PostgreSQL: "
         + ", ".join(f"{k}={'yes' if x else 'no'}" for k, x in meta["upstream_tls"].items()),
         "",
@@ -575,6 +578,7 @@ def main():
                        "clients": args.clients, "modes": args.modes, "scale": args.scale,
                        "warmup": args.warmup, "sslmode": args.sslmode,
                        "pgbouncer_fresh_backends": args.pgbouncer_fresh_backends,
+                       "upstream_socket": args.upstream_socket,
                        "sampling_rate": None if args.no_latency_log else args.sampling_rate,
                        "pgstepup_upstream": args.pgstepup_upstream if ctx.pgstepup else None,
                        "clk_tck": H.CLK_TCK},

@@ -86,7 +86,8 @@ impl Default for ProxyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// `postgres://[LOGIN[:PASSWORD]@]HOST[:PORT][/DB][?sslmode=MODE]`.
+    /// `postgres://[LOGIN[:PASSWORD]@]HOST[:PORT][/DB][?sslmode=MODE]`; a HOST (or `?host=`)
+    /// that starts with `/` is the directory of PostgreSQL's Unix socket.
     pub url: String,
     /// TLS towards the upstream, with libpq's sslmode names (`?sslmode=` in the URL wins).
     pub tls: UpstreamTlsMode,
@@ -402,6 +403,19 @@ impl Config {
             return Err(self.invalid("limits.max_client_connections", "must be at least 1"));
         }
         let upstream = self.upstream_url()?;
+        if upstream.unix_socket().is_some()
+            && !matches!(
+                self.upstream_tls_mode(),
+                UpstreamTlsMode::Disable | UpstreamTlsMode::Prefer
+            )
+        {
+            // libpq ignores sslmode on a Unix socket; asking for TLS there is a mistake to name.
+            return Err(self.invalid(
+                "upstream.tls",
+                "a Unix socket carries no TLS: use disable or prefer with a socket directory \
+                 as the upstream host, or a TCP host to require TLS",
+            ));
+        }
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => {
                 return Err(self.invalid("tls.key", "tls.cert is set but tls.key is not"))
@@ -671,6 +685,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("/nonexistent/x.toml: cannot read"), "{err}");
+    }
+
+    #[test]
+    fn a_unix_socket_upstream_takes_no_required_tls() {
+        let socket = |url: &str| Overrides {
+            upstream: Some(url.into()),
+            ..Default::default()
+        };
+        let c = Config::load(None, socket("postgres:///app?host=/var/run/postgresql")).unwrap();
+        assert_eq!(
+            c.upstream_url().unwrap().address(),
+            "/var/run/postgresql/.s.PGSQL.5432"
+        );
+        let err = Config::load(
+            None,
+            socket("postgres:///app?host=/var/run/postgresql&sslmode=require"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("upstream.tls") && err.contains("Unix socket"),
+            "{err}"
+        );
     }
 }
 

@@ -1,9 +1,15 @@
 //! `postgres://[LOGIN[:PASSWORD]@]HOST[:PORT][/DB][?sslmode=MODE]`: where the upstream is and,
-//! optionally, the login pgstepup uses to look up SCRAM verifiers.
+//! optionally, the login pgstepup uses to look up SCRAM verifiers. As in libpq, a host that
+//! starts with `/` is the directory of PostgreSQL's Unix socket (percent-encoded in the
+//! authority, or given as `?host=`), and `?host=`/`?port=` override the authority's.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use crate::UpstreamTlsMode;
+
+/// Stands in for libpq's empty host while parsing; `?host=` always replaces it.
+const EMPTY_HOST: &str = "empty-host.invalid";
 
 /// A parsed upstream address.
 #[derive(Clone, PartialEq, Eq)]
@@ -28,8 +34,12 @@ pub enum UpstreamUrlError {
     Scheme(String),
     #[error("a host is required")]
     MissingHost,
-    #[error("unsupported URL parameter {0:?}: only sslmode is accepted; use the [upstream] keys")]
+    #[error(
+        "unsupported URL parameter {0:?}: only sslmode, host and port are accepted; use the [upstream] keys"
+    )]
     Query(String),
+    #[error("port must be a number from 1 to 65535, not {0:?}")]
+    Port(String),
     #[error("sslmode must be disable, prefer, require, verify-ca or verify-full, not {0:?}")]
     SslMode(String),
 }
@@ -37,26 +47,55 @@ pub enum UpstreamUrlError {
 impl UpstreamUrl {
     /// Parses the URL; the port defaults to 5432 and the database to `postgres`.
     pub fn parse(text: &str) -> Result<Self, UpstreamUrlError> {
-        let url = url::Url::parse(text).map_err(|e| UpstreamUrlError::Syntax(e.to_string()))?;
+        let url = match url::Url::parse(text) {
+            // `postgres://LOGIN@/DB?host=/dir`: libpq allows a login with an empty host; the url
+            // crate does not, so a placeholder stands in and `?host=` must replace it.
+            Err(url::ParseError::EmptyHost) => {
+                let (scheme, rest) = text.split_once("://").unwrap_or((text, ""));
+                let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+                let (authority, tail) = rest.split_at(authority_end);
+                let placeholder = format!("{scheme}://{authority}{EMPTY_HOST}{tail}");
+                let url = url::Url::parse(&placeholder)
+                    .map_err(|e| UpstreamUrlError::Syntax(e.to_string()))?;
+                if !url.query_pairs().any(|(key, _)| key == "host") {
+                    return Err(UpstreamUrlError::MissingHost);
+                }
+                url
+            }
+            parsed => parsed.map_err(|e| UpstreamUrlError::Syntax(e.to_string()))?,
+        };
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(UpstreamUrlError::Scheme(url.scheme().to_owned()));
         }
         let mut sslmode = None;
+        let mut host_param = None;
+        let mut port_param = None;
         for (key, value) in url.query_pairs() {
-            if key != "sslmode" {
-                return Err(UpstreamUrlError::Query(key.into_owned()));
+            match key.as_ref() {
+                "sslmode" => {
+                    sslmode = Some(match value.as_ref() {
+                        "disable" => UpstreamTlsMode::Disable,
+                        "prefer" => UpstreamTlsMode::Prefer,
+                        "require" => UpstreamTlsMode::Require,
+                        "verify-ca" => UpstreamTlsMode::VerifyCa,
+                        "verify-full" => UpstreamTlsMode::VerifyFull,
+                        other => return Err(UpstreamUrlError::SslMode(other.to_owned())),
+                    })
+                }
+                "host" => host_param = Some(value.into_owned()),
+                "port" => {
+                    let port = value
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| UpstreamUrlError::Port(value.to_string()))?;
+                    port_param = Some(port);
+                }
+                _ => return Err(UpstreamUrlError::Query(key.into_owned())),
             }
-            sslmode = Some(match value.as_ref() {
-                "disable" => UpstreamTlsMode::Disable,
-                "prefer" => UpstreamTlsMode::Prefer,
-                "require" => UpstreamTlsMode::Require,
-                "verify-ca" => UpstreamTlsMode::VerifyCa,
-                "verify-full" => UpstreamTlsMode::VerifyFull,
-                other => return Err(UpstreamUrlError::SslMode(other.to_owned())),
-            });
         }
-        let host = url
-            .host_str()
+        let host = host_param
+            .or_else(|| url.host_str().map(percent_decode))
             .filter(|h| !h.is_empty())
             .ok_or(UpstreamUrlError::MissingHost)?
             .trim_start_matches('[')
@@ -74,7 +113,7 @@ impl UpstreamUrl {
         };
         Ok(UpstreamUrl {
             host,
-            port: url.port().unwrap_or(5432),
+            port: port_param.or(url.port()).unwrap_or(5432),
             login,
             password,
             database,
@@ -82,9 +121,19 @@ impl UpstreamUrl {
         })
     }
 
-    /// `host:port` for connecting.
+    /// The socket file when the host is a Unix-socket directory: `DIR/.s.PGSQL.PORT`, as libpq
+    /// names it.
+    pub fn unix_socket(&self) -> Option<PathBuf> {
+        self.host
+            .starts_with('/')
+            .then(|| PathBuf::from(&self.host).join(format!(".s.PGSQL.{}", self.port)))
+    }
+
+    /// `host:port` for connecting over TCP, or the socket file's path.
     pub fn address(&self) -> String {
-        if self.host.contains(':') {
+        if let Some(socket) = self.unix_socket() {
+            socket.display().to_string()
+        } else if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
@@ -166,6 +215,39 @@ mod tests {
         );
         let u = UpstreamUrl::parse("postgres://h/db?sslmode=verify-full").unwrap();
         assert_eq!(u.sslmode, Some(UpstreamTlsMode::VerifyFull));
+    }
+
+    #[test]
+    fn a_host_that_is_a_directory_names_a_unix_socket() {
+        let u = UpstreamUrl::parse("postgres://%2Fvar%2Frun%2Fpostgresql:5433/app").unwrap();
+        assert_eq!(u.host, "/var/run/postgresql");
+        assert_eq!(
+            u.unix_socket(),
+            Some(PathBuf::from("/var/run/postgresql/.s.PGSQL.5433"))
+        );
+        assert_eq!(u.address(), "/var/run/postgresql/.s.PGSQL.5433");
+        assert_eq!(u.database, "app");
+
+        // libpq's query form; ?host= and ?port= win over the authority.
+        let u = UpstreamUrl::parse("postgres://auth:pw@/app?host=/tmp/pg&port=6000").unwrap();
+        assert_eq!(
+            (u.login.as_deref(), u.address().as_str()),
+            (Some("auth"), "/tmp/pg/.s.PGSQL.6000")
+        );
+        let u = UpstreamUrl::parse("postgres://ignored:1/?host=db.example").unwrap();
+        assert_eq!(
+            (u.unix_socket(), u.address().as_str()),
+            (None, "db.example:1")
+        );
+
+        assert_eq!(
+            UpstreamUrl::parse("postgres:///app?host=/tmp&port=0"),
+            Err(UpstreamUrlError::Port("0".into()))
+        );
+        assert_eq!(
+            UpstreamUrl::parse("postgres:///app"),
+            Err(UpstreamUrlError::MissingHost)
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use rand::Rng;
 use tokio::net::TcpListener;
 
 use pgstepup_audit::AuditLog;
-use pgstepup_config::Config;
+use pgstepup_config::{Config, UpstreamUrl};
 use pgstepup_metrics::Metrics;
 use pgstepup_session::{PolicyStore, Proxy, ProxyError, ProxyParts, Reloader as ProxyReloader};
 use pgstepup_stepup::{Credentials, StepUp, Store, StoreError};
@@ -49,7 +49,7 @@ pub struct Service {
     metrics_listener: Option<TcpListener>,
     health: Arc<Health>,
     stepup: StepUp,
-    upstream_address: String,
+    upstream: Option<UpstreamUrl>,
 }
 
 impl Service {
@@ -118,10 +118,7 @@ impl Service {
             admin_socket = %config.admin_socket().display(),
             "step-up ready"
         );
-        let upstream_address = config
-            .upstream_url()
-            .map(|u| u.address())
-            .unwrap_or_default();
+        let upstream = config.upstream_url().ok();
         let proxy = Proxy::bind(
             config,
             ProxyParts {
@@ -142,7 +139,7 @@ impl Service {
             metrics_listener,
             health,
             stepup,
-            upstream_address,
+            upstream,
         })
     }
 
@@ -196,7 +193,7 @@ impl Service {
         let checks = tokio::spawn(check_readiness(
             self.health.clone(),
             self.stepup,
-            self.upstream_address,
+            self.upstream,
         ));
         let health = self.health;
         self.proxy
@@ -240,15 +237,24 @@ impl Reloader {
     }
 }
 
-/// Keeps readiness current: the upstream accepts TCP connections and the state store answers.
-async fn check_readiness(health: Arc<Health>, stepup: StepUp, upstream: String) {
+/// Keeps readiness current: the upstream accepts connections and the state store answers.
+async fn check_readiness(health: Arc<Health>, stepup: StepUp, upstream: Option<UpstreamUrl>) {
     let timeout = Duration::from_secs(1);
     loop {
         let mut problems = Vec::new();
-        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&upstream)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => problems.push(format!("upstream {upstream} unreachable: {error}")),
-            Err(_) => problems.push(format!("upstream {upstream} unreachable: timed out")),
+        match &upstream {
+            // Configuration validation refuses an unparsable URL before this runs.
+            None => problems.push("upstream.url does not parse".to_owned()),
+            Some(url) => {
+                let address = url.address();
+                match tokio::time::timeout(timeout, pgstepup_upstream::reachable(url)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        problems.push(format!("upstream {address} unreachable: {error}"))
+                    }
+                    Err(_) => problems.push(format!("upstream {address} unreachable: timed out")),
+                }
+            }
         }
         if let Err(error) = stepup.store().ping().await {
             problems.push(error.to_string());

@@ -88,7 +88,8 @@ struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
     /// Upstream PostgreSQL; a LOGIN:PASSWORD in it is the login used to look up SCRAM
-    /// verifiers [default: postgres://127.0.0.1:5432].
+    /// verifiers; `?host=/var/run/postgresql` reaches its Unix socket
+    /// [default: postgres://127.0.0.1:5432].
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
     /// Approval pages, metrics and health [default: 127.0.0.1:8443].

@@ -1,12 +1,13 @@
-//! A socket that is either plain TCP or TLS (as the server side towards clients, or as the
-//! client side towards the upstream), so the rest of the proxy handles one type.
+//! A socket that is plain TCP, TLS (as the server side towards clients, or as the client side
+//! towards the upstream) or a Unix socket to a co-located upstream, so the rest of the proxy
+//! handles one type.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::{client, server};
 
 /// Plain or TLS transport for one side of a proxied session.
@@ -16,12 +17,15 @@ pub enum Stream {
     TlsServer(Box<server::TlsStream<TcpStream>>),
     /// TLS towards the upstream PostgreSQL.
     TlsClient(Box<client::TlsStream<TcpStream>>),
+    /// PostgreSQL's Unix socket, when pgstepup runs on the database host: no TCP/IP stack on
+    /// either side of each message.
+    Unix(UnixStream),
 }
 
 impl Stream {
     /// Whether the bytes on this stream are encrypted.
     pub fn is_tls(&self) -> bool {
-        !matches!(self, Stream::Plain(_))
+        matches!(self, Stream::TlsServer(_) | Stream::TlsClient(_))
     }
 
     /// The DER certificate the peer presented (TLS towards the upstream only), for SCRAM
@@ -45,6 +49,7 @@ macro_rules! delegate {
             Stream::Plain($s) => $e,
             Stream::TlsServer($s) => $e,
             Stream::TlsClient($s) => $e,
+            Stream::Unix($s) => $e,
         }
     };
 }
@@ -81,6 +86,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::TlsServer(s) => s.is_write_vectored(),
             Stream::TlsClient(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
         }
     }
 

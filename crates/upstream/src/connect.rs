@@ -1,11 +1,12 @@
-//! Opening a socket to the upstream: TCP, then TLS through an SSLRequest as the mode asks.
+//! Opening a socket to the upstream: TCP, then TLS through an SSLRequest as the mode asks; or
+//! PostgreSQL's Unix socket, which (as in libpq) never negotiates TLS.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
 use pgstepup_config::{Config, UpstreamTlsMode, UpstreamUrl};
@@ -40,7 +41,7 @@ impl UpstreamSettings {
     }
 }
 
-/// Connects to the upstream, negotiating TLS per `upstream.tls`.
+/// Connects to the upstream, negotiating TLS per `upstream.tls` over TCP.
 pub async fn connect(settings: &UpstreamSettings) -> Result<Connection, UpstreamError> {
     let address = settings.url.address();
     tokio::time::timeout(settings.connect_timeout, open(settings, &address))
@@ -49,6 +50,16 @@ pub async fn connect(settings: &UpstreamSettings) -> Result<Connection, Upstream
 }
 
 async fn open(settings: &UpstreamSettings, address: &str) -> Result<Connection, UpstreamError> {
+    if let Some(socket) = settings.url.unix_socket() {
+        // Configuration refuses a TLS mode that requires encryption here.
+        let unix = UnixStream::connect(&socket)
+            .await
+            .map_err(|source| UpstreamError::Connect {
+                address: address.to_owned(),
+                source,
+            })?;
+        return Ok(Connection::new(Stream::Unix(unix), DEFAULT_MAX_FRAME));
+    }
     let mut tcp = TcpStream::connect(address)
         .await
         .map_err(|source| UpstreamError::Connect {
@@ -87,5 +98,14 @@ async fn open(settings: &UpstreamSettings, address: &str) -> Result<Connection, 
         other => Err(UpstreamError::Protocol(format!(
             "unexpected answer {other:#04x} to SSLRequest"
         ))),
+    }
+}
+
+/// Whether the upstream accepts a connection (TCP or Unix socket), for readiness; opens and
+/// drops it without a startup message.
+pub async fn reachable(url: &UpstreamUrl) -> std::io::Result<()> {
+    match url.unix_socket() {
+        Some(socket) => UnixStream::connect(socket).await.map(drop),
+        None => TcpStream::connect(url.address()).await.map(drop),
     }
 }

@@ -13,7 +13,7 @@ mod tls;
 
 pub use auth_lookup::{VerifierSource, DEFAULT_AUTH_QUERY};
 pub use cancel::cancel;
-pub use connect::{connect, UpstreamSettings};
+pub use connect::{connect, reachable, UpstreamSettings};
 pub use login::{login, read_until_ready, Credential, LoginReply};
 
 use pgstepup_protocol::ConnectionError;

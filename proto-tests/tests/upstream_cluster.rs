@@ -1,18 +1,23 @@
-//! pgstepup in front of a PostgreSQL that demands SCRAM over verified TLS (a throwaway cluster
-//! started for this test): the client authenticates to pgstepup, and pgstepup logs in upstream
-//! as the same user with the ClientKey from the client's proof, never knowing the password.
+//! pgstepup in front of a throwaway PostgreSQL cluster of each test's own, which demands SCRAM
+//! over verified TLS on TCP and trusts its Unix socket: the client authenticates to pgstepup,
+//! and pgstepup logs in upstream as the same user with the ClientKey from the client's proof,
+//! never knowing the password; or pgstepup, on the database host, reaches it by its socket.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use std::time::Duration;
+
+use proto_tests::stepup::WebClient;
 use proto_tests::{certs, free_port, Auth, TestProxy};
 use tokio_postgres::error::SqlState;
 
 const USER: &str = "scram_user";
 const PASSWORD: &str = "scram-pass";
 
-/// A private cluster with `hostssl ... scram-sha-256` only; stopped on drop.
+/// A private cluster with `hostssl ... scram-sha-256` only over TCP and `trust` on its Unix
+/// socket (in `dir`); stopped on drop.
 struct Cluster {
     dir: PathBuf,
     port: u16,
@@ -29,7 +34,7 @@ impl Cluster {
             .expect("an initdb");
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "pgstepup-scram-cluster-{}-{}",
+            "pgstepup-test-cluster-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
@@ -269,4 +274,72 @@ async fn sslmode_in_the_upstream_url_is_honoured() {
     let db = err.as_db_error().expect("the server's own error, relayed");
     assert_eq!(db.code(), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
     assert!(db.message().contains("no encryption"), "{}", db.message());
+}
+
+#[tokio::test]
+async fn the_upstream_can_be_reached_by_its_unix_socket() {
+    let cluster = Cluster::start();
+    // Over TCP the cluster asks for TLS and a password; only its socket lets `postgres` in
+    // without one, so every login below proves the socket was used.
+    let proxy = TestProxy::with(Auth::Passthrough, false, |c| {
+        c.upstream.url = format!(
+            "postgres:///postgres?host={}&port={}",
+            cluster.dir.display(),
+            cluster.port
+        );
+    });
+    let (client, _c) = proxy
+        .connect_with(&proxy.conn_str("postgres", "", "postgres", "disable"))
+        .await
+        .expect("login through the socket");
+    let row = client
+        .query_one("SELECT inet_server_addr() IS NULL, $1::int + 1", &[&41i32])
+        .await
+        .unwrap();
+    assert!(
+        row.get::<_, bool>(0),
+        "the upstream session is on a Unix socket"
+    );
+    assert_eq!(row.get::<_, i32>(1), 42, "extended protocol relayed");
+
+    // Ctrl-C travels the socket too: the cancel reaches the backend running the statement.
+    let cancel = client.cancel_token();
+    let sleeper = tokio::spawn(async move {
+        let outcome = client.simple_query("SELECT pg_sleep(30)").await;
+        (client, outcome)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel accepted");
+    let (client, outcome) = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("the statement ends well before 30 s")
+        .unwrap();
+    assert_eq!(
+        outcome.expect_err("cancelled").code(),
+        Some(&SqlState::QUERY_CANCELED)
+    );
+    assert_eq!(
+        client
+            .query_one("SELECT 7", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        7,
+        "the session goes on after the cancel"
+    );
+
+    // Readiness probes the socket as well.
+    let web = WebClient::of(&proxy);
+    let mut ready = (0, serde_json::Value::Null);
+    for _ in 0..50 {
+        ready = web.get("/readyz").await;
+        if ready.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready.0, 200, "{}", ready.1);
 }
