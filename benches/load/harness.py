@@ -88,6 +88,9 @@ def add_common_args(p: argparse.ArgumentParser, default_rounds: int = 3) -> None
                    help="both proxies reach PostgreSQL by its Unix socket in DIR (such as "
                         "/var/run/postgresql) instead of TCP, as when a proxy runs on the "
                         "database host; pgbench still reaches each target over TCP")
+    p.add_argument("--client-socket", action="store_true",
+                   help="pgbench reaches every target by a Unix socket: PostgreSQL's in "
+                        "--upstream-socket DIR (required), each proxy's own in its directory")
     p.add_argument("--sslmode", default="disable",
                    help="libpq sslmode for benchmark clients and pgbouncer's server "
                         "connections (default %(default)s, i.e. everything plaintext so "
@@ -323,6 +326,9 @@ class Ctx:
         self.pgbouncer = find_tool("pgbouncer", args.pgbouncer_bin, ("/usr/sbin/pgbouncer",))
         self.pgstepup = resolve_pgstepup(args)
         self.user = args.pg_user
+        if getattr(args, "client_socket", False) and not args.upstream_socket:
+            raise HarnessError("--client-socket needs --upstream-socket DIR "
+                               "(where direct runs find PostgreSQL's socket)")
 
     # ---- psql -------------------------------------------------------------
     def psql_cmd(self, host: str, port: int, db: str) -> list[str]:
@@ -376,7 +382,13 @@ class Ctx:
 
     # ---- targets --------------------------------------------------------------
     def direct_target(self) -> Target:
+        if getattr(self.args, "client_socket", False):
+            return Target("direct", self.args.upstream_socket, self.args.pg_port)
         return Target("direct", self.args.pg_host, self.args.pg_port)
+
+    def _client_host(self, socket_dir: Path) -> str:
+        """How pgbench reaches a proxy: its socket directory, or TCP on 127.0.0.1."""
+        return str(socket_dir) if getattr(self.args, "client_socket", False) else "127.0.0.1"
 
     def _proxy_user(self) -> Optional[str]:
         if os.geteuid() != 0:
@@ -406,7 +418,7 @@ class Ctx:
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = {port}
-unix_socket_dir =
+unix_socket_dir = {d if getattr(self.args, "client_socket", False) else ""}
 auth_type = trust
 auth_file = {d}/userlist.txt
 admin_users = {self.user}
@@ -432,7 +444,7 @@ log_stats = 0
         m = self.pm.start("pgbouncer",
                           list(wrap) + [self.pgbouncer, "-q", str(d / "pgbouncer.ini")],
                           d / "stderr.log", env={"PATH": "/usr/bin:/bin"}, user=user)
-        t = Target("pgbouncer", "127.0.0.1", port, m, {"run_as": user or "(self)",
+        t = Target("pgbouncer", self._client_host(d), port, m, {"run_as": user or "(self)",
                                                         "max_client_conn": max_client_conn,
                                                         "fresh_backends": getattr(
                                                             self.args,
@@ -462,7 +474,9 @@ log_stats = 0
             '[[rule]]\nname = "bench-tables-writable"\n'
             'tables = ["copy_bench_t", "pgbench_*"]\n'
             'kinds = ["write", "ddl"]\naction = "allow"\n')
-        (d / "pgstepup.toml").write_text(f'[policy]\nfile = "{d / "policy.toml"}"\n')
+        proxy = (f'[proxy]\nunix_socket_dir = "{d}"\n'
+                 if getattr(self.args, "client_socket", False) else "")
+        (d / "pgstepup.toml").write_text(f'{proxy}[policy]\nfile = "{d / "policy.toml"}"\n')
         cmd = list(wrap) + [self.pgstepup, "serve", "--config", str(d / "pgstepup.toml"),
                "--listen", f"127.0.0.1:{port}", "--upstream", upstream,
                "--web-listen", "127.0.0.1:0", "--admin-socket", str(d / "admin.sock"),
@@ -470,7 +484,7 @@ log_stats = 0
         env = dict(os.environ)
         env["RUST_LOG"] = "warn"
         m = self.pm.start("pgstepup", cmd, d / "pgstepup.log", env=env)
-        t = Target("pgstepup", "127.0.0.1", port, m, {"binary": self.pgstepup,
+        t = Target("pgstepup", self._client_host(d), port, m, {"binary": self.pgstepup,
                                                        "command": cmd})
         wait_port("127.0.0.1", port, m, timeout=120 if wrap else 30)
         self.verify_target(t)

@@ -349,6 +349,8 @@ def write_markdown(path, meta, summary, target_names):
         "- proxies reach PostgreSQL by: "
         + (f"its Unix socket in `{p['upstream_socket']}`" if p.get("upstream_socket")
            else "TCP (127.0.0.1)"),
+        "- pgbench reaches every target by: "
+        + ("its Unix socket" if p.get("client_socket") else "TCP (127.0.0.1)"),
         f"- TLS between target and PostgreSQL: "
         + ", ".join(f"{k}={'yes' if x else 'no'}" for k, x in meta["upstream_tls"].items()),
         "",
@@ -579,6 +581,7 @@ def main():
                        "warmup": args.warmup, "sslmode": args.sslmode,
                        "pgbouncer_fresh_backends": args.pgbouncer_fresh_backends,
                        "upstream_socket": args.upstream_socket,
+                       "client_socket": args.client_socket,
                        "sampling_rate": None if args.no_latency_log else args.sampling_rate,
                        "pgstepup_upstream": args.pgstepup_upstream if ctx.pgstepup else None,
                        "clk_tck": H.CLK_TCK},

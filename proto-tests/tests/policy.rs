@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use proto_tests::{
     admin, admin_in, app_role, use_policy_file, write_policy, Auth, TestProxy, APP_DB, APP_USER,
     REFUSE_AT_ONCE,
@@ -466,4 +468,70 @@ async fn prepared_statements_are_decided_again_after_a_policy_change() {
         1,
         "only the execution under the old policy ran"
     );
+}
+
+#[tokio::test]
+async fn local_clients_reach_the_unix_socket_under_the_same_policy() {
+    app_role().await;
+    let other = table("gate_unix_socket").await;
+    let policy = write_policy(POLICY);
+    let audit = proto_tests::audit_file();
+    let dir = std::env::temp_dir().join(format!("pgstepup-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let proxy = TestProxy::with(Auth::Scram, true, |c| {
+        use_policy_file(c, &policy);
+        c.audit.file = audit.clone();
+        // TCP clients must use TLS; the local socket is exempt, as in pgbouncer.
+        c.tls.require = true;
+        c.proxy.unix_socket_dir = Some(dir.clone());
+    });
+    let socket = dir.join(format!(".s.PGSQL.{}", proxy.addr.port()));
+    assert!(
+        socket.exists(),
+        "named after the TCP port, as libpq looks for it"
+    );
+
+    // psql as a local user runs it: -h names the directory, sslmode as libpq defaults it.
+    let mut psql = tokio::process::Command::new("psql");
+    psql.envs(proxy.client_env("prefer"))
+        .env("PGHOST", &dir)
+        .args(["-X", "-At", "-c", "SELECT 40 + 2"])
+        .args(["-c", &format!("DELETE FROM public.{other} WHERE v = 1")]);
+    let out = psql.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout.trim(), "42", "{stderr}");
+    assert!(stderr.contains("needs step-up approval"), "{stderr}");
+
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let refused = records
+        .iter()
+        .find(|r| r["event"] == "challenge_issued")
+        .expect("the refusal is audited");
+    let client_addr = refused["client_addr"].as_str().unwrap();
+    assert!(
+        client_addr.starts_with("unix socket uid=0 pid="),
+        "the local user and process are named: {client_addr}"
+    );
+
+    // A client asking for TLS on the socket is told N, as PostgreSQL tells it there.
+    let mut raw = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    raw.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
+    assert_eq!(raw.read_u8().await.unwrap(), b'N');
+
+    // Over TCP without TLS the requirement still holds.
+    let err = proxy
+        .connect_with(&proxy.conn_str(APP_USER, proto_tests::APP_PASSWORD, APP_DB, "disable"))
+        .await
+        .expect_err("plain TCP refused");
+    let db = err.as_db_error().expect("pgstepup's own refusal");
+    assert!(db.message().contains("only TLS"), "{}", db.message());
+
+    drop(proxy);
+    assert!(!socket.exists(), "the socket file goes with the proxy");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -68,6 +68,9 @@ pub struct ProxyConfig {
     /// Session threads, each running its own runtime (a session stays on one); 0 = one per
     /// core.
     pub worker_threads: usize,
+    /// Also listen on a Unix socket in this directory, named `.s.PGSQL.PORT` after the TCP
+    /// port as libpq expects (`psql -h DIR -p PORT`), for clients on the same machine.
+    pub unix_socket_dir: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -78,6 +81,7 @@ impl Default for ProxyConfig {
             observe: false,
             shutdown_grace_secs: 30,
             worker_threads: 0,
+            unix_socket_dir: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! A socket that is plain TCP, TLS (as the server side towards clients, or as the client side
-//! towards the upstream) or a Unix socket to a co-located upstream, so the rest of the proxy
-//! handles one type.
+//! towards the upstream) or a Unix socket (either side, on one machine), so the rest of the
+//! proxy handles one type.
 
 use std::io;
 use std::pin::Pin;
@@ -17,8 +17,8 @@ pub enum Stream {
     TlsServer(Box<server::TlsStream<TcpStream>>),
     /// TLS towards the upstream PostgreSQL.
     TlsClient(Box<client::TlsStream<TcpStream>>),
-    /// PostgreSQL's Unix socket, when pgstepup runs on the database host: no TCP/IP stack on
-    /// either side of each message.
+    /// A Unix socket: towards PostgreSQL's when pgstepup runs on the database host, or from
+    /// a local client on `proxy.unix_socket_dir`. No TCP/IP stack on either end of a message.
     Unix(UnixStream),
 }
 

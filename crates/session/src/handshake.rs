@@ -1,8 +1,7 @@
 //! The first packets of a connection: encryption negotiation (SSLRequest answered S with
 //! rustls or N, PG17 direct TLS with ALPN `postgresql`, GSSENCRequest answered N), then a
-//! CancelRequest (handled here) or the StartupMessage (checked, then handed on).
-
-use std::net::SocketAddr;
+//! CancelRequest (handled here) or the StartupMessage (checked, then handed on). On the Unix
+//! socket, as PostgreSQL does, encryption requests are answered N.
 
 use tokio::net::TcpStream;
 
@@ -11,6 +10,7 @@ use pgstepup_protocol::startup::{StartupMessage, StartupPacket, TLS_HANDSHAKE_BY
 use pgstepup_protocol::{Connection, Stream};
 
 use crate::client_auth::Refusal;
+use crate::client_socket::{ClientAddr, ClientSocket};
 use crate::listener::Shared;
 use crate::tls::ALPN_POSTGRESQL;
 
@@ -30,20 +30,26 @@ pub(crate) enum Opening {
 /// returned with the connection so the caller can tell the client.
 pub(crate) async fn open(
     shared: &Shared,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    socket: ClientSocket,
+    peer: &ClientAddr,
 ) -> Result<Opening, (Option<Connection>, Refusal)> {
     let max_frame = shared.config.limits.max_message_bytes;
-    let mut first = [0u8; 1];
-    match tcp.peek(&mut first).await {
-        Ok(1) => {}
-        _ => return Err((None, Refusal::Gone)),
-    }
-    let mut conn = if first[0] == TLS_HANDSHAKE_BYTE {
-        direct_tls(shared, tcp).await.map_err(|r| (None, r))?
-    } else {
-        Connection::new(Stream::Plain(tcp), max_frame)
+    let mut conn = match socket {
+        ClientSocket::Unix(unix) => Connection::new(Stream::Unix(unix), max_frame),
+        ClientSocket::Tcp(tcp) => {
+            let mut first = [0u8; 1];
+            match tcp.peek(&mut first).await {
+                Ok(1) => {}
+                _ => return Err((None, Refusal::Gone)),
+            }
+            if first[0] == TLS_HANDSHAKE_BYTE {
+                direct_tls(shared, tcp).await.map_err(|r| (None, r))?
+            } else {
+                Connection::new(Stream::Plain(tcp), max_frame)
+            }
+        }
     };
+    let on_unix_socket = matches!(conn.stream(), Stream::Unix(_));
     loop {
         let packet = match conn.read_startup_packet().await {
             Ok(p) => p,
@@ -66,7 +72,7 @@ pub(crate) async fn open(
         };
         match packet {
             StartupPacket::SslRequest if !conn.stream().is_tls() => {
-                let Some(tls) = shared.tls() else {
+                let Some(tls) = shared.tls().filter(|_| !on_unix_socket) else {
                     if let Err(e) = conn.send(b"N").await {
                         return Err((None, e.into()));
                     }
@@ -98,11 +104,11 @@ pub(crate) async fn open(
                 return Err((Some(conn), Refusal::Error(e)));
             }
             StartupPacket::Cancel(request) => {
-                crate::listener::forward_cancel(shared, request, peer);
+                crate::listener::forward_cancel(shared, request, *peer);
                 return Ok(Opening::Cancelled);
             }
             StartupPacket::Startup(startup) => {
-                return match check_startup(shared, &conn, &startup) {
+                return match check_startup(shared, &conn, &startup, on_unix_socket) {
                     Ok(()) => Ok(Opening::Session {
                         conn: Box::new(conn),
                         startup,
@@ -141,8 +147,10 @@ fn check_startup(
     shared: &Shared,
     conn: &Connection,
     startup: &StartupMessage,
+    on_unix_socket: bool,
 ) -> Result<(), PgError> {
-    if shared.config.tls.require && !conn.stream().is_tls() {
+    // As pgbouncer does, the local socket is exempt: it never leaves the machine.
+    if shared.config.tls.require && !conn.stream().is_tls() && !on_unix_socket {
         return Err(PgError::fatal(
             sqlstate::INVALID_AUTHORIZATION,
             "pgstepup accepts only TLS connections",

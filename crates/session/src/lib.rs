@@ -1,6 +1,7 @@
 //! pgstepup's client side: everything from an accepted socket to the end of a session.
 //!
-//! [`listener`] accepts connections and spawns one task per client; [`handshake`] answers the
+//! [`listener`] accepts connections (TCP, and the Unix socket of [`client_socket`]) and spawns
+//! one task per client; [`handshake`] answers the
 //! encryption requests (TLS via rustls, PG17 direct TLS, GSSENC refused) and the
 //! StartupMessage; [`client_auth`] proves who the client is (SCRAM against the user's verifier,
 //! or the upstream's own authentication relayed) and logs into the upstream as that user;
@@ -13,6 +14,7 @@
 
 mod cancel;
 mod client_auth;
+mod client_socket;
 mod gate;
 mod handshake;
 mod hold;

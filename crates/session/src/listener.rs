@@ -1,5 +1,6 @@
-//! The client listener: binds, accepts, and runs each connection (handshake, authentication,
-//! session) in its own task with a span naming the connection.
+//! The client listener: binds (TCP, and the Unix socket when configured), accepts, and runs
+//! each connection (handshake, authentication, session) in its own task with a span naming
+//! the connection.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use pgstepup_config::{AuthMethod, Config};
@@ -23,6 +24,7 @@ use pgstepup_stepup::StepUp;
 
 use crate::cancel::{CancelRegistry, CancelTarget};
 use crate::client_auth::{authenticate, Refusal};
+use crate::client_socket::{ClientAddr, ClientSocket, UnixSocketListener};
 use crate::gate::{Gate, SessionContext};
 use crate::handshake::{open, Opening};
 use crate::lifecycle::Lifecycle;
@@ -112,6 +114,8 @@ pub(crate) struct Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     listener: TcpListener,
+    /// `proxy.unix_socket_dir`'s socket, when configured.
+    unix: Option<UnixSocketListener>,
     workers: Workers,
 }
 
@@ -141,6 +145,19 @@ impl Proxy {
         let listener = TcpListener::bind(&address)
             .await
             .map_err(|source| ProxyError::Bind { address, source })?;
+        let unix = match &config.proxy.unix_socket_dir {
+            None => None,
+            Some(dir) => {
+                // Named after the TCP port, so `psql -h DIR -p PORT` finds it.
+                let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+                Some(
+                    UnixSocketListener::bind(dir, port).map_err(|source| ProxyError::Bind {
+                        address: dir.join(format!(".s.PGSQL.{port}")).display().to_string(),
+                        source,
+                    })?,
+                )
+            }
+        };
         let mut mock_secret = [0u8; 32];
         rand::rng().fill(&mut mock_secret);
         let policy = Arc::new(PolicyStore::load(
@@ -171,7 +188,7 @@ impl Proxy {
             next_id: AtomicU64::new(1),
         });
         let session_shared = shared.clone();
-        let workers = Workers::start(shared.config.worker_threads(), move |tcp, peer, id| {
+        let workers = Workers::start(shared.config.worker_threads(), move |socket, peer, id| {
             let span = tracing::info_span!(
                 "conn",
                 id,
@@ -179,12 +196,13 @@ impl Proxy {
                 user = tracing::field::Empty,
                 application_name = tracing::field::Empty
             );
-            handle_client(session_shared.clone(), tcp, peer, id).instrument(span)
+            handle_client(session_shared.clone(), socket, peer, id).instrument(span)
         })
         .map_err(ProxyError::Workers)?;
         Ok(Proxy {
             shared,
             listener,
+            unix,
             workers,
         })
     }
@@ -192,6 +210,11 @@ impl Proxy {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The Unix socket's path, when one is configured.
+    pub fn unix_socket(&self) -> Option<&std::path::Path> {
+        self.unix.as_ref().map(UnixSocketListener::path)
     }
 
     /// The policy in force, to reload it (SIGHUP).
@@ -226,29 +249,38 @@ impl Proxy {
         }));
         tracing::info!(
             listen = %self.shared.config.proxy.listen,
+            unix_socket = ?self.unix_socket(),
             upstream = %self.shared.upstream.url,
             tls = self.shared.tls().is_some(),
             auth = ?self.shared.config.auth_method(),
             "pgstepup accepting connections"
         );
         loop {
-            let (tcp, peer) = tokio::select! {
+            let accepted = tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::error!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
+                accepted = self.listener.accept() => accepted
+                    .map(|(tcp, peer)| (ClientSocket::Tcp(tcp), ClientAddr::Tcp(peer))),
+                accepted = accept_unix(self.unix.as_ref()) => accepted.map(|unix| {
+                    let peer = ClientAddr::of_unix(&unix);
+                    (ClientSocket::Unix(unix), peer)
+                }),
+            };
+            let (socket, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-            self.workers.assign(tcp, peer, id);
+            self.workers.assign(socket, peer, id);
         }
-        // Stop accepting (the listener closes here), then let sessions finish.
+        // Stop accepting (the listeners close here, the socket file goes), then let sessions
+        // finish.
         drop(self.listener);
+        drop(self.unix);
         let grace = Duration::from_secs(self.shared.config.proxy.shutdown_grace_secs);
         let sessions = self.shared.lifecycle.sessions();
         tracing::info!(
@@ -285,14 +317,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id: u64) {
-    let _ = tcp.set_nodelay(true);
+/// The next client on the Unix socket; never completes without one.
+async fn accept_unix(unix: Option<&UnixSocketListener>) -> std::io::Result<tokio::net::UnixStream> {
+    match unix {
+        Some(unix) => unix.listener.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
+}
+
+async fn handle_client(shared: Arc<Shared>, socket: ClientSocket, peer: ClientAddr, id: u64) {
+    if let ClientSocket::Tcp(tcp) = &socket {
+        let _ = tcp.set_nodelay(true);
+    }
     let metrics = shared.metrics.clone();
     metrics.client_connections_total.inc();
     metrics.client_connections.inc();
     let _open = GaugeGuard(&metrics.client_connections);
     let startup_timeout = Duration::from_secs(shared.config.limits.startup_timeout_secs);
-    let started = tokio::time::timeout(startup_timeout, establish(&shared, tcp, peer, id)).await;
+    let started = tokio::time::timeout(startup_timeout, establish(&shared, socket, peer, id)).await;
     let session = match started {
         Err(_) => {
             tracing::info!("startup timed out");
@@ -320,11 +362,11 @@ async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id
 /// Handshake and authentication; `None` when the connection ended (refused, or a cancel).
 async fn establish(
     shared: &Arc<Shared>,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    socket: ClientSocket,
+    peer: ClientAddr,
     id: u64,
 ) -> Option<Session> {
-    let (mut client, startup) = match open(shared, tcp, peer).await {
+    let (mut client, startup) = match open(shared, socket, &peer).await {
         Ok(Opening::Session { conn, startup }) => (*conn, startup),
         Ok(Opening::Cancelled) => return None,
         Err((conn, refusal)) => {
@@ -473,7 +515,7 @@ async fn refuse(shared: &Shared, mut conn: Connection, refusal: &Refusal) {
 
 /// Translates a client's cancel request to the upstream's key and sends it, in a task of its
 /// own so it completes even if the client closes its cancel connection at once.
-pub(crate) fn forward_cancel(shared: &Shared, request: CancelRequest, peer: SocketAddr) {
+pub(crate) fn forward_cancel(shared: &Shared, request: CancelRequest, peer: ClientAddr) {
     if shared.cancels.is_local(request.pid) || !shared.stepup.is_shared() {
         if !cancel_locally(shared, &request) {
             tracing::info!(%peer, "cancel request with an unknown key ignored");

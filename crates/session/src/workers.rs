@@ -7,18 +7,18 @@
 //! a machine with spare cores still gets more than one of them for sessions.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+
+use crate::client_socket::{ClientAddr, ClientSocket, DetachedSocket};
 
 /// An accepted client, detached from the accepting runtime's reactor.
 struct Accepted {
-    tcp: std::net::TcpStream,
-    peer: SocketAddr,
+    socket: DetachedSocket,
+    peer: ClientAddr,
     id: u64,
 }
 
@@ -45,7 +45,7 @@ impl Workers {
     /// Starts `count` threads (at least one); `session` runs each connection handed to them.
     pub(crate) fn start<F, Fut>(count: usize, session: F) -> std::io::Result<Self>
     where
-        F: Fn(TcpStream, SocketAddr, u64) -> Fut + Clone + Send + 'static,
+        F: Fn(ClientSocket, ClientAddr, u64) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let mut workers = Workers {
@@ -79,11 +79,11 @@ impl Workers {
                         }
                     };
                     runtime.block_on(async move {
-                        while let Some(Accepted { tcp, peer, id }) = accepted.recv().await {
+                        while let Some(Accepted { socket, peer, id }) = accepted.recv().await {
                             let counted = LiveSession(thread_live.clone());
-                            match TcpStream::from_std(tcp) {
-                                Ok(tcp) => {
-                                    let session = session(tcp, peer, id);
+                            match socket.attach() {
+                                Ok(socket) => {
+                                    let session = session(socket, peer, id);
                                     tokio::spawn(async move {
                                         let _counted = counted;
                                         session.await;
@@ -106,9 +106,9 @@ impl Workers {
 
     /// Hands an accepted connection to the thread with the fewest live sessions (the first
     /// such from the one after the last chosen, so equal loads take turns).
-    pub(crate) fn assign(&mut self, tcp: TcpStream, peer: SocketAddr, id: u64) {
-        let tcp = match tcp.into_std() {
-            Ok(tcp) => tcp,
+    pub(crate) fn assign(&mut self, socket: ClientSocket, peer: ClientAddr, id: u64) {
+        let socket = match socket.detach() {
+            Ok(socket) => socket,
             Err(error) => {
                 tracing::error!(%peer, %error, "cannot hand over an accepted connection");
                 return;
@@ -123,7 +123,7 @@ impl Workers {
         // Counted before it is queued, so the next connection sees this one.
         self.live[chosen].fetch_add(1, Ordering::Relaxed);
         if self.queues[chosen]
-            .send(Accepted { tcp, peer, id })
+            .send(Accepted { socket, peer, id })
             .is_err()
         {
             self.live[chosen].fetch_sub(1, Ordering::Relaxed);
@@ -149,7 +149,7 @@ impl Workers {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// Connects a client to `listener` and hands the accepted socket to `workers`.
     async fn hand_over(listener: &TcpListener, workers: &mut Workers, id: u64) -> TcpStream {
@@ -157,8 +157,16 @@ mod tests {
             .await
             .unwrap();
         let (tcp, peer) = listener.accept().await.unwrap();
-        workers.assign(tcp, peer, id);
+        workers.assign(ClientSocket::Tcp(tcp), ClientAddr::Tcp(peer), id);
         client
+    }
+
+    /// The session's end of a TCP hand-over.
+    fn into_tcp(socket: ClientSocket) -> TcpStream {
+        match socket {
+            ClientSocket::Tcp(tcp) => tcp,
+            ClientSocket::Unix(_) => unreachable!("the tests hand over TCP"),
+        }
     }
 
     fn thread_name() -> Option<String> {
@@ -170,8 +178,9 @@ mod tests {
     #[tokio::test]
     async fn connections_are_dealt_to_the_threads_in_turn() {
         let (seen, mut sessions) = mpsc::unbounded_channel();
-        let mut workers = Workers::start(2, move |mut tcp: TcpStream, _peer, id| {
+        let mut workers = Workers::start(2, move |socket, _peer, id| {
             let seen = seen.clone();
+            let mut tcp = into_tcp(socket);
             async move {
                 let flavor = tokio::runtime::Handle::current().runtime_flavor();
                 tcp.write_all(&[id as u8]).await.unwrap();
@@ -198,8 +207,9 @@ mod tests {
     #[tokio::test]
     async fn connections_go_to_the_thread_with_fewest_sessions() {
         let (seen, mut sessions) = mpsc::unbounded_channel();
-        let mut workers = Workers::start(2, move |mut tcp: TcpStream, _peer, _id| {
+        let mut workers = Workers::start(2, move |socket, _peer, _id| {
             let seen = seen.clone();
+            let mut tcp = into_tcp(socket);
             async move {
                 seen.send(thread_name()).unwrap();
                 // Lives until the client hangs up.
