@@ -229,6 +229,15 @@ kinds = ["write", "ddl"]
 action = "allow"
 "#;
 
+/// The records of an audit trail so far (none while the file does not exist).
+pub fn audit_records(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// A fresh audit file path for one proxy.
 pub fn audit_file() -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};

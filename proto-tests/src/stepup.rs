@@ -104,6 +104,19 @@ impl WebClient {
         }
     }
 
+    /// Polls GET /readyz (up to 5 s) until it answers `status`; returns the last body.
+    pub async fn await_readiness(&self, status: u16) -> Value {
+        let mut last = (0, Value::Null);
+        for _ in 0..100 {
+            last = self.get("/readyz").await;
+            if last.0 == status {
+                return last.1;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("/readyz answered {} ({}), not {status}", last.0, last.1);
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = self
             .http

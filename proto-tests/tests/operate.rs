@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio_postgres::error::SqlState;
 
 use proto_tests::stepup::{
@@ -234,15 +233,7 @@ async fn health_readiness_and_limits() {
     let web = WebClient::of(&proxy);
     let (status, _) = web.get("/healthz").await;
     assert_eq!(status, 200);
-    let mut ready = (0, Value::Null);
-    for _ in 0..50 {
-        ready = web.get("/readyz").await;
-        if ready.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(ready.0, 200, "{}", ready.1);
+    web.await_readiness(200).await;
     let before = Scrape::of(&web).await;
 
     let conn = proxy.conn_str(APP_USER, APP_PASSWORD, APP_DB, "require");
@@ -296,15 +287,7 @@ async fn shutdown_lets_an_open_transaction_commit_then_closes_with_57p01() {
     let started = Instant::now();
     proxy.begin_shutdown();
     // Not ready any more; no new connections.
-    let mut status = 0;
-    for _ in 0..50 {
-        status = web.get("/readyz").await.0;
-        if status == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, 503);
+    web.await_readiness(503).await;
     assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err());
     // The transaction goes on and commits.
     client

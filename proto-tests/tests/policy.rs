@@ -6,8 +6,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use proto_tests::{
-    admin, admin_in, app_role, use_policy_file, write_policy, Auth, TestProxy, APP_DB, APP_USER,
-    REFUSE_AT_ONCE,
+    admin, admin_in, app_role, audit_records, use_policy_file, write_policy, Auth, TestProxy,
+    APP_DB, APP_USER, REFUSE_AT_ONCE,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::SimpleQueryMessage;
@@ -104,18 +104,14 @@ async fn refusals_and_reloads_are_audited_in_a_verifiable_chain() {
     let delete = format!("DELETE FROM public.{other} WHERE v = 1");
     client.simple_query(&delete).await.unwrap_err();
     std::fs::write(&policy, format!("{POLICY}\n{REFUSE_AT_ONCE}")).unwrap();
-    let mut text = String::new();
+    let mut records = Vec::new();
     for _ in 0..50 {
-        text = std::fs::read_to_string(&audit).unwrap_or_default();
-        if text.contains("policy_reload") {
+        records = audit_records(&audit);
+        if records.iter().any(|r| r["event"] == "policy_reload") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let records: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let refused = records
         .iter()
         .find(|r| r["event"] == "challenge_issued")
@@ -503,11 +499,7 @@ async fn local_clients_reach_the_unix_socket_under_the_same_policy() {
     assert_eq!(stdout.trim(), "42", "{stderr}");
     assert!(stderr.contains("needs step-up approval"), "{stderr}");
 
-    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = audit_records(&audit);
     let refused = records
         .iter()
         .find(|r| r["event"] == "challenge_issued")

@@ -11,15 +11,10 @@ use proto_tests::stepup::{
     assert_reply, connect_noticed, count, enrolled, enrollment_link, last_segment, link_in,
     stepup_policy, stepup_proxy, table_of_three, Authenticator, WebClient,
 };
-use proto_tests::{app_role, use_policy_file, write_policy_as_is, Auth, TestProxy, APP_USER};
-
-fn audit_events(proxy_audit: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(proxy_audit)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use proto_tests::{
+    app_role, audit_records as audit_events, use_policy_file, write_policy_as_is, Auth, TestProxy,
+    APP_USER,
+};
 
 #[tokio::test]
 async fn held_delete_runs_after_approval_and_the_elevation_lasts() {

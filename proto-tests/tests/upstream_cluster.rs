@@ -333,13 +333,5 @@ async fn the_upstream_can_be_reached_by_its_unix_socket() {
 
     // Readiness probes the socket as well.
     let web = WebClient::of(&proxy);
-    let mut ready = (0, serde_json::Value::Null);
-    for _ in 0..50 {
-        ready = web.get("/readyz").await;
-        if ready.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(ready.0, 200, "{}", ready.1);
+    web.await_readiness(200).await;
 }

@@ -116,14 +116,17 @@ impl Session {
 
         // What came before the held statement goes now; the client hears about the hold at once.
         self.server.flush().await.map_err(|_| Ending::ServerGone)?;
-        self.client
-            .queue(&held_notice(&need, &challenge, &link).to_notice_response());
-        self.client.flush().await.map_err(|_| Ending::ClientGone)?;
-
+        // Counted as held before the client can know it is: a scrape prompted by the notice
+        // sees it.
         self.held_in_batch = true;
         self.hold_signal.set_holding(true);
         self.gate.metrics().held_statements.inc();
-        let end = self.hold(&challenge, &need).await;
+        self.client
+            .queue(&held_notice(&need, &challenge, &link).to_notice_response());
+        let end = match self.client.flush().await {
+            Ok(()) => self.hold(&challenge, &need).await,
+            Err(_) => Err(Ending::ClientGone),
+        };
         self.gate.metrics().held_statements.dec();
         self.hold_signal.set_holding(false);
         let end = match end {
