@@ -183,7 +183,16 @@ impl fmt::Display for UpstreamUrl {
             }
             write!(f, "@")?;
         }
-        write!(f, "{}/{}", self.address(), self.database)
+        if self.unix_socket().is_some() {
+            // libpq's own spelling, which a DBA can paste back.
+            write!(
+                f,
+                "/{}?host={}&port={}",
+                self.database, self.host, self.port
+            )
+        } else {
+            write!(f, "{}/{}", self.address(), self.database)
+        }
     }
 }
 
@@ -227,6 +236,10 @@ mod tests {
         );
         assert_eq!(u.address(), "/var/run/postgresql/.s.PGSQL.5433");
         assert_eq!(u.database, "app");
+        assert_eq!(
+            u.to_string(),
+            "postgres:///app?host=/var/run/postgresql&port=5433"
+        );
 
         // libpq's query form; ?host= and ?port= win over the authority.
         let u = UpstreamUrl::parse("postgres://auth:pw@/app?host=/tmp/pg&port=6000").unwrap();
@@ -234,6 +247,11 @@ mod tests {
             (u.login.as_deref(), u.address().as_str()),
             (Some("auth"), "/tmp/pg/.s.PGSQL.6000")
         );
+        assert_eq!(
+            u.to_string(),
+            "postgres://auth:***@/app?host=/tmp/pg&port=6000"
+        );
+        assert_eq!(UpstreamUrl::parse(&u.to_string()).unwrap().host, "/tmp/pg");
         let u = UpstreamUrl::parse("postgres://ignored:1/?host=db.example").unwrap();
         assert_eq!(
             (u.unix_socket(), u.address().as_str()),
