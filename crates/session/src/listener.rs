@@ -213,7 +213,7 @@ impl Proxy {
     }
 
     /// The Unix socket's path, when one is configured.
-    pub fn unix_socket(&self) -> Option<&std::path::Path> {
+    fn unix_socket(&self) -> Option<&std::path::Path> {
         self.unix.as_ref().map(UnixSocketListener::path)
     }
 
