@@ -523,6 +523,35 @@ async fn local_clients_reach_the_unix_socket_under_the_same_policy() {
     let db = err.as_db_error().expect("pgstepup's own refusal");
     assert!(db.message().contains("only TLS"), "{}", db.message());
 
+    // Ctrl-C from a local client comes back on the socket and reaches its statement.
+    let (client, connection) = tokio_postgres::connect(
+        &format!(
+            "host={} port={} user={APP_USER} password='{}' dbname={APP_DB}",
+            dir.display(),
+            proxy.addr.port(),
+            proto_tests::APP_PASSWORD
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("tokio-postgres over the socket");
+    tokio::spawn(connection);
+    let cancel = client.cancel_token();
+    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel sent on the socket");
+    let outcome = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("the statement ends well before 30 s")
+        .unwrap();
+    assert_eq!(
+        outcome.expect_err("cancelled").code(),
+        Some(&SqlState::QUERY_CANCELED)
+    );
+
     drop(proxy);
     assert!(!socket.exists(), "the socket file goes with the proxy");
     std::fs::remove_dir_all(&dir).unwrap();
