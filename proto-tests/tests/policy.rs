@@ -536,21 +536,7 @@ async fn local_clients_reach_the_unix_socket_under_the_same_policy() {
     .await
     .expect("tokio-postgres over the socket");
     tokio::spawn(connection);
-    let cancel = client.cancel_token();
-    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    cancel
-        .cancel_query(tokio_postgres::NoTls)
-        .await
-        .expect("cancel sent on the socket");
-    let outcome = tokio::time::timeout(Duration::from_secs(10), sleeper)
-        .await
-        .expect("the statement ends well before 30 s")
-        .unwrap();
-    assert_eq!(
-        outcome.expect_err("cancelled").code(),
-        Some(&SqlState::QUERY_CANCELED)
-    );
+    proto_tests::cancel_a_sleep(client).await;
 
     drop(proxy);
     assert!(!socket.exists(), "the socket file goes with the proxy");

@@ -7,10 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use std::time::Duration;
-
 use proto_tests::stepup::WebClient;
-use proto_tests::{certs, free_port, Auth, TestProxy};
+use proto_tests::{cancel_a_sleep, certs, free_port, Auth, TestProxy};
 use tokio_postgres::error::SqlState;
 
 const USER: &str = "scram_user";
@@ -303,24 +301,7 @@ async fn the_upstream_can_be_reached_by_its_unix_socket() {
     assert_eq!(row.get::<_, i32>(1), 42, "extended protocol relayed");
 
     // Ctrl-C travels the socket too: the cancel reaches the backend running the statement.
-    let cancel = client.cancel_token();
-    let sleeper = tokio::spawn(async move {
-        let outcome = client.simple_query("SELECT pg_sleep(30)").await;
-        (client, outcome)
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    cancel
-        .cancel_query(tokio_postgres::NoTls)
-        .await
-        .expect("cancel accepted");
-    let (client, outcome) = tokio::time::timeout(Duration::from_secs(10), sleeper)
-        .await
-        .expect("the statement ends well before 30 s")
-        .unwrap();
-    assert_eq!(
-        outcome.expect_err("cancelled").code(),
-        Some(&SqlState::QUERY_CANCELED)
-    );
+    let client = cancel_a_sleep(client).await;
     assert_eq!(
         client
             .query_one("SELECT 7", &[])
