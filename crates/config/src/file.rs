@@ -420,6 +420,17 @@ impl Config {
                  as the upstream host, or a TCP host to require TLS",
             ));
         }
+        if self
+            .proxy
+            .unix_socket_dir
+            .as_ref()
+            .is_some_and(|dir| dir.as_os_str().is_empty())
+        {
+            return Err(self.invalid(
+                "proxy.unix_socket_dir",
+                "is empty: name a directory, or leave the key out to listen on TCP only",
+            ));
+        }
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => {
                 return Err(self.invalid("tls.key", "tls.cert is set but tls.key is not"))
@@ -712,6 +723,17 @@ mod tests {
             err.contains("upstream.tls") && err.contains("Unix socket"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_empty_unix_socket_dir_is_refused() {
+        // pgbouncer reads `unix_socket_dir =` as "off"; here it would mean the working
+        // directory, so it is refused rather than guessed.
+        let f = write("[proxy]\nunix_socket_dir = \"\"\n");
+        let err = Config::load(Some(f.path()), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("proxy.unix_socket_dir"), "{err}");
     }
 }
 

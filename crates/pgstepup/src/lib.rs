@@ -49,7 +49,7 @@ pub struct Service {
     metrics_listener: Option<TcpListener>,
     health: Arc<Health>,
     stepup: StepUp,
-    upstream: Option<UpstreamUrl>,
+    upstream: UpstreamUrl,
 }
 
 impl Service {
@@ -118,7 +118,6 @@ impl Service {
             admin_socket = %config.admin_socket().display(),
             "step-up ready"
         );
-        let upstream = config.upstream_url().ok();
         let proxy = Proxy::bind(
             config,
             ProxyParts {
@@ -128,6 +127,7 @@ impl Service {
             },
         )
         .await?;
+        let upstream = proxy.upstream_url().clone();
         Ok(Service {
             proxy,
             web,
@@ -238,23 +238,15 @@ impl Reloader {
 }
 
 /// Keeps readiness current: the upstream accepts connections and the state store answers.
-async fn check_readiness(health: Arc<Health>, stepup: StepUp, upstream: Option<UpstreamUrl>) {
+async fn check_readiness(health: Arc<Health>, stepup: StepUp, upstream: UpstreamUrl) {
     let timeout = Duration::from_secs(1);
+    let address = upstream.address();
     loop {
         let mut problems = Vec::new();
-        match &upstream {
-            // Configuration validation refuses an unparsable URL before this runs.
-            None => problems.push("upstream.url does not parse".to_owned()),
-            Some(url) => {
-                let address = url.address();
-                match tokio::time::timeout(timeout, pgstepup_upstream::reachable(url)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
-                        problems.push(format!("upstream {address} unreachable: {error}"))
-                    }
-                    Err(_) => problems.push(format!("upstream {address} unreachable: timed out")),
-                }
-            }
+        match tokio::time::timeout(timeout, pgstepup_upstream::reachable(&upstream)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => problems.push(format!("upstream {address} unreachable: {error}")),
+            Err(_) => problems.push(format!("upstream {address} unreachable: timed out")),
         }
         if let Err(error) = stepup.store().ping().await {
             problems.push(error.to_string());

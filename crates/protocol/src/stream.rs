@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::{client, server};
 
-/// Plain or TLS transport for one side of a proxied session.
+/// The transport of one side of a proxied session.
 pub enum Stream {
     Plain(TcpStream),
     /// TLS accepted from a client (pgstepup holds the certificate).

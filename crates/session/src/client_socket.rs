@@ -4,9 +4,8 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 
-use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpStream, UnixStream};
 
 /// A client socket on the accepting runtime.
 pub(crate) enum ClientSocket {
@@ -76,77 +75,32 @@ impl fmt::Display for ClientAddr {
     }
 }
 
-/// The listening Unix socket, `DIR/.s.PGSQL.PORT` as libpq names it; the file is removed when
-/// this is dropped.
-pub(crate) struct UnixSocketListener {
-    pub(crate) listener: UnixListener,
-    path: PathBuf,
-}
-
-impl UnixSocketListener {
-    /// Binds `dir/.s.PGSQL.port`, readable and writable by every local user as PostgreSQL's
-    /// own socket is (the directory's permissions decide who reaches it). A file left by a
-    /// server that is gone is replaced; one a live server answers on is an error.
-    pub(crate) fn bind(dir: &Path, port: u16) -> std::io::Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
-        let path = dir.join(format!(".s.PGSQL.{port}"));
-        if path.exists() {
-            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    "another server is listening on this socket",
-                ));
-            }
-            std::fs::remove_file(&path)?;
-        }
-        let listener = UnixListener::bind(&path)?;
-        let socket = UnixSocketListener { listener, path };
-        std::fs::set_permissions(&socket.path, std::fs::Permissions::from_mode(0o777))?;
-        Ok(socket)
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for UnixSocketListener {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn binds_libpq_s_name_replaces_a_stale_file_and_refuses_a_live_one() {
-        let dir = std::env::temp_dir().join(format!("pgstepup-socket-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let stale = dir.join(".s.PGSQL.7777");
-        // A socket file whose server is gone.
-        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
-        assert!(stale.exists());
-
-        let socket = UnixSocketListener::bind(&dir, 7777).expect("a stale file is replaced");
-        assert_eq!(socket.path(), stale);
-        let client = UnixStream::connect(&stale).await.unwrap();
-        let (accepted, _) = socket.listener.accept().await.unwrap();
-        let ClientAddr::Unix { uid, pid } = ClientAddr::of_unix(&accepted) else {
+    #[test]
+    fn a_unix_peer_is_named_by_its_user_and_process() {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        let peer = ClientAddr::of_unix(&UnixStream::from_std(ours).unwrap());
+        let ClientAddr::Unix { uid, pid } = peer else {
             unreachable!()
         };
         assert_eq!(pid, Some(std::process::id() as i32));
         assert!(uid.is_some());
-        drop(client);
-
-        let err = UnixSocketListener::bind(&dir, 7777)
-            .err()
-            .expect("a live socket is not taken over");
-        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
-
-        drop(socket);
-        assert!(!stale.exists(), "the file goes with the listener");
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            peer.to_string(),
+            format!(
+                "unix socket uid={} pid={}",
+                uid.unwrap(),
+                std::process::id()
+            )
+        );
     }
 }

@@ -31,7 +31,7 @@ pub(crate) enum Opening {
 pub(crate) async fn open(
     shared: &Shared,
     socket: ClientSocket,
-    peer: &ClientAddr,
+    peer: ClientAddr,
 ) -> Result<Opening, (Option<Connection>, Refusal)> {
     let max_frame = shared.config.limits.max_message_bytes;
     let mut conn = match socket {
@@ -104,7 +104,7 @@ pub(crate) async fn open(
                 return Err((Some(conn), Refusal::Error(e)));
             }
             StartupPacket::Cancel(request) => {
-                crate::listener::forward_cancel(shared, request, *peer);
+                crate::listener::forward_cancel(shared, request, peer);
                 return Ok(Opening::Cancelled);
             }
             StartupPacket::Startup(startup) => {

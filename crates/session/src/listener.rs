@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use pgstepup_config::{AuthMethod, Config};
 use pgstepup_protocol::startup::CancelRequest;
-use pgstepup_protocol::Connection;
+use pgstepup_protocol::{Connection, SocketFile};
 use pgstepup_upstream::{UpstreamError, UpstreamSettings, VerifierSource};
 
 use pgstepup_audit::{AuditLog, Record};
@@ -24,7 +24,7 @@ use pgstepup_stepup::StepUp;
 
 use crate::cancel::{CancelRegistry, CancelTarget};
 use crate::client_auth::{authenticate, Refusal};
-use crate::client_socket::{ClientAddr, ClientSocket, UnixSocketListener};
+use crate::client_socket::{ClientAddr, ClientSocket};
 use crate::gate::{Gate, SessionContext};
 use crate::handshake::{open, Opening};
 use crate::lifecycle::Lifecycle;
@@ -115,7 +115,7 @@ pub struct Proxy {
     shared: Arc<Shared>,
     listener: TcpListener,
     /// `proxy.unix_socket_dir`'s socket, when configured.
-    unix: Option<UnixSocketListener>,
+    unix: Option<SocketFile>,
     workers: Workers,
 }
 
@@ -148,11 +148,14 @@ impl Proxy {
         let unix = match &config.proxy.unix_socket_dir {
             None => None,
             Some(dir) => {
-                // Named after the TCP port, so `psql -h DIR -p PORT` finds it.
+                // Named after the TCP port as libpq names it, so `psql -h DIR -p PORT` finds
+                // it; open to every local user like PostgreSQL's own (the directory's
+                // permissions decide who reaches it).
                 let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+                let path = dir.join(format!(".s.PGSQL.{port}"));
                 Some(
-                    UnixSocketListener::bind(dir, port).map_err(|source| ProxyError::Bind {
-                        address: dir.join(format!(".s.PGSQL.{port}")).display().to_string(),
+                    SocketFile::bind(&path, 0o777).map_err(|source| ProxyError::Bind {
+                        address: path.display().to_string(),
                         source,
                     })?,
                 )
@@ -212,9 +215,14 @@ impl Proxy {
         self.listener.local_addr()
     }
 
+    /// Where the upstream is.
+    pub fn upstream_url(&self) -> &pgstepup_config::UpstreamUrl {
+        &self.shared.upstream.url
+    }
+
     /// The Unix socket's path, when one is configured.
     fn unix_socket(&self) -> Option<&std::path::Path> {
-        self.unix.as_ref().map(UnixSocketListener::path)
+        self.unix.as_ref().map(SocketFile::path)
     }
 
     /// The policy in force, to reload it (SIGHUP).
@@ -318,9 +326,9 @@ impl Drop for AbortOnDrop {
 }
 
 /// The next client on the Unix socket; never completes without one.
-async fn accept_unix(unix: Option<&UnixSocketListener>) -> std::io::Result<tokio::net::UnixStream> {
+async fn accept_unix(unix: Option<&SocketFile>) -> std::io::Result<tokio::net::UnixStream> {
     match unix {
-        Some(unix) => unix.listener.accept().await.map(|(stream, _)| stream),
+        Some(unix) => unix.accept().await,
         None => std::future::pending().await,
     }
 }
@@ -366,7 +374,7 @@ async fn establish(
     peer: ClientAddr,
     id: u64,
 ) -> Option<Session> {
-    let (mut client, startup) = match open(shared, socket, &peer).await {
+    let (mut client, startup) = match open(shared, socket, peer).await {
         Ok(Opening::Session { conn, startup }) => (*conn, startup),
         Ok(Opening::Cancelled) => return None,
         Err((conn, refusal)) => {

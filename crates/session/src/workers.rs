@@ -1,10 +1,10 @@
 //! Session threads: each runs its own single-threaded runtime, and the listener hands every
 //! accepted connection to the one with the fewest live sessions (in turn among equals, so
 //! connections closing unevenly do not leave one thread with most of the load). A session
-//! lives its whole life on one thread
-//! (its sockets registered with that thread's reactor, its timers on that thread's clock), so
-//! no message costs a cross-thread wake-up or a work-stealing scheduler's bookkeeping, while
-//! a machine with spare cores still gets more than one of them for sessions.
+//! lives its whole life on one thread (its sockets registered with that thread's reactor, its
+//! timers on that thread's clock), so no message costs a cross-thread wake-up or a
+//! work-stealing scheduler's bookkeeping, while a machine with spare cores still gets more
+//! than one of them for sessions.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,12 +24,17 @@ struct Accepted {
 
 /// The session threads of one proxy.
 pub(crate) struct Workers {
-    queues: Vec<mpsc::UnboundedSender<Accepted>>,
-    /// Live sessions per thread: counted up when handed over, down when the session's task
-    /// ends (or is dropped with its runtime).
-    live: Vec<Arc<AtomicUsize>>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<SessionThread>,
+    /// Where the search for the least busy thread starts.
     next: usize,
+}
+
+struct SessionThread {
+    queue: mpsc::UnboundedSender<Accepted>,
+    /// Live sessions: counted up when handed over, down when the session's task ends (or is
+    /// dropped with its runtime).
+    live: Arc<AtomicUsize>,
+    handle: JoinHandle<()>,
 }
 
 /// Counts a session out of its thread's load when its task ends, however it ends.
@@ -49,8 +54,6 @@ impl Workers {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let mut workers = Workers {
-            queues: Vec::new(),
-            live: Vec::new(),
             threads: Vec::new(),
             next: 0,
         };
@@ -62,7 +65,7 @@ impl Workers {
             // The runtime is built on its own thread: a runtime must not be dropped (as on a
             // failed start) inside the async context that calls this.
             let (started, outcome) = std::sync::mpsc::channel();
-            let thread = std::thread::Builder::new()
+            let handle = std::thread::Builder::new()
                 .name(format!("sessions-{index}"))
                 .spawn(move || {
                     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -97,9 +100,11 @@ impl Workers {
                     });
                 })?;
             outcome.recv().map_err(std::io::Error::other)??;
-            workers.queues.push(queue);
-            workers.live.push(live);
-            workers.threads.push(thread);
+            workers.threads.push(SessionThread {
+                queue,
+                live,
+                handle,
+            });
         }
         Ok(workers)
     }
@@ -114,19 +119,17 @@ impl Workers {
                 return;
             }
         };
-        let threads = self.queues.len();
-        let chosen = (0..threads)
-            .map(|offset| (self.next + offset) % threads)
-            .min_by_key(|&index| self.live[index].load(Ordering::Relaxed))
+        let count = self.threads.len();
+        let chosen = (0..count)
+            .map(|offset| (self.next + offset) % count)
+            .min_by_key(|&index| self.threads[index].live.load(Ordering::Relaxed))
             .unwrap_or(0);
-        self.next = (chosen + 1) % threads;
+        self.next = (chosen + 1) % count;
+        let thread = &self.threads[chosen];
         // Counted before it is queued, so the next connection sees this one.
-        self.live[chosen].fetch_add(1, Ordering::Relaxed);
-        if self.queues[chosen]
-            .send(Accepted { socket, peer, id })
-            .is_err()
-        {
-            self.live[chosen].fetch_sub(1, Ordering::Relaxed);
+        thread.live.fetch_add(1, Ordering::Relaxed);
+        if thread.queue.send(Accepted { socket, peer, id }).is_err() {
+            thread.live.fetch_sub(1, Ordering::Relaxed);
             tracing::error!(%peer, "a session thread has stopped; connection dropped");
         }
     }
@@ -134,11 +137,11 @@ impl Workers {
     /// Stops the threads once their sessions are gone (call after draining); what is still
     /// running then is dropped with its thread's runtime.
     pub(crate) async fn stop(self) {
-        drop(self.queues);
-        let threads = self.threads;
+        // Closing a thread's queue ends its accept loop.
+        let handles: Vec<_> = self.threads.into_iter().map(|t| t.handle).collect();
         let _ = tokio::task::spawn_blocking(move || {
-            for thread in threads {
-                let _ = thread.join();
+            for handle in handles {
+                let _ = handle.join();
             }
         })
         .await;
@@ -232,7 +235,7 @@ mod tests {
         );
         // Both sessions of the first thread end.
         open.retain(|(_, thread)| *thread != first);
-        while workers.live[0].load(Ordering::Relaxed) > 0 {
+        while workers.threads[0].live.load(Ordering::Relaxed) > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         for id in 4..6 {

@@ -41,7 +41,8 @@ impl UpstreamSettings {
     }
 }
 
-/// Connects to the upstream, negotiating TLS per `upstream.tls` over TCP.
+/// Connects to the upstream: over TCP, negotiating TLS per `upstream.tls`, or by its Unix
+/// socket.
 pub async fn connect(settings: &UpstreamSettings) -> Result<Connection, UpstreamError> {
     let address = settings.url.address();
     tokio::time::timeout(settings.connect_timeout, open(settings, &address))

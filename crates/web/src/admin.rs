@@ -3,16 +3,17 @@
 //! created mode 0600 and each peer's uid is checked (the service's own user, or root), so
 //! only whoever can act as the service can enroll keys.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 
 use pgstepup_audit::Record;
+use pgstepup_protocol::SocketFile;
 use pgstepup_stepup::{random_token, unix_now};
 
 use crate::api::{enrollment_key, Enrollment};
@@ -65,39 +66,24 @@ pub enum AdminError {
 
 /// The server's end of the admin socket.
 pub struct AdminListener {
-    listener: UnixListener,
-    path: PathBuf,
+    socket: SocketFile,
 }
 
 impl AdminListener {
     /// Binds `path` (replacing a stale socket left by a dead server) with mode 0600.
     pub fn bind(path: &Path) -> Result<Self, AdminError> {
-        let io = |source| AdminError::Io {
+        let socket = SocketFile::bind(path, 0o600).map_err(|source| AdminError::Io {
             path: path.to_owned(),
             source,
-        };
-        if path.exists() {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(io(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    "another pgstepup is serving this socket",
-                )));
-            }
-            std::fs::remove_file(path).map_err(io)?;
-        }
-        let listener = UnixListener::bind(path).map_err(io)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        Ok(AdminListener {
-            listener,
-            path: path.to_owned(),
-        })
+        })?;
+        Ok(AdminListener { socket })
     }
 
     /// Answers admin commands until the process ends.
     pub async fn serve(self, web: Arc<Web>) {
-        let owner = std::fs::metadata(&self.path).map(|m| m.uid()).ok();
+        let owner = std::fs::metadata(self.socket.path()).map(|m| m.uid()).ok();
         loop {
-            let Ok((stream, _)) = self.listener.accept().await else {
+            let Ok(stream) = self.socket.accept().await else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
@@ -113,12 +99,6 @@ impl AdminListener {
                 }
             });
         }
-    }
-}
-
-impl Drop for AdminListener {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
