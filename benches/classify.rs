@@ -1,5 +1,5 @@
 //! The per-statement cost of deciding: a session's own memo hit (the steady state: one lookup,
-//! after a byte comparison with the text last scanned or a shape scan), a shared cache hit
+//! after a byte comparison with the texts scanned recently or a shape scan), a shared cache hit
 //! (shape scan, cache, policy evaluation), a miss on a short statement, a miss on a long
 //! catalog query, and sqlparser's own parse for comparison.
 
@@ -50,19 +50,32 @@ fn decide(c: &mut Criterion) {
         "session memo hit, only an integer changed (pgbench select, no scan)",
         |b| b.iter(|| memo.get(std::hint::black_box(next.next().expect("cycle")))),
     );
-    // Two statements in turn, each unlike the text scanned before it: found by shape, after
-    // a scan.
-    let branches = "SELECT bbalance FROM pgbench_branches WHERE bid = 3 AND bbalance > 'x';";
+    // Statements in turn, each with new integer and string literals (what ORMs and drivers
+    // that interpolate values send): each matches one of the texts scanned recently.
+    let branches = "SELECT bbalance FROM pgbench_branches WHERE bid = 3 AND note > 'x';";
     memo.get(branches).expect("scans");
     memo.remember(branches, allowed(branches, &mut scratch));
     let mut next = [
-        other_literal,
-        "SELECT bbalance FROM pgbench_branches WHERE bid = 5 AND bbalance > 'y';",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 90210;",
+        "SELECT bbalance FROM pgbench_branches WHERE bid = 5 AND note > 'it''s';",
     ]
     .into_iter()
     .cycle();
     c.bench_function(
-        "session memo hit by shape (pgbench select, new literal, scanned)",
+        "session memo hit, statements in turn with new literals (no scan)",
+        |b| b.iter(|| memo.get(std::hint::black_box(next.next().expect("cycle")))),
+    );
+    // A literal no recent text lets vary (a decimal): found by shape after a scan.
+    let decimal = "SELECT abalance FROM pgbench_accounts WHERE aid = 4.5;";
+    memo.get(decimal).expect("scans");
+    memo.remember(decimal, allowed(decimal, &mut scratch));
+    // More distinct texts than a memo keeps, so none is matched without a scan.
+    let decimals: Vec<String> = (0..64)
+        .map(|i| format!("SELECT abalance FROM pgbench_accounts WHERE aid = {i}.5;"))
+        .collect();
+    let mut next = decimals.iter().map(String::as_str).cycle();
+    c.bench_function(
+        "session memo hit by shape (pgbench select, new decimal, scanned)",
         |b| b.iter(|| memo.get(std::hint::black_box(next.next().expect("cycle")))),
     );
     c.bench_function(

@@ -167,8 +167,6 @@ const IDENT_CHAR: u8 = 1;
 const IDENT_START: u8 = 2;
 const OPERATOR: u8 = 4;
 const SPACE: u8 = 8;
-/// Identifier characters within ASCII (what the fast shape path copies without a second look).
-const ASCII_IDENT_CHAR: u8 = 16;
 
 static CLASSES: [u8; 256] = classes();
 
@@ -208,9 +206,6 @@ const fn classes() -> [u8; 256] {
         }
         if c.is_ascii_whitespace() {
             class |= SPACE;
-        }
-        if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' {
-            class |= ASCII_IDENT_CHAR;
         }
         table[b] = class;
         b += 1;
@@ -376,7 +371,7 @@ pub fn shape(sql: &str) -> Result<String, LexError> {
 /// Typical statements take one tight pass ([`fast_shape`]); anything unusual takes the full
 /// scanner, once, or twice when a statement turns out to need its literals.
 pub fn shape_into(sql: &str, out: &mut String) -> Result<(), LexError> {
-    if fast_shape(sql, out, |_, _| {}).is_some() {
+    if fast_shape(sql, out, |_, _, _| {}).is_some() {
         return Ok(());
     }
     full_shape_into(sql, out)
@@ -391,73 +386,105 @@ fn full_shape_into(sql: &str, out: &mut String) -> Result<(), LexError> {
 }
 
 /// The longest text a [`ShapeTemplate`] keeps.
-const MAX_TEMPLATE_TEXT: usize = 1024;
+const MAX_TEMPLATE_TEXT: usize = 512;
 
-/// The last text shaped by the fast path and where its integer literals lie (all hidden in its
-/// shape). A text that differs from it only inside those literals, each replaced by another run
-/// of digits, has the same shape: this is checked by comparing bytes, with no scan. It is how
-/// statements built by interpolating ids (pgbench `-M simple`, client-side parameter binding)
-/// skip the scanner.
+/// A literal the fast path hides, as a [`ShapeTemplate`] lets it vary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Literal {
+    /// A run of digits.
+    Integer,
+    /// A standard string, `'...'` (a doubled quote inside is an escaped one).
+    Str,
+}
+
+/// A text the fast path shaped, its shape, and where its hidden integer and string literals
+/// lie. A text that differs from it only inside those literals (each replaced by another run
+/// of digits, or another standard string) has the same shape: this is checked by comparing
+/// bytes, with no scan. It is how statements built by interpolating values (pgbench
+/// `-M simple`, ORMs and drivers that bind parameters on the client) skip the scanner.
 #[derive(Debug, Default)]
 pub struct ShapeTemplate {
     text: Vec<u8>,
-    integers: Vec<(u16, u16)>,
-    valid: bool,
+    literals: Vec<(u16, u16, Literal)>,
+    shape: String,
+    /// Whether `text` and `literals` describe the text `shape` was made from.
+    matchable: bool,
 }
 
 impl ShapeTemplate {
     /// Whether `sql` has the shape of the template's text (false when unsure).
     pub fn same_shape(&self, sql: &str) -> bool {
-        if !self.valid {
+        if !self.matchable {
             return false;
         }
         let (old, new) = (self.text.as_slice(), sql.as_bytes());
         let (mut at_old, mut at_new) = (0, 0);
-        for &(start, end) in &self.integers {
+        for &(start, end, kind) in &self.literals {
             let (start, end) = (usize::from(start), usize::from(end));
             let same = &old[at_old..start];
             if new.get(at_new..at_new + same.len()) != Some(same) {
                 return false;
             }
             at_new += same.len();
-            let digits = new[at_new..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .count();
-            if digits == 0 {
-                return false;
-            }
-            at_new += digits;
+            at_new = match kind {
+                Literal::Integer => {
+                    let digits = new[at_new..]
+                        .iter()
+                        .take_while(|b| b.is_ascii_digit())
+                        .count();
+                    if digits == 0 {
+                        return false;
+                    }
+                    at_new + digits
+                }
+                Literal::Str => {
+                    if new.get(at_new) != Some(&b'\'') {
+                        return false;
+                    }
+                    match quoted_end(new, at_new) {
+                        Some(end) => end,
+                        None => return false,
+                    }
+                }
+            };
             at_old = end;
         }
         new.get(at_new..) == Some(&old[at_old..])
     }
+
+    /// The shape of the text last given to [`shape_into_template`] (whether or not the
+    /// template can match others).
+    pub fn shape(&self) -> &str {
+        &self.shape
+    }
+
+    /// Whether the template can match texts (the fast path took its text, short enough).
+    pub fn is_matchable(&self) -> bool {
+        self.matchable
+    }
 }
 
-/// [`shape_into`], keeping `template` in step with `out`: it describes `sql` when the fast path
-/// shaped it (and it is short enough to keep), and matches nothing otherwise.
-pub fn shape_into_template(
-    sql: &str,
-    out: &mut String,
-    template: &mut ShapeTemplate,
-) -> Result<(), LexError> {
-    template.valid = false;
-    template.integers.clear();
+/// Shapes `sql` into `template`: its shape always, and what lets it match texts of the same
+/// shape when the fast path took it and it is short enough to keep (otherwise it matches
+/// nothing).
+pub fn shape_into_template(sql: &str, template: &mut ShapeTemplate) -> Result<(), LexError> {
+    template.matchable = false;
+    template.literals.clear();
     let keep = sql.len() <= MAX_TEMPLATE_TEXT;
-    let integers = &mut template.integers;
-    let fast = fast_shape(sql, out, |start, end| {
+    let literals = &mut template.literals;
+    let fast = fast_shape(sql, &mut template.shape, |kind, start, end| {
         if keep {
             // Both fit: the text is at most MAX_TEMPLATE_TEXT bytes long.
-            integers.push((start as u16, end as u16));
+            literals.push((start as u16, end as u16, kind));
         }
     });
     if fast.is_none() {
-        return full_shape_into(sql, out);
+        return full_shape_into(sql, &mut template.shape);
     }
     if keep {
         template.text.clear();
         template.text.extend_from_slice(sql.as_bytes());
-        template.valid = true;
+        template.matchable = true;
     }
     Ok(())
 }
@@ -466,13 +493,17 @@ pub fn shape_into_template(
 /// standard strings, plain numbers, `$n` parameters, quoted identifiers, operators,
 /// punctuation and `--` comments, in statements whose literals can all be hidden. `None` at
 /// the first thing outside that (the full scanner then decides, and gives the same shape for
-/// everything this accepts: a test holds the two to it). `integer` is told where each integer
-/// literal lies.
-fn fast_shape(sql: &str, out: &mut String, integer: impl FnMut(usize, usize)) -> Option<()> {
+/// everything this accepts: a test holds the two to it). `literal` is told where each hidden
+/// integer or string literal lies.
+fn fast_shape(
+    sql: &str,
+    out: &mut String,
+    literal: impl FnMut(Literal, usize, usize),
+) -> Option<()> {
     // Built as bytes: copying and folding runs of bytes is far cheaper than pushing chars.
     let mut buf = std::mem::take(out).into_bytes();
     buf.clear();
-    let shaped = fast_shape_bytes(sql, &mut buf, integer);
+    let shaped = fast_shape_bytes(sql, &mut buf, literal);
     match String::from_utf8(buf) {
         Ok(shape) => {
             *out = shape;
@@ -487,7 +518,7 @@ fn fast_shape(sql: &str, out: &mut String, integer: impl FnMut(usize, usize)) ->
 fn fast_shape_bytes(
     sql: &str,
     out: &mut Vec<u8>,
-    mut integer: impl FnMut(usize, usize),
+    mut literal: impl FnMut(Literal, usize, usize),
 ) -> Option<()> {
     let bytes = sql.as_bytes();
     let len = bytes.len();
@@ -545,6 +576,7 @@ fn fast_shape_bytes(
         match b {
             b'\'' => {
                 i = quoted_end(bytes, i)?;
+                literal(Literal::Str, start, i);
                 separate_bytes(out);
                 out.push(b'?');
             }
@@ -576,7 +608,7 @@ fn fast_shape_bytes(
                     return None;
                 }
                 if i == integer_end {
-                    integer(start, i);
+                    literal(Literal::Integer, start, i);
                 }
                 separate_bytes(out);
                 out.push(b'?');
@@ -900,7 +932,7 @@ mod tests {
             "INSERT INTO t (a, b) VALUES (1, 'x'), (2, 'y') RETURNING a::text",
         ] {
             let mut out = String::new();
-            assert!(fast_shape(sql, &mut out, |_, _| {}).is_some(), "{sql}");
+            assert!(fast_shape(sql, &mut out, |_, _, _| {}).is_some(), "{sql}");
             assert_eq!(Ok(out), full_shape(sql), "{sql}");
         }
     }
@@ -1012,7 +1044,7 @@ mod tests {
         let (mut taken, mut out) = (0, String::new());
         for _ in 0..50_000 {
             let sql = random.statement(&["SELECT ", "select ", "UPDATE ", "with ", "", "SET "], 12);
-            if fast_shape(&sql, &mut out, |_, _| {}).is_some() {
+            if fast_shape(&sql, &mut out, |_, _, _| {}).is_some() {
                 taken += 1;
                 assert_eq!(Ok(out.clone()), full_shape(&sql), "{sql:?}");
             }
@@ -1022,10 +1054,10 @@ mod tests {
 
     #[test]
     fn a_template_matches_only_texts_of_its_shape() {
-        let (mut template, mut out) = (ShapeTemplate::default(), String::new());
+        let mut template = ShapeTemplate::default();
         let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
-        shape_into_template(sql, &mut out, &mut template).unwrap();
-        assert_eq!(out, shape(sql).unwrap());
+        shape_into_template(sql, &mut template).unwrap();
+        assert_eq!(template.shape(), shape(sql).unwrap());
         for same in [
             "SELECT abalance FROM pgbench_accounts WHERE aid = 7;",
             "SELECT abalance FROM pgbench_accounts WHERE aid = 1234567890123;",
@@ -1041,46 +1073,69 @@ mod tests {
             "SELECT abalance FROM pgbench_accounts1 WHERE aid = 48213;",
             "SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
             "SELECT abalance FROM pgbench_accounts WHERE aid = 4821x;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = '7';",
+        ] {
+            assert!(!template.same_shape(other), "{other}");
+        }
+        // Standard strings vary too, whatever they hold; other literals do not.
+        shape_into_template(
+            "SELECT * FROM t WHERE name = 'bob' AND n > 2",
+            &mut template,
+        )
+        .unwrap();
+        for same in [
+            "SELECT * FROM t WHERE name = '' AND n > 2",
+            "SELECT * FROM t WHERE name = 'it''s; DELETE FROM t' AND n > 25",
+            "SELECT * FROM t WHERE name = '日本' AND n > 2",
+        ] {
+            assert!(template.same_shape(same), "{same}");
+            assert_eq!(shape(same).as_deref(), Ok(template.shape()), "{same}");
+        }
+        for other in [
+            "SELECT * FROM t WHERE name = E'bob' AND n > 2",
+            "SELECT * FROM t WHERE name = 7 AND n > 2",
+            "SELECT * FROM t WHERE name = 'bob' AND n > 2'",
+            "SELECT * FROM t WHERE name = 'bob AND n > 2",
+            "SELECT * FROM t WHERE name = 'a' 'b' AND n > 2",
+            "SELECT * FROM t WHERE name = $$bob$$ AND n > 2",
         ] {
             assert!(!template.same_shape(other), "{other}");
         }
         // Digits in a quoted identifier or a parameter are not a literal.
-        shape_into_template(
-            "SELECT \"12\" FROM t WHERE a = $1 AND b = 3",
-            &mut out,
-            &mut template,
-        )
-        .unwrap();
+        shape_into_template("SELECT \"12\" FROM t WHERE a = $1 AND b = 3", &mut template).unwrap();
         assert!(!template.same_shape("SELECT \"13\" FROM t WHERE a = $1 AND b = 3"));
         assert!(!template.same_shape("SELECT \"12\" FROM t WHERE a = $2 AND b = 3"));
         assert!(template.same_shape("SELECT \"12\" FROM t WHERE a = $1 AND b = 30"));
         // Only integers: `7.a` is not `1.5.a` with another number (it scans as `7.` then `a`).
-        shape_into_template("SELECT 1.5.a", &mut out, &mut template).unwrap();
+        shape_into_template("SELECT 1.5.a", &mut template).unwrap();
         assert!(!template.same_shape("SELECT 7.a"));
-        // What the fast path does not take (literals that matter), or too long, matches nothing.
-        shape_into_template("SET x = 1", &mut out, &mut template).unwrap();
+        // What the fast path does not take (literals that matter), or too long, matches nothing
+        // but still gives its shape.
+        shape_into_template("SET x = 1", &mut template).unwrap();
         assert!(!template.same_shape("SET x = 1") && !template.same_shape("SET x = 2"));
+        assert_eq!(template.shape(), "set x = 1");
         let long = format!("SELECT 1 FROM t WHERE a IN ({}1)", "1, ".repeat(400));
-        shape_into_template(&long, &mut out, &mut template).unwrap();
-        assert!(!template.same_shape(&long));
+        shape_into_template(&long, &mut template).unwrap();
+        assert!(!template.same_shape(&long) && !template.is_matchable());
         // A text that does not scan leaves a template that matches nothing.
-        shape_into_template("SELECT 1", &mut out, &mut template).unwrap();
-        assert!(shape_into_template("SELECT 'open", &mut out, &mut template).is_err());
+        shape_into_template("SELECT 1", &mut template).unwrap();
+        assert!(shape_into_template("SELECT 'open", &mut template).is_err());
         assert!(!template.same_shape("SELECT 1"));
     }
 
     #[test]
     fn template_matches_agree_with_the_scanner() {
         let mut random = Random(0x9e37_79b9_7f4a_7c15);
-        let (mut template, mut out, mut matched) = (ShapeTemplate::default(), String::new(), 0);
+        let (mut template, mut matched) = (ShapeTemplate::default(), 0);
         for _ in 0..20_000 {
             let sql = random.statement(&["SELECT ", "update ", "WITH ", "SET "], 10);
-            if shape_into_template(&sql, &mut out, &mut template).is_err() {
+            if shape_into_template(&sql, &mut template).is_err() {
                 continue;
             }
             for _ in 0..4 {
                 // Every run of digits (in literals, names, parameters, strings alike) may be
-                // swapped for another, and one byte may change.
+                // swapped for another, every quote may gain a piece after it, and one piece
+                // may be put anywhere.
                 let mut variant = String::new();
                 let mut chars = sql.chars().peekable();
                 while let Some(c) = chars.next() {
@@ -1093,6 +1148,9 @@ mod tests {
                         }
                     } else {
                         variant.push(c);
+                        if c == '\'' && random.next().is_multiple_of(3) {
+                            variant.push_str(PIECES[random.next() as usize % PIECES.len()]);
+                        }
                     }
                 }
                 let at = (random.next() as usize) % (variant.len() + 1);
@@ -1101,7 +1159,11 @@ mod tests {
                 }
                 if template.same_shape(&variant) {
                     matched += 1;
-                    assert_eq!(shape(&variant), Ok(out.clone()), "{sql:?} -> {variant:?}");
+                    assert_eq!(
+                        shape(&variant).as_deref(),
+                        Ok(template.shape()),
+                        "{sql:?} -> {variant:?}"
+                    );
                 }
             }
         }

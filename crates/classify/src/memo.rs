@@ -2,8 +2,8 @@
 //! and no shared counter: a repeat costs one lookup in maps only its owner touches. Texts
 //! without literals (parameterised statements, which clients send verbatim again and again)
 //! are found by their exact text, without a scan; texts with literals by their shape, taken
-//! without a scan when only integers differ from the text last scanned ([`ShapeTemplate`]).
-//! Bounded in bytes; full, it starts afresh.
+//! without a scan when only integer or string literals differ from one of the last texts
+//! scanned ([`ShapeTemplate`]). Bounded in bytes; full, it starts afresh.
 
 use std::collections::HashMap;
 
@@ -11,13 +11,15 @@ use crate::lexer::{self, LexError, ShapeTemplate};
 
 type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
+/// How many recently scanned texts a memo keeps to compare new texts with: enough for the
+/// handful of statements a transaction or an ORM's unit of work repeats with new values.
+const RECENT_TEXTS: usize = 8;
+
 /// Statements remembered for one owner, each with a value (what was decided).
 pub struct ShapeMemo<V> {
-    /// The shape of the text last looked up; reused, never shrunk.
-    scratch: String,
-    /// The last text scanned, whose shape `scratch` holds: a text differing from it only in
-    /// its integer literals needs no scan.
-    template: ShapeTemplate,
+    /// The texts scanned last, most recent first, each with its shape; the first holds the
+    /// shape of the text last looked up when `shaped`. Reused, never shrunk.
+    recent: Vec<ShapeTemplate>,
     shaped: bool,
     exact: Map<V>,
     shapes: Map<V>,
@@ -30,8 +32,7 @@ impl<V: Copy> ShapeMemo<V> {
     /// than an eighth of that is never remembered (one long text must not flush the rest).
     pub fn new(max_bytes: usize) -> Self {
         ShapeMemo {
-            scratch: String::new(),
-            template: ShapeTemplate::default(),
+            recent: Vec::new(),
             shaped: false,
             exact: HashMap::default(),
             shapes: HashMap::default(),
@@ -48,26 +49,43 @@ impl<V: Copy> ShapeMemo<V> {
         if let Some(value) = self.exact.get(sql) {
             return Ok(Some(*value));
         }
-        if !self.template.same_shape(sql) {
-            lexer::shape_into_template(sql, &mut self.scratch, &mut self.template)?;
+        self.take_shape(sql)?;
+        Ok(self.shapes.get(self.recent[0].shape()).copied())
+    }
+
+    /// Puts the shape of `sql` first in `recent`: from a recent text of the same shape, or by
+    /// a scan.
+    fn take_shape(&mut self, sql: &str) -> Result<(), LexError> {
+        match self.recent.iter().position(|t| t.same_shape(sql)) {
+            Some(found) => self.recent[..=found].rotate_right(1),
+            None => {
+                // A text the fast path did not take (or too long to keep) matches nothing:
+                // let the next scan overwrite it rather than push out one that matches.
+                if self.recent.first().is_none_or(ShapeTemplate::is_matchable) {
+                    if self.recent.len() < RECENT_TEXTS {
+                        self.recent.push(ShapeTemplate::default());
+                    }
+                    self.recent.rotate_right(1);
+                }
+                lexer::shape_into_template(sql, &mut self.recent[0])?;
+            }
         }
         self.shaped = true;
-        Ok(self.shapes.get(self.scratch.as_str()).copied())
+        Ok(())
     }
 
     /// The shape of the text of the last [`ShapeMemo::get`] that missed.
     pub fn last_shape(&self) -> Option<&str> {
-        self.shaped.then_some(self.scratch.as_str())
+        self.shaped.then(|| self.recent[0].shape())
     }
 
-    /// The shape of `sql`, the text of the last [`ShapeMemo::get`]: scanned now if that
+    /// The shape of `sql`, the text of the last [`ShapeMemo::get`]: taken now if that
     /// found the text verbatim.
     pub fn shape_of(&mut self, sql: &str) -> Result<&str, LexError> {
         if !self.shaped {
-            lexer::shape_into_template(sql, &mut self.scratch, &mut self.template)?;
-            self.shaped = true;
+            self.take_shape(sql)?;
         }
-        Ok(self.scratch.as_str())
+        Ok(self.recent[0].shape())
     }
 
     /// Remembers `value` for `sql`, the text of the last [`ShapeMemo::get`] that missed.
@@ -75,26 +93,28 @@ impl<V: Copy> ShapeMemo<V> {
         if !self.shaped {
             return;
         }
-        let shape_len = self.scratch.len();
+        let shape = self.recent[0].shape();
+        let shape_len = shape.len();
         if shape_len * 8 > self.max_bytes {
             return;
         }
         // A shape without a hidden literal means the text has none: it will come back
         // verbatim, so it is worth finding without a scan, when it fits too. (`?` is also an
         // operator; such a text is then only found by shape, which is as correct, just slower.)
-        let verbatim = !self.scratch.contains('?') && (shape_len + sql.len()) * 8 <= self.max_bytes;
+        let verbatim = !shape.contains('?') && (shape_len + sql.len()) * 8 <= self.max_bytes;
         let cost = shape_len + if verbatim { sql.len() } else { 0 };
         if self.bytes + cost > self.max_bytes {
             self.clear();
         }
         self.bytes += cost;
-        self.shapes.insert(self.scratch.as_str().into(), value);
+        self.shapes.insert(self.recent[0].shape().into(), value);
         if verbatim {
             self.exact.insert(sql.into(), value);
         }
     }
 
-    /// Forgets everything remembered (and gives the memory back).
+    /// Forgets every decision remembered (and gives the memory back); the recent texts stay,
+    /// as they say nothing about decisions.
     pub fn clear(&mut self) {
         self.exact = HashMap::default();
         self.shapes = HashMap::default();
@@ -161,5 +181,46 @@ mod tests {
         assert_eq!(memo.get(&long), Ok(None));
         memo.clear();
         assert!(memo.is_empty());
+    }
+
+    #[test]
+    fn statements_taken_in_turn_are_found_without_a_scan() {
+        let mut memo = ShapeMemo::new(16 * 1024);
+        let turn = |i: usize| {
+            [
+                format!("UPDATE a SET v = v + {i} WHERE id = {}", i * 7),
+                format!("SELECT v FROM a WHERE id = {i}"),
+                format!("INSERT INTO h (id, note) VALUES ({i}, 'note ''{i}''')"),
+            ]
+        };
+        for (value, sql) in turn(1).iter().enumerate() {
+            assert_eq!(memo.get(sql), Ok(None));
+            memo.remember(sql, value);
+        }
+        for i in 2..50 {
+            for (value, sql) in turn(i).iter().enumerate() {
+                assert_eq!(memo.get(sql), Ok(Some(value)), "{sql}");
+            }
+        }
+        // Each text matched one of the three kept: none was scanned again.
+        assert_eq!(memo.recent.len(), 3);
+        // Texts that cannot match others do not push out those that can.
+        for i in 0..20 {
+            memo.get(&format!("SET x = {i}")).unwrap();
+        }
+        assert_eq!(memo.recent.iter().filter(|t| t.is_matchable()).count(), 3);
+        // More statements in turn than it keeps: found by a scan, still right.
+        for i in 0..3 {
+            for j in 0..RECENT_TEXTS + 2 {
+                let sql = format!("SELECT c{j} FROM t WHERE id = {i}");
+                if i > 0 {
+                    assert_eq!(memo.get(&sql), Ok(Some(j)));
+                } else {
+                    memo.get(&sql).unwrap();
+                    memo.remember(&sql, j);
+                }
+            }
+        }
+        assert_eq!(memo.recent.len(), RECENT_TEXTS);
     }
 }
