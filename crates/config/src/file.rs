@@ -99,6 +99,16 @@ pub struct UpstreamConfig {
     pub tls_root_cert: Option<PathBuf>,
     /// Seconds to wait for the upstream's TCP connect and login.
     pub connect_timeout_secs: u64,
+    /// Upstream connections kept open for reuse once their client leaves (`scram` auth only:
+    /// in passthrough every client must log in to PostgreSQL itself), across the instance;
+    /// 0 turns reuse off. As pgbouncer's session pooling: a connection is reused only by a
+    /// client with the same user, database and startup parameters, after `DISCARD ALL`.
+    pub pool_size: usize,
+    /// Seconds an unused pooled connection stays open (pgbouncer's server_idle_timeout).
+    pub pool_idle_timeout_secs: u64,
+    /// Seconds after its login past which a connection is closed rather than reused
+    /// (pgbouncer's server_lifetime).
+    pub pool_lifetime_secs: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -108,6 +118,9 @@ impl Default for UpstreamConfig {
             tls: UpstreamTlsMode::Prefer,
             tls_root_cert: None,
             connect_timeout_secs: 10,
+            pool_size: 20,
+            pool_idle_timeout_secs: 600,
+            pool_lifetime_secs: 3600,
         }
     }
 }
@@ -473,6 +486,23 @@ impl Config {
         if self.upstream.connect_timeout_secs == 0 {
             return Err(self.invalid("upstream.connect_timeout_secs", "must be at least 1"));
         }
+        for (name, secs) in [
+            (
+                "upstream.pool_idle_timeout_secs",
+                self.upstream.pool_idle_timeout_secs,
+            ),
+            (
+                "upstream.pool_lifetime_secs",
+                self.upstream.pool_lifetime_secs,
+            ),
+        ] {
+            if secs == 0 {
+                return Err(self.invalid(
+                    name,
+                    "must be at least 1 (set upstream.pool_size = 0 to turn reuse off)",
+                ));
+            }
+        }
         if self.auth.method == Some(AuthMethod::Scram)
             && upstream.login.is_none()
             && self.auth.file.is_none()
@@ -734,6 +764,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("proxy.unix_socket_dir"), "{err}");
+    }
+
+    #[test]
+    fn upstream_reuse_is_on_unless_sized_zero_and_its_timeouts_cannot_be() {
+        let c = Config::default();
+        assert_eq!(
+            (
+                c.upstream.pool_size,
+                c.upstream.pool_idle_timeout_secs,
+                c.upstream.pool_lifetime_secs
+            ),
+            (20, 600, 3600),
+            "pgbouncer's default_pool_size, server_idle_timeout and server_lifetime"
+        );
+        for setting in ["pool_idle_timeout_secs", "pool_lifetime_secs"] {
+            let f = write(&format!("[upstream]\n{setting} = 0\n"));
+            let err = Config::load(Some(f.path()), Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("upstream.{setting}")), "{err}");
+            assert!(err.contains("pool_size = 0"), "{err}");
+        }
+        let f = write("[upstream]\npool_size = 0\n");
+        assert!(Config::load(Some(f.path()), Overrides::default()).is_ok());
     }
 }
 

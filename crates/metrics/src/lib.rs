@@ -87,6 +87,8 @@ pub struct Metrics {
     pub client_connections_total: IntCounter,
     rejected: Vec<IntCounter>,
     pub upstream_connections: IntGauge,
+    pub upstream_idle_connections: IntGauge,
+    pub upstream_reused_total: IntCounter,
     pub upstream_connect_errors: IntCounter,
     statements: Vec<IntCounter>,
     /// From a statement's last byte read to its first byte written upstream.
@@ -202,7 +204,15 @@ impl Metrics {
                 .collect(),
             upstream_connections: gauge(
                 "pgstepup_upstream_connections",
-                "Upstream (PostgreSQL) connections open now.",
+                "Upstream (PostgreSQL) connections open now, serving a client or kept for reuse.",
+            ),
+            upstream_idle_connections: gauge(
+                "pgstepup_upstream_idle_connections",
+                "Upstream connections kept open for reuse by the next client (upstream.pool_size).",
+            ),
+            upstream_reused_total: counter(
+                "pgstepup_upstream_reused_total",
+                "Client sessions served by an upstream connection a previous client left, instead of a new login.",
             ),
             upstream_connect_errors: counter(
                 "pgstepup_upstream_connect_errors_total",

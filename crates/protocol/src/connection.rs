@@ -230,6 +230,12 @@ impl Connection {
         }
     }
 
+    /// Whether nothing is buffered or queued either way and the peer has sent nothing since
+    /// the last read: the connection is exactly where the last exchange left it.
+    pub fn is_quiet(&self) -> bool {
+        !self.has_partial_input() && !self.has_queued() && !self.stream.has_unread_input()
+    }
+
     /// Whether bytes of a not yet complete frame are waiting in the read buffer, meaning the
     /// peer is mid-message and more input is certain to follow.
     pub fn has_partial_input(&self) -> bool {
@@ -426,5 +432,37 @@ mod tests {
             conn.wait_frame().await,
             Err(ConnectionError::TooLarge { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn quiet_means_nothing_sent_unread_queued_or_closed() {
+        let (mut conn, mut peer) = connected(DEFAULT_MAX_FRAME).await;
+        assert!(conn.is_quiet());
+        conn.queue(b"x");
+        assert!(!conn.is_quiet(), "output queued");
+        conn.flush().await.unwrap();
+        assert!(conn.is_quiet());
+        peer.write_all(&Frame::new(b'Z', b"I").as_bytes()[..3])
+            .await
+            .unwrap();
+        wait_until(|| !conn.is_quiet()).await;
+        peer.write_all(&Frame::new(b'Z', b"I").as_bytes()[3..])
+            .await
+            .unwrap();
+        conn.read_frame().await.unwrap();
+        assert!(conn.is_quiet(), "everything read");
+        drop(peer);
+        wait_until(|| !conn.is_quiet()).await;
+    }
+
+    /// The peer's bytes (or its close) take a moment to arrive over loopback.
+    async fn wait_until(mut condition: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if condition() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("condition not met within a second");
     }
 }

@@ -3,9 +3,11 @@
 //! proxy handles one type.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::{client, server};
@@ -26,6 +28,21 @@ impl Stream {
     /// Whether the bytes on this stream are encrypted.
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::TlsServer(_) | Stream::TlsClient(_))
+    }
+
+    /// Whether the peer sent anything not read yet, or closed, checked without waiting by
+    /// peeking at the socket (a failed peek counts as yes). For a connection that should be
+    /// silent, such as an idle upstream connection: anything there means it is no longer
+    /// in the state it was left in.
+    pub fn has_unread_input(&self) -> bool {
+        let socket = match self {
+            Stream::Plain(s) => SockRef::from(s),
+            Stream::TlsServer(s) => SockRef::from(s.get_ref().0),
+            Stream::TlsClient(s) => SockRef::from(s.get_ref().0),
+            Stream::Unix(s) => SockRef::from(s),
+        };
+        let mut byte = [MaybeUninit::uninit()];
+        !matches!(socket.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// The DER certificate the peer presented (TLS towards the upstream only), for SCRAM

@@ -7,6 +7,8 @@
 //! SCRAM-SHA-256-PLUS from the offer, because the client's channel binding would cover
 //! pgstepup's certificate, not the server's.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 
 use pgstepup_auth::{ClientKey, ScramServer, ScramVerifier};
@@ -89,6 +91,8 @@ fn password_failed(user: &str) -> PgError {
 pub(crate) struct LoggedIn {
     pub upstream: Connection,
     pub reply: LoginReply,
+    /// When the upstream connection logged in (a reused one: when its first client did).
+    pub opened: Instant,
 }
 
 /// Authenticates the client and logs into the upstream. On success the client has been sent
@@ -114,6 +118,16 @@ pub(crate) async fn authenticate(
             }
             let server_key = verifier.as_ref().map(|v| v.server_key);
             let client_key = scram_exchange(shared, client, user, verifier).await?;
+            if let Some(pool) = &shared.upstream_pool {
+                if let Some(idle) = pool.take(startup.raw()).await {
+                    client.queue(&backend::authentication_ok());
+                    return Ok(LoggedIn {
+                        upstream: idle.server,
+                        reply: idle.login,
+                        opened: idle.opened,
+                    });
+                }
+            }
             let server_key = server_key.expect("a successful exchange had a verifier");
             let mut upstream = connect(&shared.upstream)
                 .await
@@ -131,7 +145,11 @@ pub(crate) async fn authenticate(
                 .retain(|f| f.tag() != tag::NEGOTIATE_PROTOCOL_VERSION);
             reply.negotiated_minor = Some(minor);
             client.queue(&backend::authentication_ok());
-            Ok(LoggedIn { upstream, reply })
+            Ok(LoggedIn {
+                upstream,
+                reply,
+                opened: Instant::now(),
+            })
         }
         None => passthrough(shared, client, startup).await,
     }
@@ -274,7 +292,11 @@ async fn passthrough(
                         .collect(),
                     ..reply
                 };
-                return Ok(LoggedIn { upstream, reply });
+                return Ok(LoggedIn {
+                    upstream,
+                    reply,
+                    opened: Instant::now(),
+                });
             }
             Some(10) => {
                 let mechanisms: Vec<&[u8]> = frame.body()[4..]

@@ -138,6 +138,9 @@ pub(crate) struct Gate {
     sent_cycles: u64,
     /// ReadyForQuery messages received.
     received_cycles: u64,
+    /// Frames forwarded since the last one that ends a cycle: an extended-protocol batch
+    /// still waiting for its Sync.
+    unsynced: bool,
     /// Elevations this session knows of, by rule, until they end.
     elevations: HashMap<String, Instant>,
     /// A statement approved for one run also covers its own batch (the Binds up to Sync).
@@ -170,6 +173,7 @@ impl Gate {
             next_number: 0,
             sent_cycles: 0,
             received_cycles: 0,
+            unsynced: false,
             elevations: HashMap::new(),
             approved_batch: None,
         }
@@ -182,6 +186,11 @@ impl Gate {
     /// Whether every forwarded request has been answered (its ReadyForQuery came back).
     pub(crate) fn nothing_in_flight(&self) -> bool {
         self.sent_cycles == self.received_cycles
+    }
+
+    /// Whether the server is between requests: everything answered and no batch begun.
+    pub(crate) fn at_rest(&self) -> bool {
+        self.nothing_in_flight() && !self.unsynced
     }
 
     pub(crate) fn user(&self) -> &str {
@@ -522,8 +531,16 @@ impl Gate {
     /// Counts forwarded frames that each produce one ReadyForQuery; call after every frame
     /// sent to the server (substitutes count as the frame they replace).
     pub(crate) fn note_forwarded(&mut self, frame_tag: u8) {
-        if matches!(frame_tag, tag::QUERY | tag::SYNC | tag::FUNCTION_CALL) {
-            self.sent_cycles += 1;
+        match frame_tag {
+            tag::QUERY | tag::SYNC | tag::FUNCTION_CALL => {
+                self.sent_cycles += 1;
+                self.unsynced = false;
+            }
+            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => {
+                self.unsynced = true;
+            }
+            // COPY data belongs to the cycle its statement began.
+            _ => {}
         }
     }
 

@@ -10,7 +10,9 @@
 //! the [`gate`] (classification and the policy in [`policy_store`]) before it is forwarded;
 //! statements that need step-up are run under an elevation or held ([`hold`]) until approved;
 //! named prepared statements ([`prepared`]) are decided again at each Bind. Sessions run on
-//! the session threads of [`workers`], one single-threaded runtime per core.
+//! the session threads of [`workers`], one single-threaded runtime per core; a session that
+//! ends cleanly leaves its upstream connection to the next client of the same login
+//! ([`upstream_pool`], `scram` auth only).
 
 mod cancel;
 mod client_auth;
@@ -26,6 +28,7 @@ mod prepared;
 mod proxy;
 mod statement;
 mod tls;
+mod upstream_pool;
 mod workers;
 
 pub use listener::{Proxy, ProxyError, ProxyParts, Reloader};

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rand::Rng;
 use tokio::net::TcpListener;
 use tracing::Instrument;
@@ -31,6 +32,7 @@ use crate::lifecycle::Lifecycle;
 use crate::policy_store::PolicyStore;
 use crate::proxy::{Session, SessionParts};
 use crate::tls::{self, ClientTls};
+use crate::upstream_pool::UpstreamPool;
 use crate::workers::Workers;
 
 /// Why the proxy could not start.
@@ -107,6 +109,8 @@ pub(crate) struct Shared {
     pub lifecycle: Lifecycle,
     /// Name prefix of the never-existing function refused statements are swapped for.
     pub refusal_marker: Arc<str>,
+    /// Upstream connections kept for reuse; `None` when off or in passthrough.
+    pub upstream_pool: Option<Arc<UpstreamPool>>,
     next_id: AtomicU64,
 }
 
@@ -175,7 +179,9 @@ impl Proxy {
         )?);
         let nonce: u64 = rand::rng().random();
         let refusal_marker: Arc<str> = format!("pgstepup_refused_{nonce:016x}_").into();
+        let upstream_pool = UpstreamPool::from_config(&config, metrics.clone()).map(Arc::new);
         let shared = Arc::new(Shared {
+            upstream_pool,
             config,
             upstream,
             tls: std::sync::RwLock::new(tls),
@@ -343,14 +349,14 @@ async fn handle_client(shared: Arc<Shared>, socket: ClientSocket, peer: ClientAd
     let _open = GaugeGuard(&metrics.client_connections);
     let startup_timeout = Duration::from_secs(shared.config.limits.startup_timeout_secs);
     let started = tokio::time::timeout(startup_timeout, establish(&shared, socket, peer, id)).await;
-    let session = match started {
+    let (session, login) = match started {
         Err(_) => {
             tracing::info!("startup timed out");
             metrics.rejected(Rejection::StartupTimeout);
             return;
         }
         Ok(None) => return,
-        Ok(Some(session)) => session,
+        Ok(Some(started)) => started,
     };
     metrics.upstream_connections.inc();
     let _upstream = GaugeGuard(&metrics.upstream_connections);
@@ -360,20 +366,26 @@ async fn handle_client(shared: Arc<Shared>, socket: ClientSocket, peer: ClientAd
             tracing::warn!(%error, "cancel key not shared; cancels through other instances will not reach this session");
         }
     }
-    let ending = session.run().await;
+    let (ending, idle) = session.run().await;
     tracing::debug!(?ending, "session ended");
     if let (Some(pid), true) = (key, shared.stepup.is_shared()) {
         let _ = shared.stepup.forget_cancel_key(pid).await;
     }
+    if let (Some(idle), Some(pool)) = (idle, &shared.upstream_pool) {
+        pool.put_back(login, idle).await;
+        pool.sweep_this_thread();
+    }
 }
 
 /// Handshake and authentication; `None` when the connection ended (refused, or a cancel).
+/// With the session comes its StartupMessage, which names the login its upstream connection
+/// may be reused for.
 async fn establish(
     shared: &Arc<Shared>,
     socket: ClientSocket,
     peer: ClientAddr,
     id: u64,
-) -> Option<Session> {
+) -> Option<(Session, Bytes)> {
     let (mut client, startup) = match open(shared, socket, peer).await {
         Ok(Opening::Session { conn, startup }) => (*conn, startup),
         Ok(Opening::Cancelled) => return None,
@@ -449,9 +461,11 @@ async fn establish(
         lifecycle: shared.lifecycle.join(),
         idle_timeout: (shared.config.limits.client_idle_timeout_secs > 0)
             .then(|| Duration::from_secs(shared.config.limits.client_idle_timeout_secs)),
+        upstream_opened: logged_in.opened,
+        reuse_upstream: shared.upstream_pool.is_some(),
     };
     match Session::start(client, logged_in.upstream, parts).await {
-        Ok(session) => Some(session),
+        Ok(session) => Some((session, startup.raw().clone())),
         Err((client, error)) => {
             refuse(shared, client, &Refusal::Error(error)).await;
             None

@@ -22,6 +22,7 @@ use crate::gate::{Gate, StepUpNeed, Verdict};
 use crate::idle::IdleTimer;
 use crate::lifecycle::Phase;
 use crate::statement::{MalformedStatement, Statement};
+use crate::upstream_pool::IdleUpstream;
 
 /// A live, authenticated session.
 pub(crate) struct Session {
@@ -48,6 +49,11 @@ pub(crate) struct Session {
     pub(crate) held_in_batch: bool,
     /// Client inputs handled, for sampling the overhead histogram.
     inputs: u32,
+    /// What the upstream login said, and when it happened: kept with the connection if the
+    /// next client gets it.
+    login: LoginReply,
+    upstream_opened: Instant,
+    reuse_upstream: bool,
 }
 
 /// What a new session needs besides its two connections.
@@ -59,6 +65,10 @@ pub(crate) struct SessionParts {
     pub max_backlog_bytes: usize,
     pub lifecycle: (watch::Receiver<Phase>, Arc<()>),
     pub idle_timeout: Option<Duration>,
+    /// When the upstream connection logged in (earlier than now when it was reused).
+    pub upstream_opened: Instant,
+    /// Whether a clean ending leaves the upstream connection open for the next client.
+    pub reuse_upstream: bool,
 }
 
 /// What woke the session.
@@ -107,6 +117,8 @@ impl Session {
             max_backlog_bytes,
             lifecycle: (phase_changes, live),
             idle_timeout,
+            upstream_opened,
+            reuse_upstream,
         } = parts;
         let phase = *phase_changes.borrow();
         for frame in &reply.relay {
@@ -149,6 +161,9 @@ impl Session {
             idle_timeout,
             held_in_batch: false,
             inputs: 0,
+            login: reply,
+            upstream_opened,
+            reuse_upstream,
         })
     }
 
@@ -157,8 +172,10 @@ impl Session {
         self.cancel_pid
     }
 
-    /// Relays until either side ends the session, or the instance shuts it down.
-    pub(crate) async fn run(mut self) -> Ending {
+    /// Relays until either side ends the session, or the instance shuts it down. A client
+    /// that says goodbye while the server is idle and in step leaves the upstream connection
+    /// open, to be reused.
+    pub(crate) async fn run(mut self) -> (Ending, Option<IdleUpstream>) {
         // One registration with the lifecycle for the whole loop: a `changed()` made afresh
         // in every select registers and unregisters a waiter (two locks) per exchange. Once
         // polled, the future keeps this task's waker, so it is polled again only when the
@@ -211,8 +228,29 @@ impl Session {
                 idle.touch();
             }
         };
+        if ending == Ending::ClientTerminated && self.upstream_at_rest() {
+            self.client.shutdown().await;
+            let idle = IdleUpstream {
+                server: self.server,
+                login: self.login,
+                opened: self.upstream_opened,
+            };
+            return (ending, Some(idle));
+        }
         self.close(&ending).await;
-        ending
+        (ending, None)
+    }
+
+    /// Whether the upstream is exactly as a fresh login would leave it but for session state
+    /// (which `DISCARD ALL` resets): outside a transaction, every request answered, no batch
+    /// begun, nothing left to send or to read, and the instance running.
+    fn upstream_at_rest(&self) -> bool {
+        self.reuse_upstream
+            && self.transaction_status == b'I'
+            && self.gate.at_rest()
+            && self.backlog.is_empty()
+            && self.phase == Phase::Running
+            && self.server.is_quiet()
     }
 
     /// Draining: a session with nothing in flight outside a transaction closes now; closing:
@@ -374,11 +412,8 @@ impl Session {
                 );
                 self.client.shutdown().await;
             }
-            Ending::ClientTerminated => {
-                self.server.shutdown().await;
-                self.client.shutdown().await;
-            }
-            Ending::ClientGone
+            Ending::ClientTerminated
+            | Ending::ClientGone
             | Ending::ClientProtocolError
             | Ending::UnsafeSetting
             | Ending::Shutdown
@@ -399,7 +434,7 @@ enum Route {
     Forwarded,
     /// Needs step-up first; the frame is kept to forward after it.
     Hold(Frame, StepUpNeed),
-    /// Terminate, queued for the server.
+    /// Terminate (not forwarded: see [`Session::run`]).
     Terminate,
     Malformed(MalformedStatement),
 }
@@ -413,7 +448,7 @@ fn route_client_frame(
     keep: impl FnOnce(FrameRef<'_>) -> Frame,
 ) -> Route {
     if frame.tag() == tag::TERMINATE {
-        server.queue(frame.as_bytes());
+        // Not forwarded yet: the session decides whether the upstream connection ends too.
         return Route::Terminate;
     }
     let verdict = match Statement::from_frame(frame) {

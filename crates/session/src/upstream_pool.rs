@@ -1,0 +1,233 @@
+//! Upstream connections kept for the next client, as pgbouncer's session pooling keeps them.
+//!
+//! A client that ends its session with Terminate, outside a transaction and with nothing in
+//! flight, leaves its upstream connection here once `DISCARD ALL` has put it back in the state
+//! of a fresh login (settings, prepared statements, temporary tables, LISTENs, advisory locks).
+//! The next client whose StartupMessage is byte for byte the same (same user, database,
+//! parameters and protocol version), once pgstepup has verified its password itself, gets it
+//! instead of a new login: no backend start-up in PostgreSQL. Only in `scram` auth mode: in
+//! passthrough every client must prove itself to PostgreSQL, so its connection is its own.
+//!
+//! Each session thread keeps its own connections (they are registered with the runtime that
+//! opened them). A connection is not reused once it has been idle past
+//! `upstream.pool_idle_timeout_secs` or open past `upstream.pool_lifetime_secs`, nor when the
+//! server sent anything while it was parked (a FATAL, or a close).
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use pgstepup_config::Config;
+use pgstepup_metrics::Metrics;
+use pgstepup_protocol::{tag, Connection, Frame};
+use pgstepup_upstream::LoginReply;
+
+/// What resets a connection for its next client: everything a session can leave behind.
+const RESET: &str = "DISCARD ALL";
+
+/// How long the reset may take before the connection is closed instead.
+const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An upstream connection whose client left it idle and in step: outside a transaction,
+/// every request answered, nothing half sent.
+pub(crate) struct IdleUpstream {
+    pub server: Connection,
+    /// What its login said (relayed again to the next client: parameters, notices).
+    pub login: LoginReply,
+    pub opened: Instant,
+}
+
+struct Parked {
+    /// The raw StartupMessage of the login.
+    key: Bytes,
+    upstream: IdleUpstream,
+    since: Instant,
+}
+
+thread_local! {
+    /// This session thread's idle connections, oldest first.
+    static PARKED: RefCell<Vec<Parked>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The instance's reuse settings; the connections themselves are per session thread.
+pub(crate) struct UpstreamPool {
+    per_thread: usize,
+    idle_timeout: Duration,
+    lifetime: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl UpstreamPool {
+    /// `None` when reuse is off (`upstream.pool_size = 0`) or cannot apply (passthrough).
+    pub(crate) fn from_config(config: &Config, metrics: Arc<Metrics>) -> Option<Self> {
+        let size = config.upstream.pool_size;
+        if size == 0 || config.auth_method() != pgstepup_config::AuthMethod::Scram {
+            return None;
+        }
+        Some(UpstreamPool {
+            per_thread: size.div_ceil(config.worker_threads()),
+            idle_timeout: Duration::from_secs(config.upstream.pool_idle_timeout_secs),
+            lifetime: Duration::from_secs(config.upstream.pool_lifetime_secs),
+            metrics,
+        })
+    }
+
+    /// An idle connection logged in with exactly `startup`, if this thread has a usable one
+    /// (the most recently parked: its caches are the warmest). Unusable ones met on the way
+    /// are closed.
+    pub(crate) async fn take(&self, startup: &[u8]) -> Option<IdleUpstream> {
+        loop {
+            let now = Instant::now();
+            let found = PARKED.with_borrow_mut(|parked| {
+                let at = parked.iter().rposition(|p| p.key == startup)?;
+                Some(parked.remove(at))
+            })?;
+            self.count_unparked();
+            let Parked {
+                upstream, since, ..
+            } = found;
+            if now.duration_since(since) < self.idle_timeout
+                && now.duration_since(upstream.opened) < self.lifetime
+                && upstream.server.is_quiet()
+            {
+                self.metrics.upstream_reused_total.inc();
+                return Some(upstream);
+            }
+            close(upstream.server).await;
+        }
+    }
+
+    /// Resets `upstream` for the next client with `startup` and keeps it; closes it instead
+    /// when it is too old, the reset fails, or this thread keeps enough already (the oldest
+    /// goes first). Expired connections are closed on the way.
+    pub(crate) async fn put_back(&self, startup: Bytes, mut upstream: IdleUpstream) {
+        let now = Instant::now();
+        self.close_expired(now).await;
+        if now.duration_since(upstream.opened) >= self.lifetime {
+            return close(upstream.server).await;
+        }
+        match tokio::time::timeout(RESET_TIMEOUT, reset(&mut upstream)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                tracing::info!(reason, "upstream connection not reused");
+                return close(upstream.server).await;
+            }
+            Err(_) => {
+                tracing::warn!("{RESET} took over {RESET_TIMEOUT:?}; upstream connection closed");
+                return close(upstream.server).await;
+            }
+        }
+        let evicted = PARKED.with_borrow_mut(|parked| {
+            parked.push(Parked {
+                key: startup,
+                upstream,
+                since: now,
+            });
+            (parked.len() > self.per_thread).then(|| parked.remove(0))
+        });
+        self.metrics.upstream_connections.inc();
+        self.metrics.upstream_idle_connections.inc();
+        if let Some(oldest) = evicted {
+            self.count_unparked();
+            close(oldest.upstream.server).await;
+        }
+    }
+
+    /// Closes this thread's connections idle or open too long.
+    async fn close_expired(&self, now: Instant) {
+        let expired: Vec<Parked> = PARKED.with_borrow_mut(|parked| {
+            let (expired, kept) = std::mem::take(parked).into_iter().partition(|p| {
+                now.duration_since(p.since) >= self.idle_timeout
+                    || now.duration_since(p.upstream.opened) >= self.lifetime
+            });
+            *parked = kept;
+            expired
+        });
+        for p in expired {
+            self.count_unparked();
+            close(p.upstream.server).await;
+        }
+    }
+
+    /// Closes expired connections on this thread every so often, for as long as it keeps
+    /// any (a pool nobody draws from must still let its backends go).
+    pub(crate) fn sweep_this_thread(self: &Arc<Self>) {
+        thread_local! {
+            static SWEEPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        if SWEEPING.replace(true) {
+            return;
+        }
+        let pool = self.clone();
+        let every = (self.idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                pool.close_expired(Instant::now()).await;
+                if PARKED.with_borrow(Vec::is_empty) {
+                    SWEEPING.set(false);
+                    return;
+                }
+            }
+        });
+    }
+
+    fn count_unparked(&self) {
+        self.metrics.upstream_connections.dec();
+        self.metrics.upstream_idle_connections.dec();
+    }
+}
+
+/// Runs the reset and reads its answer; the parameters the server reports on the way replace
+/// those of the login, so the next client is told the values it will really have.
+async fn reset(upstream: &mut IdleUpstream) -> Result<(), &'static str> {
+    let server = &mut upstream.server;
+    if !server.is_quiet() {
+        return Err("the server sent something while the client was leaving");
+    }
+    let mut query = RESET.as_bytes().to_vec();
+    query.push(0);
+    server.queue_frame(&Frame::new(tag::QUERY, &query));
+    server.flush().await.map_err(|_| "the server went away")?;
+    let mut failed = false;
+    loop {
+        let frame = server
+            .read_frame()
+            .await
+            .map_err(|_| "the server went away")?;
+        match frame.tag() {
+            tag::ERROR_RESPONSE => failed = true,
+            tag::PARAMETER_STATUS => replace_parameter(&mut upstream.login.relay, frame),
+            tag::READY_FOR_QUERY => {
+                return match (failed, frame.body().first()) {
+                    (false, Some(b'I')) => Ok(()),
+                    (true, _) => Err("DISCARD ALL failed"),
+                    _ => Err("the server is not idle after DISCARD ALL"),
+                };
+            }
+            // CommandComplete, notices, notifications still pending before UNLISTEN.
+            _ => {}
+        }
+    }
+}
+
+/// Puts `status` in place of the login's ParameterStatus of the same name (or adds it).
+fn replace_parameter(relay: &mut Vec<Frame>, status: Frame) {
+    let name = |f: &Frame| f.cstr_at(0).map(|(name, _)| name.to_vec());
+    let new_name = name(&status);
+    match relay
+        .iter_mut()
+        .find(|f| f.tag() == tag::PARAMETER_STATUS && name(f) == new_name)
+    {
+        Some(old) => *old = status,
+        None => relay.push(status),
+    }
+}
+
+/// Ends a connection as a client should: Terminate, then close.
+async fn close(mut server: Connection) {
+    server.queue_frame(&Frame::new(tag::TERMINATE, &[]));
+    server.shutdown().await;
+}
