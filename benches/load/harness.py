@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import base64
 import ctypes
 import datetime as _dt
+import hashlib
+import hmac
 import os
 import pwd
 import re
@@ -81,9 +84,10 @@ def add_common_args(p: argparse.ArgumentParser, default_rounds: int = 3) -> None
                    help="when running as root, the user pgbouncer runs as "
                         "(default postgres, else nobody)")
     p.add_argument("--pgbouncer-fresh-backends", action="store_true",
-                   help="set pgbouncer's server_lifetime = 0, so each client connection gets "
-                        "a new PostgreSQL backend as with direct and pgstepup (by default "
-                        "pgbouncer keeps backends, warm, from one pgbench run to the next)")
+                   help="each client connection gets a new PostgreSQL backend, as with "
+                        "direct (pgbouncer server_lifetime = 0, pgstepup upstream.pool_size = "
+                        "0); by default both proxies keep backends, warm, from one pgbench "
+                        "run to the next")
     p.add_argument("--upstream-socket", metavar="DIR", default=None,
                    help="both proxies reach PostgreSQL by its Unix socket in DIR (such as "
                         "/var/run/postgresql) instead of TCP, as when a proxy runs on the "
@@ -139,12 +143,34 @@ def find_tool(name: str, explicit: Optional[str] = None, fallbacks: tuple[str, .
     raise HarnessError(f"{name} not found (looked in PATH and {', '.join(fallbacks) or '-'})")
 
 
+# The password benchmark clients give. pgstepup verifies it with SCRAM against the verifier
+# the harness writes (its `scram` auth mode, the one that lets it reuse upstream connections
+# as pgbouncer's session pooling does); PostgreSQL (trust on loopback) and pgbouncer
+# (auth_type = trust) never ask for it.
+BENCH_PASSWORD = "pgstepup-bench"
+
+# pgbouncer's default_pool_size here, and pgstepup's upstream.pool_size to match.
+PGBOUNCER_POOL_SIZE = 40
+
+
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """PostgreSQL's SCRAM-SHA-256 verifier for `password` (RFC 5802, as pg_authid stores it)."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = lambda b: base64.b64encode(b).decode()
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
 def client_env(sslmode: str) -> dict:
     """Environment for pgbench/psql: drop inherited libpq settings that could skew runs."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["PGSSLMODE"] = sslmode
     env["PGCONNECT_TIMEOUT"] = "10"
     env["PGAPPNAME"] = "pgstepup-bench"
+    env["PGPASSWORD"] = BENCH_PASSWORD
     return env
 
 
@@ -405,7 +431,8 @@ class Ctx:
                            "pass --proxy-user")
 
     def start_pgbouncer(self, max_client_conn: int = 200,
-                        default_pool_size: int = 40, wrap: tuple[str, ...] = ()) -> Target:
+                        default_pool_size: int = PGBOUNCER_POOL_SIZE,
+                        wrap: tuple[str, ...] = ()) -> Target:
         """`wrap`: a command prefix (such as valgrind and its options)."""
         user = self._proxy_user()
         d = self.pm.mkdtemp("pgstepup-bench-pgbouncer-", owner=user)
@@ -454,8 +481,10 @@ log_stats = 0
         self.verify_target(t)
         return t
 
-    def start_pgstepup(self, wrap: tuple[str, ...] = ()) -> Optional[Target]:
-        """`wrap`: a command prefix (such as valgrind and its options)."""
+    def start_pgstepup(self, wrap: tuple[str, ...] = (), scram: bool = True) -> Optional[Target]:
+        """`wrap`: a command prefix (such as valgrind and its options). `scram=False`: the
+        upstream's own authentication relayed (passthrough), for clients that speak no SCRAM;
+        upstream connections are then never reused."""
         if not self.pgstepup:
             return None
         d = self.pm.mkdtemp("pgstepup-bench-pgstepup-")
@@ -476,7 +505,16 @@ log_stats = 0
             'kinds = ["write", "ddl"]\naction = "allow"\n')
         proxy = (f'[proxy]\nunix_socket_dir = "{d}"\n'
                  if getattr(self.args, "client_socket", False) else "")
-        (d / "pgstepup.toml").write_text(f'{proxy}[policy]\nfile = "{d / "policy.toml"}"\n')
+        # SCRAM against a verifier file (pgbouncer's auth_file format), so pgstepup keeps
+        # upstream connections for the next client as pgbouncer does; as many as pgbouncer's
+        # pool holds, none with --pgbouncer-fresh-backends.
+        (d / "userlist.txt").write_text(f'"{self.user}" "{scram_verifier(BENCH_PASSWORD)}"\n')
+        fresh = getattr(self.args, "pgbouncer_fresh_backends", False)
+        pool_size = 0 if fresh else PGBOUNCER_POOL_SIZE
+        auth = f'[auth]\nfile = "{d / "userlist.txt"}"\n' if scram else ""
+        (d / "pgstepup.toml").write_text(
+            f'{proxy}[policy]\nfile = "{d / "policy.toml"}"\n{auth}'
+            f'[upstream]\npool_size = {pool_size}\n')
         cmd = list(wrap) + [self.pgstepup, "serve", "--config", str(d / "pgstepup.toml"),
                "--listen", f"127.0.0.1:{port}", "--upstream", upstream,
                "--web-listen", "127.0.0.1:0", "--admin-socket", str(d / "admin.sock"),
@@ -485,7 +523,10 @@ log_stats = 0
         env["RUST_LOG"] = "warn"
         m = self.pm.start("pgstepup", cmd, d / "pgstepup.log", env=env)
         t = Target("pgstepup", self._client_host(d), port, m, {"binary": self.pgstepup,
-                                                       "command": cmd})
+                                                       "command": cmd,
+                                                       "auth": ("scram (verifier file)" if scram
+                                                                else "passthrough"),
+                                                       "upstream_pool_size": pool_size})
         wait_port("127.0.0.1", port, m, timeout=120 if wrap else 30)
         self.verify_target(t)
         return t

@@ -367,7 +367,8 @@ def main():
                     t = ctx.start_pgbouncer(max_client_conn=max(n + 10, 200),
                                             default_pool_size=n + 10)
                 else:
-                    t = ctx.start_pgstepup()
+                    # Passthrough: these raw clients speak no SCRAM (and stay connected).
+                    t = ctx.start_pgstepup(scram=False)
                 try:
                     H.log(f"round {rnd + 1}: {tn}: opening {n} idle connections")
                     rec = measure(ctx, t, n, args)

@@ -340,7 +340,10 @@ def write_markdown(path, meta, summary, target_names):
            if p.get("pgbouncer_fresh_backends") else
            "; backends kept, warm, between pgbench runs)"),
         f"- pgstepup: git commit {v['pgstepup_git_commit']}"
-        + (f", binary `{v['pgstepup_binary']}` ({v.get('pgstepup_version')})"
+        + (f", binary `{v['pgstepup_binary']}` ({v.get('pgstepup_version')}), scram auth, "
+           + ("upstream.pool_size=0: a new backend per client connection"
+              if p.get("pgbouncer_fresh_backends") else
+              "upstream.pool_size=40: backends kept, warm, between pgbench runs")
            if v.get("pgstepup_binary") else ", **not run** (--no-pgstepup)"),
         f"- parameters: duration {p['duration']} s × rounds {p['rounds']}, "
         f"scale {p['scale']}, clients {','.join(map(str, p['clients']))}, "
