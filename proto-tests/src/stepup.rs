@@ -128,6 +128,18 @@ impl WebClient {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The Prometheus text exposition at `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post_raw(path, serde_json::to_vec(body).unwrap()).await
     }

@@ -19,15 +19,7 @@ struct Scrape(prometheus_parse::Scrape);
 
 impl Scrape {
     async fn of(web: &WebClient) -> Self {
-        let text = web
-            .http
-            .get(format!("{}/metrics", web.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = web.metrics_text().await;
         let lines = text.lines().map(|l| Ok(l.to_owned()));
         Scrape(prometheus_parse::Scrape::parse(lines).expect("valid exposition format"))
     }

@@ -55,18 +55,19 @@ async fn say_goodbye(client: tokio_postgres::Client, web: &WebClient, parked: f6
 }
 
 async fn metric(web: &WebClient, name: &str) -> f64 {
-    let text = web
-        .http
-        .get(format!("{}/metrics", web.base))
-        .send()
+    web.metrics_text()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("{name} in the metrics"))
+}
+
+/// Connects, notes the backend's pid, and says goodbye: the backend is then parked.
+async fn parked_backend(proxy: &TestProxy, web: &WebClient, application_name: &str) -> i32 {
+    let client = connect(proxy, application_name).await;
+    let pid = backend_pid(&client).await;
+    say_goodbye(client, web, 1.0).await;
+    pid
 }
 
 async fn backend_alive(pid: i32) -> bool {
@@ -187,14 +188,7 @@ async fn a_client_leaving_mid_transaction_or_mid_batch_takes_its_backend_with_it
             break;
         }
     }
-    raw.queue_frame(&Frame::new(tag::TERMINATE, &[]));
-    raw.flush().await.unwrap();
-    drop(raw);
-    wait_for_no_clients(&web).await;
-    assert_eq!(
-        metric(&web, "pgstepup_upstream_idle_connections").await,
-        0.0
-    );
+    leaves_nothing_parked(raw, &web).await;
     // Even a batch that changed nothing yet (a Parse, answered) leaves the backend waiting
     // for its Sync: not reused either. (The INSERT above would also make this server's
     // DISCARD ALL fail, "cannot run inside a pipeline"; older servers would run it, and
@@ -204,14 +198,7 @@ async fn a_client_leaving_mid_transaction_or_mid_batch_takes_its_backend_with_it
     raw.queue_frame(&Frame::new(tag::FLUSH, &[]));
     raw.flush().await.unwrap();
     assert_eq!(raw.read_frame().await.unwrap().tag(), b'1', "ParseComplete");
-    raw.queue_frame(&Frame::new(tag::TERMINATE, &[]));
-    raw.flush().await.unwrap();
-    drop(raw);
-    wait_for_no_clients(&web).await;
-    assert_eq!(
-        metric(&web, "pgstepup_upstream_idle_connections").await,
-        0.0
-    );
+    leaves_nothing_parked(raw, &web).await;
 
     let after = connect(&proxy, "reuse-mid").await;
     assert_ne!(backend_pid(&after).await, pid);
@@ -234,9 +221,14 @@ async fn a_client_leaving_mid_transaction_or_mid_batch_takes_its_backend_with_it
     );
 }
 
-async fn wait_for_no_clients(web: &WebClient) {
+/// Sends Terminate and checks that, once the session has ended, no backend is kept.
+async fn leaves_nothing_parked(mut raw: Connection, web: &WebClient) {
+    raw.queue_frame(&Frame::new(tag::TERMINATE, &[]));
+    raw.flush().await.unwrap();
+    drop(raw);
     for _ in 0..100 {
         if metric(web, "pgstepup_client_connections").await == 0.0 {
+            assert_eq!(metric(web, "pgstepup_upstream_idle_connections").await, 0.0);
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -288,9 +280,7 @@ async fn a_parked_backend_the_server_ended_is_not_handed_out() {
     app_role().await;
     let proxy = proxy(|_| {});
     let web = WebClient::of(&proxy);
-    let first = connect(&proxy, "reuse-killed").await;
-    let pid = backend_pid(&first).await;
-    say_goodbye(first, &web, 1.0).await;
+    let pid = parked_backend(&proxy, &web, "reuse-killed").await;
     admin_client("postgres")
         .await
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
@@ -310,9 +300,7 @@ async fn an_unused_parked_backend_closes_after_the_idle_timeout() {
     app_role().await;
     let proxy = proxy(|c| c.upstream.pool_idle_timeout_secs = 1);
     let web = WebClient::of(&proxy);
-    let first = connect(&proxy, "reuse-timeout").await;
-    let pid = backend_pid(&first).await;
-    say_goodbye(first, &web, 1.0).await;
+    let pid = parked_backend(&proxy, &web, "reuse-timeout").await;
     for _ in 0..100 {
         if !backend_alive(pid).await {
             assert_eq!(
