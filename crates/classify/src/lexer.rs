@@ -501,10 +501,9 @@ fn fast_shape(
     literal: impl FnMut(Literal, usize, usize),
 ) -> Option<()> {
     // Built as bytes: copying and folding runs of bytes is far cheaper than pushing chars.
-    let mut buf = std::mem::take(out).into_bytes();
-    buf.clear();
-    let shaped = fast_shape_bytes(sql, &mut buf, literal);
-    match String::from_utf8(buf) {
+    let mut shape = ShapeOut::new(std::mem::take(out).into_bytes(), sql.len());
+    let shaped = fast_shape_bytes(sql, &mut shape, literal);
+    match String::from_utf8(shape.finish()) {
         Ok(shape) => {
             *out = shape;
             shaped
@@ -517,7 +516,7 @@ fn fast_shape(
 
 fn fast_shape_bytes(
     sql: &str,
-    out: &mut Vec<u8>,
+    out: &mut ShapeOut,
     mut literal: impl FnMut(Literal, usize, usize),
 ) -> Option<()> {
     let bytes = sql.as_bytes();
@@ -539,8 +538,8 @@ fn fast_shape_bytes(
         }
         let start = i;
         if b == b';' {
-            separate_bytes(out);
-            out.push(b';');
+            out.separate();
+            out.byte(b';');
             at_start = true;
             i += 1;
             continue;
@@ -566,8 +565,8 @@ fn fast_shape_bytes(
             {
                 return None;
             }
-            separate_bytes(out);
-            push_folded(out, &bytes[start..], word.len());
+            out.separate();
+            out.folded(&bytes[start..], word.len());
             continue;
         }
         if at_start {
@@ -577,8 +576,8 @@ fn fast_shape_bytes(
             b'\'' => {
                 i = quoted_end(bytes, i)?;
                 literal(Literal::Str, start, i);
-                separate_bytes(out);
-                out.push(b'?');
+                out.separate();
+                out.byte(b'?');
             }
             b'"' => {
                 i = quoted_end(bytes, i)?;
@@ -589,8 +588,8 @@ fn fast_shape_bytes(
                 {
                     return None;
                 }
-                separate_bytes(out);
-                out.extend_from_slice(quoted.as_bytes());
+                out.separate();
+                out.bytes(quoted.as_bytes());
             }
             b'0'..=b'9' => {
                 while at(i).is_ascii_digit() {
@@ -610,21 +609,21 @@ fn fast_shape_bytes(
                 if i == integer_end {
                     literal(Literal::Integer, start, i);
                 }
-                separate_bytes(out);
-                out.push(b'?');
+                out.separate();
+                out.byte(b'?');
             }
             b'$' if at(i + 1).is_ascii_digit() => {
                 i += 1;
                 while at(i).is_ascii_digit() {
                     i += 1;
                 }
-                separate_bytes(out);
-                out.extend_from_slice(&bytes[start..i]);
+                out.separate();
+                out.bytes(&bytes[start..i]);
             }
             b':' if at(i + 1) == b':' => {
                 i += 2;
-                separate_bytes(out);
-                out.extend_from_slice(b"::");
+                out.separate();
+                out.bytes(b"::");
             }
             _ if is(b, OPERATOR) => {
                 if b == b'/' && at(i + 1) == b'*' {
@@ -636,15 +635,15 @@ fn fast_shape_bytes(
                 {
                     i += 1;
                 }
-                separate_bytes(out);
-                out.extend_from_slice(&bytes[start..i]);
+                out.separate();
+                out.bytes(&bytes[start..i]);
             }
             b'.' if at(i + 1).is_ascii_digit() => return None,
             b'$' | 0x80.. => return None,
             _ => {
                 i += 1;
-                separate_bytes(out);
-                out.extend_from_slice(&bytes[start..i]);
+                out.separate();
+                out.bytes(&bytes[start..i]);
             }
         }
     }
@@ -721,25 +720,60 @@ fn ascii_word_len(bytes: &[u8]) -> usize {
     bytes.len()
 }
 
-/// Appends the ASCII word of `word_len` bytes that `text` starts with, folded to lower case,
-/// eight bytes at a time (read past the word where the text goes on: whole loads are cheap,
-/// padded ones are not).
-fn push_folded(out: &mut Vec<u8>, text: &[u8], word_len: usize) {
-    let end = out.len() + word_len;
-    let mut at = 0;
-    while at < word_len {
-        let x = load(&text[at..]);
-        let upper = within(x & !HIGH_BITS, b'A', b'Z') & !x;
-        out.extend_from_slice(&(x | (upper >> 2)).to_le_bytes());
-        at += 8;
-    }
-    // Whole words were written; cut off what followed the word.
-    out.truncate(end);
+/// The fast path's output: a buffer sized once for the longest shape a text can have and
+/// written by index, so a token costs no capacity check and a folded word is whole 8-byte
+/// stores.
+struct ShapeOut {
+    buf: Vec<u8>,
+    len: usize,
 }
 
-fn separate_bytes(out: &mut Vec<u8>) {
-    if !out.is_empty() {
-        out.push(b' ');
+impl ShapeOut {
+    /// Every token adds at most its own length and one separator, and a word is written eight
+    /// bytes at a time (up to seven past its end, overwritten or cut off later): `2n + 8`.
+    fn new(mut buf: Vec<u8>, text_len: usize) -> Self {
+        let room = 2 * text_len + 8;
+        if buf.len() < room {
+            buf.resize(room, 0);
+        }
+        ShapeOut { buf, len: 0 }
+    }
+
+    /// Tokens in a shape are separated by one space.
+    fn separate(&mut self) {
+        if self.len > 0 {
+            self.byte(b' ');
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// The ASCII word of `word_len` bytes that `text` starts with, folded to lower case,
+    /// eight bytes at a time (read past the word where the text goes on: whole loads are
+    /// cheap, padded ones are not).
+    fn folded(&mut self, text: &[u8], word_len: usize) {
+        let mut at = 0;
+        while at < word_len {
+            let x = load(&text[at..]);
+            let upper = within(x & !HIGH_BITS, b'A', b'Z') & !x;
+            let to = self.len + at;
+            self.buf[to..to + 8].copy_from_slice(&(x | (upper >> 2)).to_le_bytes());
+            at += 8;
+        }
+        self.len += word_len;
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.buf.truncate(self.len);
+        self.buf
     }
 }
 

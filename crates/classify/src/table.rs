@@ -15,18 +15,17 @@ pub struct TableName {
 impl TableName {
     /// Builds from parser parts (`db.schema.table` keeps the last two).
     pub(crate) fn from_object_name(name: &ObjectName) -> Option<Self> {
-        let parts: Vec<String> = name
-            .0
-            .iter()
-            .map(|p| match p {
-                ObjectNamePart::Identifier(ident) => Some(fold(ident)),
-                ObjectNamePart::Function(_) => None,
-            })
-            .collect::<Option<_>>()?;
-        let (name, rest) = parts.split_last()?;
+        // The last two parts, folded as they go by (no list of all parts, no copies).
+        let (mut schema, mut last) = (None, None);
+        for part in &name.0 {
+            let ObjectNamePart::Identifier(ident) = part else {
+                return None;
+            };
+            schema = last.replace(fold(ident));
+        }
         Some(TableName {
-            schema: rest.last().cloned(),
-            name: name.clone(),
+            schema,
+            name: last?,
         })
     }
 }
