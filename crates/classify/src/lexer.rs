@@ -388,6 +388,9 @@ fn full_shape_into(sql: &str, out: &mut String) -> Result<(), LexError> {
 /// The longest text a [`ShapeTemplate`] keeps.
 const MAX_TEMPLATE_TEXT: usize = 512;
 
+/// A shape buffer larger than this is not reused for the next text.
+const MAX_KEPT_SHAPE_BUFFER: usize = 4 * 1024;
+
 /// A literal the fast path hides, as a [`ShapeTemplate`] lets it vary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Literal {
@@ -468,6 +471,10 @@ impl ShapeTemplate {
 /// shape when the fast path took it and it is short enough to keep (otherwise it matches
 /// nothing).
 pub fn shape_into_template(sql: &str, template: &mut ShapeTemplate) -> Result<(), LexError> {
+    if template.shape.capacity() > MAX_KEPT_SHAPE_BUFFER {
+        // Grown by one long text: a session keeps several templates, each only small.
+        template.shape = String::new();
+    }
     template.matchable = false;
     template.literals.clear();
     let keep = sql.len() <= MAX_TEMPLATE_TEXT;
@@ -1148,9 +1155,12 @@ mod tests {
         shape_into_template("SET x = 1", &mut template).unwrap();
         assert!(!template.same_shape("SET x = 1") && !template.same_shape("SET x = 2"));
         assert_eq!(template.shape(), "set x = 1");
-        let long = format!("SELECT 1 FROM t WHERE a IN ({}1)", "1, ".repeat(400));
+        let long = format!("SELECT 1 FROM t WHERE a IN ({}1)", "1, ".repeat(4000));
         shape_into_template(&long, &mut template).unwrap();
         assert!(!template.same_shape(&long) && !template.is_matchable());
+        // Its large buffer is not kept for the next text.
+        shape_into_template("SELECT 1", &mut template).unwrap();
+        assert!(template.shape.capacity() <= MAX_KEPT_SHAPE_BUFFER);
         // A text that does not scan leaves a template that matches nothing.
         shape_into_template("SELECT 1", &mut template).unwrap();
         assert!(shape_into_template("SELECT 'open", &mut template).is_err());
