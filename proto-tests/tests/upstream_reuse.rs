@@ -2,8 +2,8 @@
 //! that says goodbye outside a transaction leaves its backend, reset by DISCARD ALL, to the
 //! next client of the same login; nothing of the first session shows in the second. A client
 //! that leaves mid-transaction or mid-batch, passthrough auth, and `pool_size = 0` never
-//! leave theirs; a parked backend the server ended is not handed out; an unused one closes
-//! after `pool_idle_timeout_secs`.
+//! leave theirs; a parked backend the server ended, or one that does not answer its check
+//! (frozen), is not handed out; an unused one closes after `pool_idle_timeout_secs`.
 
 use std::time::Duration;
 
@@ -313,4 +313,71 @@ async fn an_unused_parked_backend_closes_after_the_idle_timeout() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the parked backend was still open 10 s after a 1 s idle timeout");
+}
+
+#[tokio::test]
+async fn a_kept_backend_is_checked_after_the_check_delay_and_a_frozen_one_is_not_handed_out() {
+    app_role().await;
+    let proxy = proxy(|c| {
+        c.upstream.pool_check_delay_secs = 0;
+        c.upstream.connect_timeout_secs = 1;
+    });
+    let web = WebClient::of(&proxy);
+    let admin = admin_client("postgres").await;
+    let last_query = |pid: i32| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one("SELECT query FROM pg_stat_activity WHERE pid = $1", &[&pid])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+
+    // Healthy: checked with an empty query (the backend's last query), then reused.
+    let pid = parked_backend(&proxy, &web, "reuse-check").await;
+    assert_eq!(last_query(pid).await, "DISCARD ALL");
+    let second = connect(&proxy, "reuse-check").await;
+    assert_eq!(
+        last_query(pid).await,
+        "",
+        "the check ran before the client got it"
+    );
+    assert_eq!(backend_pid(&second).await, pid);
+    say_goodbye(second, &web, 1.0).await;
+
+    // Frozen (alive to the socket, answering nothing): a fresh login after the check times out.
+    signal(pid, "-STOP");
+    let thaw = Thaw(pid);
+    let fresh = tokio::time::timeout(Duration::from_secs(15), async {
+        let third = connect(&proxy, "reuse-check").await;
+        backend_pid(&third).await
+    })
+    .await
+    .expect("the client is not handed the frozen backend");
+    drop(thaw);
+    assert_ne!(fresh, pid);
+    assert_eq!(metric(&web, "pgstepup_upstream_reused_total").await, 1.0);
+    // The frozen backend was told to end: once thawed, it does.
+    while backend_alive(pid).await {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wakes a stopped backend when dropped, whatever the test's outcome.
+struct Thaw(i32);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: i32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {signal} {pid}");
 }

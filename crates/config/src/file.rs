@@ -109,6 +109,11 @@ pub struct UpstreamConfig {
     /// Seconds after its login past which a connection is closed rather than reused
     /// (pgbouncer's server_lifetime).
     pub pool_lifetime_secs: u64,
+    /// A pooled connection unused this many seconds is checked with an empty query before it
+    /// is handed out (pgbouncer's server_check_delay): a backend or network that died silently
+    /// costs one timeout (`connect_timeout_secs`) and a fresh login, not a hung client. 0 =
+    /// check every time.
+    pub pool_check_delay_secs: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -121,6 +126,7 @@ impl Default for UpstreamConfig {
             pool_size: 20,
             pool_idle_timeout_secs: 600,
             pool_lifetime_secs: 3600,
+            pool_check_delay_secs: 30,
         }
     }
 }
@@ -773,10 +779,12 @@ mod tests {
             (
                 c.upstream.pool_size,
                 c.upstream.pool_idle_timeout_secs,
-                c.upstream.pool_lifetime_secs
+                c.upstream.pool_lifetime_secs,
+                c.upstream.pool_check_delay_secs
             ),
-            (20, 600, 3600),
-            "pgbouncer's default_pool_size, server_idle_timeout and server_lifetime"
+            (20, 600, 3600, 30),
+            "pgbouncer's default_pool_size, server_idle_timeout, server_lifetime and \
+             server_check_delay"
         );
         for setting in ["pool_idle_timeout_secs", "pool_lifetime_secs"] {
             let f = write(&format!("[upstream]\n{setting} = 0\n"));

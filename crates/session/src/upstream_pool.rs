@@ -11,7 +11,8 @@
 //! Each session thread keeps its own connections (they are registered with the runtime that
 //! opened them). A connection is not reused once it has been idle past
 //! `upstream.pool_idle_timeout_secs` or open past `upstream.pool_lifetime_secs`, nor when the
-//! server sent anything while it was parked (a FATAL, or a close).
+//! server sent anything while it was parked (a FATAL, or a close), nor when, parked longer
+//! than `upstream.pool_check_delay_secs`, it does not answer an empty query in time.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub(crate) struct UpstreamPool {
     per_thread: usize,
     idle_timeout: Duration,
     lifetime: Duration,
+    check_delay: Duration,
+    check_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -70,6 +73,8 @@ impl UpstreamPool {
             per_thread: size.div_ceil(config.worker_threads()),
             idle_timeout: Duration::from_secs(config.upstream.pool_idle_timeout_secs),
             lifetime: Duration::from_secs(config.upstream.pool_lifetime_secs),
+            check_delay: Duration::from_secs(config.upstream.pool_check_delay_secs),
+            check_timeout: Duration::from_secs(config.upstream.connect_timeout_secs),
             metrics,
         })
     }
@@ -86,17 +91,50 @@ impl UpstreamPool {
             })?;
             self.count_unparked();
             let Parked {
-                upstream, since, ..
+                mut upstream,
+                since,
+                ..
             } = found;
-            if now.duration_since(since) < self.idle_timeout
+            let idle = now.duration_since(since);
+            let usable = idle < self.idle_timeout
                 && now.duration_since(upstream.opened) < self.lifetime
                 && upstream.server.is_quiet()
-            {
+                && (idle < self.check_delay || self.answers(&mut upstream.server).await);
+            if usable {
                 self.metrics.upstream_reused_total.inc();
                 return Some(upstream);
             }
             close(upstream.server).await;
         }
+    }
+
+    /// Whether the server answers an empty query, idle, within the connect timeout: a
+    /// connection parked a while may have died without a word (a frozen backend, a network
+    /// that dropped it), which a peek at the socket cannot tell.
+    async fn answers(&self, server: &mut Connection) -> bool {
+        let check = async {
+            server.queue_frame(&Frame::new(tag::QUERY, &[0]));
+            server.flush().await.ok()?;
+            loop {
+                let frame = server.read_frame().await.ok()?;
+                match frame.tag() {
+                    tag::ERROR_RESPONSE => return None,
+                    tag::READY_FOR_QUERY => {
+                        return (frame.body().first() == Some(&b'I')).then_some(());
+                    }
+                    // EmptyQueryResponse, notices.
+                    _ => {}
+                }
+            }
+        };
+        let answered = matches!(
+            tokio::time::timeout(self.check_timeout, check).await,
+            Ok(Some(()))
+        );
+        if !answered {
+            tracing::info!("a kept upstream connection did not answer its check; closed");
+        }
+        answered
     }
 
     /// Resets `upstream` for the next client with `startup` and keeps it; closes it instead
