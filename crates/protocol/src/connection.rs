@@ -326,6 +326,13 @@ impl Connection {
         self.flush().await
     }
 
+    /// Ends a session with the server as a client does: Terminate after whatever is queued,
+    /// then a clean close.
+    pub async fn terminate(&mut self) {
+        self.queue_frame(&Frame::new(crate::tag::TERMINATE, &[]));
+        self.shutdown().await;
+    }
+
     /// Closes the write side cleanly (TLS close_notify included).
     pub async fn shutdown(&mut self) {
         let _ = self.flush().await;

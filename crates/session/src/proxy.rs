@@ -420,8 +420,7 @@ impl Session {
             | Ending::IdleTimeout => {
                 // Only whole frames were ever forwarded, so the server holds no half message;
                 // Terminate ends the session and rolls back an open transaction.
-                self.server.queue_frame(&Frame::new(tag::TERMINATE, &[]));
-                self.server.shutdown().await;
+                self.server.terminate().await;
                 self.client.shutdown().await;
             }
         }

@@ -99,42 +99,33 @@ impl UpstreamPool {
             let usable = idle < self.idle_timeout
                 && now.duration_since(upstream.opened) < self.lifetime
                 && upstream.server.is_quiet()
-                && (idle < self.check_delay || self.answers(&mut upstream.server).await);
+                && (idle < self.check_delay || self.answers(&mut upstream).await);
             if usable {
                 self.metrics.upstream_reused_total.inc();
                 return Some(upstream);
             }
-            close(upstream.server).await;
+            upstream.server.terminate().await;
         }
     }
 
     /// Whether the server answers an empty query, idle, within the connect timeout: a
     /// connection parked a while may have died without a word (a frozen backend, a network
     /// that dropped it), which a peek at the socket cannot tell.
-    async fn answers(&self, server: &mut Connection) -> bool {
-        let check = async {
-            server.queue_frame(&Frame::new(tag::QUERY, &[0]));
-            server.flush().await.ok()?;
-            loop {
-                let frame = server.read_frame().await.ok()?;
-                match frame.tag() {
-                    tag::ERROR_RESPONSE => return None,
-                    tag::READY_FOR_QUERY => {
-                        return (frame.body().first() == Some(&b'I')).then_some(());
-                    }
-                    // EmptyQueryResponse, notices.
-                    _ => {}
-                }
+    async fn answers(&self, upstream: &mut IdleUpstream) -> bool {
+        match tokio::time::timeout(self.check_timeout, exchange(upstream, "")).await {
+            Ok(Ok(())) => true,
+            Ok(Err(reason)) => {
+                tracing::info!(
+                    reason,
+                    "a kept upstream connection failed its check; closed"
+                );
+                false
             }
-        };
-        let answered = matches!(
-            tokio::time::timeout(self.check_timeout, check).await,
-            Ok(Some(()))
-        );
-        if !answered {
-            tracing::info!("a kept upstream connection did not answer its check; closed");
+            Err(_) => {
+                tracing::info!("a kept upstream connection did not answer its check; closed");
+                false
+            }
         }
-        answered
     }
 
     /// Resets `upstream` for the next client with `startup` and keeps it; closes it instead
@@ -144,17 +135,17 @@ impl UpstreamPool {
         let now = Instant::now();
         self.close_expired(now).await;
         if now.duration_since(upstream.opened) >= self.lifetime {
-            return close(upstream.server).await;
+            return upstream.server.terminate().await;
         }
-        match tokio::time::timeout(RESET_TIMEOUT, reset(&mut upstream)).await {
+        match tokio::time::timeout(RESET_TIMEOUT, exchange(&mut upstream, RESET)).await {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => {
                 tracing::info!(reason, "upstream connection not reused");
-                return close(upstream.server).await;
+                return upstream.server.terminate().await;
             }
             Err(_) => {
                 tracing::warn!("{RESET} took over {RESET_TIMEOUT:?}; upstream connection closed");
-                return close(upstream.server).await;
+                return upstream.server.terminate().await;
             }
         }
         let evicted = PARKED.with_borrow_mut(|parked| {
@@ -167,9 +158,9 @@ impl UpstreamPool {
         });
         self.metrics.upstream_connections.inc();
         self.metrics.upstream_idle_connections.inc();
-        if let Some(oldest) = evicted {
+        if let Some(mut oldest) = evicted {
             self.count_unparked();
-            close(oldest.upstream.server).await;
+            oldest.upstream.server.terminate().await;
         }
     }
 
@@ -183,9 +174,9 @@ impl UpstreamPool {
             *parked = kept;
             expired
         });
-        for p in expired {
+        for mut p in expired {
             self.count_unparked();
-            close(p.upstream.server).await;
+            p.upstream.server.terminate().await;
         }
     }
 
@@ -218,14 +209,13 @@ impl UpstreamPool {
     }
 }
 
-/// Runs the reset and reads its answer; the parameters the server reports on the way replace
-/// those of the login, so the next client is told the values it will really have.
-async fn reset(upstream: &mut IdleUpstream) -> Result<(), &'static str> {
+/// Runs `sql` as a simple query and reads its answer, which must end idle and without an
+/// error; the parameters the server reports on the way replace those of the login, so the
+/// next client is told the values it will really have.
+async fn exchange(upstream: &mut IdleUpstream, sql: &str) -> Result<(), &'static str> {
     let server = &mut upstream.server;
-    if !server.is_quiet() {
-        return Err("the server sent something while the client was leaving");
-    }
-    let mut query = RESET.as_bytes().to_vec();
+    let mut query = Vec::with_capacity(sql.len() + 1);
+    query.extend_from_slice(sql.as_bytes());
     query.push(0);
     server.queue_frame(&Frame::new(tag::QUERY, &query));
     server.flush().await.map_err(|_| "the server went away")?;
@@ -241,11 +231,12 @@ async fn reset(upstream: &mut IdleUpstream) -> Result<(), &'static str> {
             tag::READY_FOR_QUERY => {
                 return match (failed, frame.body().first()) {
                     (false, Some(b'I')) => Ok(()),
-                    (true, _) => Err("DISCARD ALL failed"),
-                    _ => Err("the server is not idle after DISCARD ALL"),
+                    (true, _) => Err("the query failed"),
+                    _ => Err("the server is not idle after it"),
                 };
             }
-            // CommandComplete, notices, notifications still pending before UNLISTEN.
+            // CommandComplete, EmptyQueryResponse, notices, notifications still pending
+            // before UNLISTEN.
             _ => {}
         }
     }
@@ -264,8 +255,35 @@ fn replace_parameter(relay: &mut Vec<Frame>, status: Frame) {
     }
 }
 
-/// Ends a connection as a client should: Terminate, then close.
-async fn close(mut server: Connection) {
-    server.queue_frame(&Frame::new(tag::TERMINATE, &[]));
-    server.shutdown().await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str, value: &str) -> Frame {
+        Frame::new(
+            tag::PARAMETER_STATUS,
+            format!("{name}\0{value}\0").as_bytes(),
+        )
+    }
+
+    #[test]
+    fn reported_parameters_replace_the_logins_by_name() {
+        let notice = Frame::new(tag::NOTICE_RESPONSE, b"SNOTICE\0\0");
+        let mut relay = vec![
+            status("in_hot_standby", "on"),
+            notice.clone(),
+            status("TimeZone", "UTC"),
+        ];
+        replace_parameter(&mut relay, status("in_hot_standby", "off"));
+        replace_parameter(&mut relay, status("application_name", "app"));
+        assert_eq!(
+            relay,
+            [
+                status("in_hot_standby", "off"),
+                notice,
+                status("TimeZone", "UTC"),
+                status("application_name", "app"),
+            ]
+        );
+    }
 }
