@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use pgstepup_classify::{Classification, Facet, Kind, TableName};
+use pgstepup_classify::{Classification, Facet, Kind, KindSet, TableName};
 
 use crate::glob;
 
@@ -54,8 +54,8 @@ pub struct Rule {
     pub name: String,
     /// Table patterns (`schema.table`, `table`, globs); empty = any statement.
     pub tables: Vec<String>,
-    /// Kinds; empty = any kind.
-    pub kinds: Vec<Kind>,
+    /// Kinds; empty = any kind (a bit set: each rule is tested for every statement's facets).
+    pub kinds: KindSet,
     /// Policy roles; empty = everyone.
     pub roles: Vec<String>,
     pub action: Action,
@@ -281,18 +281,22 @@ impl Policy {
     }
 
     fn rule_for(&self, facet: &Facet, subject: &Subject) -> Option<&Rule> {
-        self.rules
-            .iter()
-            .filter_map(|rule| Some((specificity(rule, facet, subject)?, rule)))
-            // max_by_key keeps the last maximum; iterate reversed so the earliest rule wins ties.
-            .rev()
-            .max_by_key(|(s, _)| *s)
-            .map(|(_, rule)| rule)
+        let mut best: Option<(Specificity, &Rule)> = None;
+        for rule in &self.rules {
+            let Some(this) = specificity(rule, facet, subject) else {
+                continue;
+            };
+            // Strictly greater: the earliest of equally specific rules wins.
+            if best.as_ref().is_none_or(|(most, _)| this > *most) {
+                best = Some((this, rule));
+            }
+        }
+        best.map(|(_, rule)| rule)
     }
 }
 
 fn specificity(rule: &Rule, facet: &Facet, subject: &Subject) -> Option<Specificity> {
-    if !rule.kinds.is_empty() && !rule.kinds.contains(&facet.kind) {
+    if !rule.kinds.is_empty() && !rule.kinds.contains(facet.kind) {
         return None;
     }
     if !rule.roles.is_empty() && !rule.roles.iter().any(|r| subject.roles.contains(r)) {
@@ -375,7 +379,7 @@ fn builtin_rules() -> Vec<Rule> {
     .map(|(kind, action, lifetime)| Rule {
         name: format!("default-{}", kind.name()),
         tables: Vec::new(),
-        kinds: vec![kind],
+        kinds: [kind].into_iter().collect(),
         roles: Vec::new(),
         action,
         lifetime,

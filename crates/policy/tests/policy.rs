@@ -125,6 +125,31 @@ fn most_specific_rule_wins_per_facet_and_strictest_facet_wins() {
 }
 
 #[test]
+fn the_earliest_of_equally_specific_rules_decides() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "first"
+tables = ["public.orders"]
+kinds = ["write"]
+action = "step_up"
+lifetime = "5m"
+
+[[rule]]
+name = "second"
+tables = ["public.orders"]
+kinds = ["write"]
+action = "step_up"
+lifetime = "30m"
+"#,
+    );
+    assert_eq!(
+        decide(&p, "bob", &[], "UPDATE public.orders SET n = 1"),
+        (Action::StepUp, "first".into())
+    );
+}
+
+#[test]
 fn roles_select_rules_and_can_bar_elevation() {
     let p = policy(POLICY);
     assert_eq!(p.roles_of("alice", &[]), vec!["oncall".to_owned()]);
