@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use crate::lexer::{self, LexError, ShapeTemplate};
 
-type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+type Map<K, V> = HashMap<Box<K>, V, foldhash::fast::RandomState>;
 
 /// How many recently scanned texts a memo keeps to compare new texts with: enough for the
 /// handful of statements a transaction or an ORM's unit of work repeats with new values.
@@ -21,8 +21,9 @@ pub struct ShapeMemo<V> {
     /// shape of the text last looked up when `shaped`. Reused, never shrunk.
     recent: Vec<ShapeTemplate>,
     shaped: bool,
-    exact: Map<V>,
-    shapes: Map<V>,
+    /// Keyed by the text's bytes, so a verbatim repeat is found before it is even decoded.
+    exact: Map<[u8], V>,
+    shapes: Map<str, V>,
     bytes: usize,
     max_bytes: usize,
 }
@@ -45,10 +46,22 @@ impl<V: Copy> ShapeMemo<V> {
     /// shape stays in the memo for [`ShapeMemo::last_shape`] and [`ShapeMemo::remember`];
     /// an error says the text does not scan (and nothing is remembered for it).
     pub fn get(&mut self, sql: &str) -> Result<Option<V>, LexError> {
-        self.shaped = false;
-        if let Some(value) = self.exact.get(sql) {
-            return Ok(Some(*value));
+        if let Some(value) = self.get_verbatim(sql.as_bytes()) {
+            return Ok(Some(value));
         }
+        self.get_by_shape(sql)
+    }
+
+    /// The value remembered for exactly this text (a text is only ever remembered as valid
+    /// UTF-8, so the caller need not decode `sql` first).
+    pub fn get_verbatim(&mut self, sql: &[u8]) -> Option<V> {
+        self.shaped = false;
+        self.exact.get(sql).copied()
+    }
+
+    /// [`ShapeMemo::get`] for a text [`ShapeMemo::get_verbatim`] just missed: by shape only.
+    pub fn get_by_shape(&mut self, sql: &str) -> Result<Option<V>, LexError> {
+        self.shaped = false;
         self.take_shape(sql)?;
         Ok(self.shapes.get(self.recent[0].shape()).copied())
     }
@@ -109,7 +122,7 @@ impl<V: Copy> ShapeMemo<V> {
         self.bytes += cost;
         self.shapes.insert(self.recent[0].shape().into(), value);
         if verbatim {
-            self.exact.insert(sql.into(), value);
+            self.exact.insert(sql.as_bytes().into(), value);
         }
     }
 
@@ -152,9 +165,18 @@ mod tests {
         let param = "SELECT b FROM t WHERE id = $1";
         memo.get(param).unwrap();
         memo.remember(param, 3);
-        assert!(memo.exact.contains_key(param) && !memo.exact.contains_key(first));
+        assert!(
+            memo.exact.contains_key(param.as_bytes()) && !memo.exact.contains_key(first.as_bytes())
+        );
         assert_eq!(memo.get(param), Ok(Some(3)));
         assert_eq!(memo.last_shape(), None);
+        // By its bytes too, before anyone decodes them; bytes that are not the text are not it.
+        assert_eq!(memo.get_verbatim(param.as_bytes()), Some(3));
+        assert_eq!(
+            memo.get_verbatim(&[param.as_bytes(), b"\xff"].concat()),
+            None
+        );
+        assert_eq!(memo.get_verbatim(first.as_bytes()), None);
         assert_eq!(memo.shape_of(param), Ok("select b from t where id = $1"));
         // Text that does not scan is neither found nor remembered.
         assert!(memo.get("SELECT 'open").is_err());

@@ -236,19 +236,30 @@ impl Gate {
         let mut repeatable = false;
         let (classification, sql) = match statement {
             Statement::Query { sql } | Statement::Parse { sql, .. } => {
-                let text = decode(sql);
-                // Not with an encoding that can hide quotes, nor for text that does not scan.
-                // On a miss the memo keeps the shape for the shared cache.
-                let remembered = match self.unsafe_encoding {
-                    None => self.recent_allowed.get(&text).ok().flatten(),
-                    Some(_) => None,
-                };
-                repeatable = self.unsafe_encoding.is_none()
-                    && matches!(text, Cow::Borrowed(_))
+                let memo_decides = self.unsafe_encoding.is_none()
                     && matches!(
                         statement,
                         Statement::Query { .. } | Statement::Parse { name: b"", .. }
                     );
+                // A verbatim repeat (what parameterised clients send) is found by its bytes,
+                // before decoding: only valid UTF-8 is ever remembered.
+                if let Some(kind) = memo_decides
+                    .then(|| self.recent_allowed.get_verbatim(sql))
+                    .flatten()
+                {
+                    self.context
+                        .metrics
+                        .statement(Action::Allow as usize, kind as usize);
+                    return Verdict::Forward;
+                }
+                let text = decode(sql);
+                // Not with an encoding that can hide quotes, nor for text that does not scan.
+                // On a miss the memo keeps the shape for the shared cache.
+                let remembered = match self.unsafe_encoding {
+                    None => self.recent_allowed.get_by_shape(&text).ok().flatten(),
+                    Some(_) => None,
+                };
+                repeatable = memo_decides && matches!(text, Cow::Borrowed(_));
                 if let (true, Some(kind)) = (repeatable, remembered) {
                     self.context
                         .metrics
