@@ -51,7 +51,9 @@ impl<const N: usize> StripedCounters<N> {
 
     /// Adds one to counter `index`.
     pub(crate) fn inc(&self, index: usize) {
-        match self.own.get(THREAD.with(|t| *t)) {
+        // A thread already tearing down its thread-locals counts in the shared row.
+        let thread = THREAD.try_with(|t| *t).unwrap_or(usize::MAX);
+        match self.own.get(thread) {
             Some(row) => {
                 // This thread is the row's only writer: a plain load and store, no locked
                 // instruction.
