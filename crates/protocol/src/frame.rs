@@ -141,6 +141,10 @@ impl<'a> FrameRef<'a> {
     /// after the NUL; `None` when there is no terminator.
     pub fn cstr_at(self, at: usize) -> Option<(&'a [u8], usize)> {
         let rest = self.body().get(at..)?;
+        // The unnamed statement and portal, the usual names: no search at all.
+        if rest.first() == Some(&0) {
+            return Some((&[], at + 1));
+        }
         // SQL text is most of a Query or Parse body: a vectorised search pays off.
         let nul = memchr::memchr(0, rest)?;
         Some((&rest[..nul], at + nul + 1))
@@ -179,5 +183,11 @@ mod tests {
         assert_eq!(f.body(), b"select 1\0");
         assert_eq!(f.cstr_at(0), Some((&b"select 1"[..], 9)));
         assert_eq!(f.cstr_at(9), None);
+        // A Bind to the unnamed portal of statement "s1".
+        let bind = Frame::new(tag::BIND, b"\0s1\0\0\0");
+        assert_eq!(bind.cstr_at(0), Some((&b""[..], 1)));
+        assert_eq!(bind.cstr_at(1), Some((&b"s1"[..], 4)));
+        assert_eq!(bind.cstr_at(4), Some((&b""[..], 5)));
+        assert_eq!(bind.cstr_at(7), None);
     }
 }
