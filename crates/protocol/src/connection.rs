@@ -157,6 +157,32 @@ impl Connection {
             .map(|total| FrameRef::new(&self.input()[..total])))
     }
 
+    /// The whole frames at the front of the buffer whose tags `untouched` accepts, as one run
+    /// of bytes (empty when the first frame is incomplete or not accepted): a relay copies
+    /// them to the other side at once, then [`Connection::consume`]s the run's length. The run
+    /// stops at the first other frame, at an incomplete or invalid one (which
+    /// [`Connection::peek_frame`] then reports), and once it holds at least the flush
+    /// threshold, so a long result still goes out in pieces.
+    pub fn peek_run(&self, untouched: impl Fn(u8) -> bool) -> &[u8] {
+        let input = self.input();
+        let mut run = 0;
+        while run < FLUSH_THRESHOLD {
+            let Some(header) = input.get(run..run + HEADER_LEN) else {
+                break;
+            };
+            let len = i32::from_be_bytes(header[1..].try_into().expect("4 bytes"));
+            if !untouched(header[0]) || len < 4 {
+                break;
+            }
+            let total = 1 + len as usize;
+            if total - 1 > self.max_frame || input.len() - run < total {
+                break;
+            }
+            run += total;
+        }
+        &input[..run]
+    }
+
     /// Drops a frame seen with [`Connection::peek_frame`] (`len`: its whole length).
     pub fn consume(&mut self, len: usize) {
         self.read_at += len;
@@ -439,6 +465,41 @@ mod tests {
             conn.wait_frame().await,
             Err(ConnectionError::TooLarge { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn runs_of_untouched_frames_are_peeked_as_one() {
+        let (mut conn, mut peer) = connected(64).await;
+        let not_ready = |tag: u8| tag != b'Z';
+        // ParseComplete, BindComplete, DataRow, ReadyForQuery, then a CommandComplete whose
+        // last byte has not arrived.
+        peer.write_all(b"1\0\0\0\x042\0\0\0\x04D\0\0\0\x06\0\0Z\0\0\0\x05IC\0\0\0\x08SEL")
+            .await
+            .unwrap();
+        conn.wait_frame().await.unwrap();
+        while conn.input().len() < 29 {
+            conn.fill().await.unwrap();
+        }
+        // The run stops before the frame the relay must look at.
+        assert_eq!(
+            conn.peek_run(not_ready),
+            b"1\0\0\0\x042\0\0\0\x04D\0\0\0\x06\0\0"
+        );
+        conn.consume(17);
+        assert!(conn.peek_run(not_ready).is_empty());
+        assert_eq!(conn.peek_frame().unwrap().unwrap().tag(), b'Z');
+        conn.consume(6);
+        // An incomplete frame is not part of a run.
+        assert!(conn.peek_run(not_ready).is_empty());
+        peer.write_all(b"T\0").await.unwrap();
+        conn.wait_frame().await.unwrap();
+        assert_eq!(conn.peek_run(not_ready), b"C\0\0\0\x08SELT");
+        conn.consume(9);
+        // Nor is one with an impossible length, or one past the limit: peek_frame reports those.
+        peer.write_all(b"D\0\0\0\x02").await.unwrap();
+        conn.fill().await.unwrap();
+        assert!(conn.peek_run(not_ready).is_empty());
+        assert!(conn.peek_frame().is_err());
     }
 
     #[tokio::test]

@@ -291,7 +291,21 @@ impl Session {
     /// Relays the whole server frames buffered, straight from the read buffer; stops early,
     /// returning true, when enough output is queued that it should go out first.
     pub(crate) fn relay_buffered_server_frames(&mut self) -> Result<bool, Ending> {
-        while let Some(frame) = self.server.peek_frame().map_err(|_| Ending::ServerGone)? {
+        loop {
+            // Frames pgstepup does not look into go to the client in one copy per run.
+            let run = self.server.peek_run(relayed_untouched);
+            if !run.is_empty() {
+                let len = run.len();
+                self.client.queue(run);
+                self.server.consume(len);
+                if self.client.should_flush() {
+                    return Ok(true);
+                }
+                continue;
+            }
+            let Some(frame) = self.server.peek_frame().map_err(|_| Ending::ServerGone)? else {
+                return Ok(false);
+            };
             let len = frame.as_bytes().len();
             relay_server_frame(
                 &mut self.gate,
@@ -304,7 +318,6 @@ impl Session {
                 return Ok(true);
             }
         }
-        Ok(false)
     }
 
     async fn on_client_input(&mut self, ready: Result<(), ConnectionError>) -> Result<(), Ending> {
@@ -473,6 +486,15 @@ fn route_client_frame(
 /// Queues one server frame for the client, keeping what the session tracks of the server's
 /// output (transaction status, completed cycles, settings that change how SQL reads), and
 /// swapping errors of refusal substitutes for pgstepup's own.
+/// Server messages [`relay_server_frame`] passes on as they are: every one but those it reads
+/// or rewrites.
+fn relayed_untouched(tag: u8) -> bool {
+    !matches!(
+        tag,
+        tag::BACKEND_KEY_DATA | tag::ERROR_RESPONSE | tag::READY_FOR_QUERY | tag::PARAMETER_STATUS
+    )
+}
+
 fn relay_server_frame(
     gate: &mut Gate,
     client: &mut Connection,
