@@ -1,5 +1,6 @@
 //! Framing: how fast a `Connection` frames what one read brings in and queues it for the
-//! other side, the way the session relays server output (in place, no allocation per frame).
+//! other side, the way the session relays server output (in place, no allocation per frame):
+//! frame by frame, and as runs of the frames the session does not look into.
 //! Real loopback sockets; a batch of frames per iteration amortises the two syscalls.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -59,6 +60,39 @@ fn relay(c: &mut Criterion) {
                             client_output.extend_from_slice(frame.as_bytes());
                             server_side.consume(len);
                             relayed += 1;
+                        }
+                    }
+                    client_output.clear();
+                })
+            })
+        },
+    );
+    group.bench_function(
+        "relay pgbench replies as runs (per batch of 800 frames)",
+        |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    peer.write_all(&batch).await.expect("write");
+                    let mut relayed = 0;
+                    while relayed < batch.len() {
+                        server_side.wait_frame().await.expect("frame");
+                        loop {
+                            // As the session does: ReadyForQuery is looked at, the rest not.
+                            let run = server_side.peek_run(|tag| tag != b'Z');
+                            let len = if run.is_empty() {
+                                match server_side.peek_frame().expect("valid") {
+                                    Some(frame) => {
+                                        client_output.extend_from_slice(frame.as_bytes());
+                                        frame.as_bytes().len()
+                                    }
+                                    None => break,
+                                }
+                            } else {
+                                client_output.extend_from_slice(run);
+                                run.len()
+                            };
+                            server_side.consume(len);
+                            relayed += len;
                         }
                     }
                     client_output.clear();
