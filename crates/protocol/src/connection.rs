@@ -64,6 +64,23 @@ pub struct Connection {
     max_frame: usize,
 }
 
+/// The whole length (tag included) of the frame whose header this is, checked: a length
+/// field below 4 or past `max_frame` is refused.
+fn frame_len(header: &[u8; HEADER_LEN], max_frame: usize) -> Result<usize, ConnectionError> {
+    let len = i32::from_be_bytes(header[1..].try_into().expect("4 bytes"));
+    if len < 4 {
+        return Err(ConnectionError::InvalidLength(len.into()));
+    }
+    let len = len as usize;
+    if len > max_frame {
+        return Err(ConnectionError::TooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    Ok(1 + len)
+}
+
 impl Connection {
     /// Wraps a stream; frames longer than `max_frame` bytes are refused.
     pub fn new(stream: Stream, max_frame: usize) -> Self {
@@ -167,18 +184,13 @@ impl Connection {
         let input = self.input();
         let mut run = 0;
         while run < FLUSH_THRESHOLD {
-            let Some(header) = input.get(run..run + HEADER_LEN) else {
+            let Some(header) = input[run..].first_chunk::<HEADER_LEN>() else {
                 break;
             };
-            let len = i32::from_be_bytes(header[1..].try_into().expect("4 bytes"));
-            if !untouched(header[0]) || len < 4 {
-                break;
+            match frame_len(header, self.max_frame) {
+                Ok(total) if untouched(header[0]) && input.len() - run >= total => run += total,
+                _ => break,
             }
-            let total = 1 + len as usize;
-            if total - 1 > self.max_frame || input.len() - run < total {
-                break;
-            }
-            run += total;
         }
         &input[..run]
     }
@@ -223,20 +235,10 @@ impl Connection {
     #[inline]
     fn whole_frame_len(&mut self) -> Result<Option<usize>, ConnectionError> {
         let input = self.input();
-        if input.len() < HEADER_LEN {
+        let Some(header) = input.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
-        }
-        let len = i32::from_be_bytes(input[1..5].try_into().expect("4 bytes"));
-        if len < 4 {
-            return Err(ConnectionError::InvalidLength(len.into()));
-        }
-        let total = 1 + len as usize;
-        if total - 1 > self.max_frame {
-            return Err(ConnectionError::TooLarge {
-                len: total - 1,
-                max: self.max_frame,
-            });
-        }
+        };
+        let total = frame_len(header, self.max_frame)?;
         if input.len() < total {
             if self.read_buf.capacity() - self.read_at < total {
                 self.make_room_for(total);

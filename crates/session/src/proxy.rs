@@ -483,11 +483,8 @@ fn route_client_frame(
     Route::Forwarded
 }
 
-/// Queues one server frame for the client, keeping what the session tracks of the server's
-/// output (transaction status, completed cycles, settings that change how SQL reads), and
-/// swapping errors of refusal substitutes for pgstepup's own.
-/// Server messages [`relay_server_frame`] passes on as they are: every one but those it reads
-/// or rewrites.
+/// Server messages passed on as they are, in runs: every one but those [`relay_server_frame`]
+/// reads or rewrites (the tags of its arms).
 fn relayed_untouched(tag: u8) -> bool {
     !matches!(
         tag,
@@ -495,12 +492,17 @@ fn relayed_untouched(tag: u8) -> bool {
     )
 }
 
+/// Queues one server frame for the client, keeping what the session tracks of the server's
+/// output (transaction status, completed cycles, settings that change how SQL reads), and
+/// swapping errors of refusal substitutes for pgstepup's own. Frames [`relayed_untouched`]
+/// accepts never come here whole: they go in runs.
 fn relay_server_frame(
     gate: &mut Gate,
     client: &mut Connection,
     transaction_status: &mut u8,
     frame: FrameRef<'_>,
 ) -> Result<(), Ending> {
+    debug_assert!(!relayed_untouched(frame.tag()), "relayed in a run");
     match frame.tag() {
         // Clients hold pgstepup's key, never the upstream's.
         tag::BACKEND_KEY_DATA => {}
@@ -520,6 +522,7 @@ fn relay_server_frame(
                 return Err(Ending::UnsafeSetting);
             }
         }
+        // A tag added to those looked at before it has an arm here passes on as it is.
         _ => client.queue(frame.as_bytes()),
     }
     Ok(())
