@@ -33,11 +33,15 @@ pub struct Certs {
 
 pub mod stepup;
 
-/// Makes the certificates once per test process.
+/// Makes the certificates once per test process, in a directory of its own that also holds
+/// its audit files.
 pub fn certs() -> &'static Certs {
     static CERTS: OnceLock<Certs> = OnceLock::new();
     CERTS.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("pgstepup-certs-{}", std::process::id()));
+        // Process ids come round again (pid_max is 32768 here): a directory left by an
+        // earlier process with this id would hand its audit records to this one.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         make_certs(&dir);
         Certs {
