@@ -4,7 +4,8 @@
 //! catalog query, and sqlparser's own parse for comparison.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use pgstepup_classify::{classify, lexer, Classifier, ShapeMemo};
+use pgstepup_classify::lexer::{self, ShapeTemplate};
+use pgstepup_classify::{classify, Classifier, ShapeMemo};
 use pgstepup_policy::{Policy, Subject};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -20,17 +21,18 @@ fn decide(c: &mut Criterion) {
     let policy = Policy::builtin();
     let subject = Subject::default();
     let classifier = Classifier::new(10_000, Vec::new());
-    let mut scratch = String::new();
+    let mut scratch = ShapeTemplate::default();
     classifier.classify(PGBENCH_SELECT, &mut scratch);
+    let mut shape = String::new();
     // Simple-protocol clients inline a different literal every time; the shape still hits.
     let other_literal = "SELECT abalance FROM pgbench_accounts WHERE aid = 7;";
     c.bench_function("shape scan (pgbench select)", |b| {
-        b.iter(|| lexer::shape_into(std::hint::black_box(other_literal), &mut scratch).is_ok())
+        b.iter(|| lexer::shape_into(std::hint::black_box(other_literal), &mut shape).is_ok())
     });
     // What a session does for a statement it already allowed: one lookup in its own memo,
     // by shape when the literal changed, by exact text for a parameterised statement.
     let mut memo = ShapeMemo::new(16 * 1024);
-    let allowed = |sql: &str, scratch: &mut String| {
+    let allowed = |sql: &str, scratch: &mut ShapeTemplate| {
         policy
             .evaluate(&classifier.classify(sql, scratch), &subject)
             .action
@@ -82,13 +84,31 @@ fn decide(c: &mut Criterion) {
         "session memo hit by text (pgbench select, parameterised)",
         |b| b.iter(|| memo.get(std::hint::black_box(PGBENCH_SELECT_PARAMETERISED))),
     );
-    c.bench_function("cache hit + policy (pgbench select, new literal)", |b| {
-        b.iter(|| {
-            let classification =
-                classifier.classify(std::hint::black_box(other_literal), &mut scratch);
-            policy.evaluate(&classification, &subject).action
-        })
-    });
+    // A session's first sight of a statement another session classified: recalled by the
+    // text key, new integer each time, no scan.
+    let mut next = new_ids.iter().cycle();
+    c.bench_function(
+        "shared cache hit + policy (pgbench select, new integer, recalled)",
+        |b| {
+            b.iter(|| {
+                let sql = std::hint::black_box(next.next().expect("cycle"));
+                let classification = classifier.classify(sql, &mut scratch);
+                policy.evaluate(&classification, &subject).action
+            })
+        },
+    );
+    // A literal recall does not let vary (a decimal): scanned, then found by shape.
+    let mut next = decimals.iter().map(String::as_str).cycle();
+    c.bench_function(
+        "shared cache hit + policy (pgbench select, new decimal, scanned)",
+        |b| {
+            b.iter(|| {
+                let sql = std::hint::black_box(next.next().expect("cycle"));
+                let classification = classifier.classify(sql, &mut scratch);
+                policy.evaluate(&classification, &subject).action
+            })
+        },
+    );
     c.bench_function("miss: short statement (classify + policy)", |b| {
         b.iter(|| {
             policy
@@ -124,7 +144,7 @@ fn decide(c: &mut Criterion) {
             b.iter_batched(
                 || Classifier::new(256, Vec::new()),
                 |small| {
-                    let mut scratch = String::new();
+                    let mut scratch = ShapeTemplate::default();
                     for s in &statements {
                         small.classify(s, &mut scratch);
                     }

@@ -192,6 +192,15 @@ async fn metrics_move_by_exactly_what_happened() {
     let classified = delta("pgstepup_classification_cache_hits_total", &[])
         + delta("pgstepup_classification_cache_misses_total", &[]);
     assert_eq!(classified, 5.0);
+    // The second and third held statements differ from the first only in a literal: found
+    // by shape after the session's own byte comparison with the first.
+    let hits_by = |lookup: &str| {
+        delta(
+            "pgstepup_classification_cache_hits_total",
+            &[("lookup", lookup)],
+        )
+    };
+    assert_eq!((hits_by("shape"), hits_by("text")), (2.0, 0.0));
     // Sampled (one client message in 8, the first of a session always): at least one.
     assert!(delta("pgstepup_statement_overhead_seconds", &[]) >= 1.0);
     assert_eq!(after.value("pgstepup_ready", &[]), 1.0);
@@ -213,6 +222,20 @@ async fn metrics_move_by_exactly_what_happened() {
         }
     }
     assert_eq!(count(&orders).await, 2);
+
+    // Another session's first sight of a statement the first session ran, with another
+    // literal: recalled from the shared cache by its text, not scanned.
+    let (other, _notices) = connect_noticed(&proxy, "metrics-test-2").await;
+    other
+        .simple_query(&format!("SELECT count(*) + 70 FROM public.{orders}"))
+        .await
+        .unwrap();
+    let last = Scrape::of(&web).await;
+    let hits_since = |lookup: &str| {
+        let name = "pgstepup_classification_cache_hits_total";
+        last.value(name, &[("lookup", lookup)]) - after.value(name, &[("lookup", lookup)])
+    };
+    assert_eq!((hits_since("text"), hits_since("shape")), (1.0, 0.0));
 }
 
 #[tokio::test]

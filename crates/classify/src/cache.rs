@@ -1,46 +1,59 @@
-//! [`Classifier`]: classification behind a bounded, sharded cache keyed on statement shape.
-//! Lookups take one uncontended shard lock; the cache never holds more than its capacity.
+//! [`Classifier`]: classification behind a bounded, sharded cache. Lookups take one
+//! uncontended shard lock; the cache never holds more than its capacity. Two indexes: by
+//! statement shape, and by a key blind to integer and string literals ([`lexer::text_key`])
+//! whose entries keep the [`ShapeTemplate`] of a text classified before, so a text that differs
+//! from it only in those literals is recalled with a byte comparison instead of a scan.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 
-use crate::{classify, lexer, SharedClassification};
+use crate::lexer::{self, ShapeTemplate};
+use crate::{classify, SharedClassification};
 
 const SHARDS: usize = 16;
 
-/// Shape hash → (shape, classification).
-type Shard = Mutex<HashMap<u64, (Box<str>, SharedClassification), PreHashed>>;
+/// One shard of both indexes (an entry lives in the shard its own hash picks).
+#[derive(Default)]
+struct Entries {
+    /// Shape hash → (shape, classification).
+    shapes: HashMap<u64, (Box<str>, SharedClassification), PreHashed>,
+    /// Text key → (template of a text with that key, classification of its shape).
+    texts: HashMap<u64, (ShapeTemplate, SharedClassification), PreHashed>,
+}
 
 /// Classification with a shape-keyed cache.
 pub struct Classifier {
     read_only_functions: Vec<String>,
-    /// Keyed by the shape's hash (computed once, with a per-process random seed); the entry
-    /// keeps the shape itself, compared on every hit, so a collision is only ever a miss.
-    shards: Vec<Shard>,
+    /// Keyed by the shape's hash (computed once, with a per-process random seed) and by the
+    /// text key; an entry keeps its shape (or template), compared on every hit, so a
+    /// collision is only ever a miss.
+    shards: Vec<Mutex<Entries>>,
     per_shard: usize,
     /// Fast and seeded: the shape is compared on a hit anyway, so SipHash's strength buys
     /// nothing here but time.
     hasher: foldhash::fast::RandomState,
+    text_seed: u64,
 }
 
 impl Classifier {
-    /// A classifier holding at most `capacity` shapes; `read_only_functions` extends the
-    /// built-in list of side-effect-free functions.
+    /// A classifier holding at most `capacity` shapes and `capacity` recallable texts (each at
+    /// most [`lexer::MAX_TEMPLATE_TEXT`] bytes); `read_only_functions` extends the built-in
+    /// list of side-effect-free functions.
     pub fn new(capacity: usize, read_only_functions: Vec<String>) -> Self {
+        let hasher = foldhash::fast::RandomState::default();
         Classifier {
             read_only_functions,
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::default()))
-                .collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
-            hasher: foldhash::fast::RandomState::default(),
+            text_seed: hasher.hash_one("text keys"),
+            hasher,
         }
     }
 
-    /// Classifies `sql`, from the cache when a statement of the same shape was seen. `scratch`
-    /// is a caller-owned buffer reused for the shape.
-    pub fn classify(&self, sql: &str, scratch: &mut String) -> SharedClassification {
+    /// Classifies `sql`, from the cache when a statement of the same shape was seen.
+    /// `scratch` is a caller-owned template reused for the shape.
+    pub fn classify(&self, sql: &str, scratch: &mut ShapeTemplate) -> SharedClassification {
         self.classify_counted(sql, scratch).0
     }
 
@@ -48,34 +61,85 @@ impl Classifier {
     pub fn classify_counted(
         &self,
         sql: &str,
-        scratch: &mut String,
+        scratch: &mut ShapeTemplate,
     ) -> (SharedClassification, bool) {
-        if lexer::shape_into(sql, scratch).is_err() {
+        if let Some(recalled) = self.recall(sql, scratch) {
+            return (recalled, true);
+        }
+        if lexer::shape_into_template(sql, scratch).is_err() {
             // Text the scanner refuses is classified every time (it is rare and suspicious).
             return (self.classify_uncached(sql), false);
         }
-        self.classify_shaped(sql, scratch)
+        self.classify_template(sql, scratch)
     }
 
-    /// Classifies `sql` whose shape the caller already computed with [`lexer::shape_into`]
-    /// (so a session that keys its own cache on the shape scans the text once).
-    pub fn classify_shaped(&self, sql: &str, shape: &str) -> (SharedClassification, bool) {
+    /// The classification of `sql` when it differs from a text classified before only in
+    /// integer and string literals; that text's template (so `sql`'s shape) is copied into
+    /// `template`. No scan: a hash and a byte comparison.
+    pub fn recall(&self, sql: &str, template: &mut ShapeTemplate) -> Option<SharedClassification> {
+        if sql.len() > lexer::MAX_TEMPLATE_TEXT {
+            return None;
+        }
+        let key = lexer::text_key(sql.as_bytes(), self.text_seed);
+        let entries = self.shard(key).lock().expect("cache shard");
+        let (known, classification) = entries.texts.get(&key)?;
+        if !known.same_shape(sql) {
+            return None;
+        }
+        template.copy_from(known);
+        Some(classification.clone())
+    }
+
+    /// Classifies `sql`, which `template` was just made from ([`lexer::shape_into_template`]),
+    /// and keeps the template for [`Classifier::recall`] when it can match other texts.
+    pub fn classify_template(
+        &self,
+        sql: &str,
+        template: &ShapeTemplate,
+    ) -> (SharedClassification, bool) {
+        let (classification, hit) = self.classify_shaped(sql, template.shape());
+        if template.is_matchable() {
+            let key = lexer::text_key(sql.as_bytes(), self.text_seed);
+            let mut entries = self.shard(key).lock().expect("cache shard");
+            // The first text with a key keeps it: texts that share a key but not a shape
+            // (`t1` and `t2`, or decimals) would otherwise replace each other, allocating
+            // every time.
+            if !entries.texts.contains_key(&key) {
+                if entries.texts.len() >= self.per_shard {
+                    entries.texts.clear();
+                }
+                entries
+                    .texts
+                    .insert(key, (template.clone(), classification.clone()));
+            }
+        }
+        (classification, hit)
+    }
+
+    /// Classifies `sql` whose shape the caller already computed with [`lexer::shape_into`].
+    fn classify_shaped(&self, sql: &str, shape: &str) -> (SharedClassification, bool) {
         debug_assert_eq!(lexer::shape(sql).as_deref(), Ok(shape));
         let hash = self.hasher.hash_one(shape);
-        let shard = &self.shards[(hash as usize) % SHARDS];
-        if let Some((cached, hit)) = shard.lock().expect("cache shard").get(&hash) {
+        let shard = self.shard(hash);
+        if let Some((cached, hit)) = shard.lock().expect("cache shard").shapes.get(&hash) {
             if **cached == *shape {
                 return (hit.clone(), true);
             }
         }
         let classification = self.classify_uncached(sql);
-        let mut map = shard.lock().expect("cache shard");
-        if map.len() >= self.per_shard {
+        let mut entries = shard.lock().expect("cache shard");
+        if entries.shapes.len() >= self.per_shard {
             // Bounded: start the shard afresh rather than track recency on every hit.
-            map.clear();
+            entries.shapes.clear();
         }
-        map.insert(hash, (shape.into(), classification.clone()));
+        entries
+            .shapes
+            .insert(hash, (shape.into(), classification.clone()));
         (classification, false)
+    }
+
+    fn shard(&self, hash: u64) -> &Mutex<Entries> {
+        &self.shards[(hash as usize) % SHARDS]
     }
 
     /// Classifies `sql` without the cache (text that does not scan, or an unsafe encoding).
@@ -83,11 +147,11 @@ impl Classifier {
         Arc::new(classify(sql, &self.read_only_functions))
     }
 
-    /// Entries currently cached.
+    /// Shapes currently cached.
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().expect("cache shard").len())
+            .map(|s| s.lock().expect("cache shard").shapes.len())
             .sum()
     }
 
@@ -116,5 +180,69 @@ impl Hasher for IdentityHasher {
 
     fn write_u64(&mut self, n: u64) {
         self.0 = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_like_one_classified_before_is_recalled_without_a_scan() {
+        let classifier = Classifier::new(64, Vec::new());
+        let mut template = ShapeTemplate::default();
+        let first = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213 AND note = 'a';";
+        assert!(classifier.recall(first, &mut template).is_none());
+        let (classified, hit) = classifier.classify_counted(first, &mut template);
+        assert!(!hit);
+        // Another session's template: only the literals changed.
+        let mut other = ShapeTemplate::default();
+        let next = "SELECT abalance FROM pgbench_accounts WHERE aid = 7 AND note = 'it''s';";
+        let recalled = classifier.recall(next, &mut other).expect("recalled");
+        assert!(Arc::ptr_eq(&recalled, &classified));
+        assert_eq!(other.shape(), template.shape());
+        assert!(other.same_shape(first) && other.same_shape(next));
+        // A name with other digits, or a literal recall does not let vary: not recalled (the
+        // decimal is then found by shape, after a scan).
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts2 WHERE aid = 7 AND note = 'x';",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 7.5 AND note = 'x';",
+        ] {
+            assert!(classifier.recall(sql, &mut other).is_none(), "{sql}");
+        }
+        let (by_shape, hit) = classifier.classify_counted(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 7.5 AND note = 'x';",
+            &mut other,
+        );
+        assert!(hit && Arc::ptr_eq(&by_shape, &classified));
+        // Same key (digits that are not a literal are left out of it too), other shape: the
+        // comparison refuses it.
+        classifier.classify("SELECT \"12\" FROM t WHERE id = 1", &mut template);
+        let quoted = "SELECT \"13\" FROM t WHERE id = 1";
+        let key = |sql: &str| lexer::text_key(sql.as_bytes(), classifier.text_seed);
+        assert_eq!(key(quoted), key("SELECT \"12\" FROM t WHERE id = 1"));
+        assert!(classifier.recall(quoted, &mut other).is_none());
+        // A text the fast path does not take is never kept for recall.
+        let set = "SET work_mem = 64";
+        classifier.classify_counted(set, &mut template);
+        assert!(classifier.recall("SET work_mem = 65", &mut other).is_none());
+    }
+
+    #[test]
+    fn recallable_texts_stay_bounded() {
+        let classifier = Classifier::new(32, Vec::new());
+        let mut scratch = ShapeTemplate::default();
+        for i in 0..1_000 {
+            classifier.classify(&format!("SELECT c{i} FROM t WHERE id = 1"), &mut scratch);
+        }
+        for shard in &classifier.shards {
+            let entries = shard.lock().expect("cache shard");
+            assert!(entries.texts.len() <= classifier.per_shard);
+            assert!(entries.shapes.len() <= classifier.per_shard);
+        }
+        // The last text is still there to recall.
+        assert!(classifier
+            .recall("SELECT c999 FROM t WHERE id = 2", &mut scratch)
+            .is_some());
     }
 }

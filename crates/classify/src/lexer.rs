@@ -386,7 +386,7 @@ fn full_shape_into(sql: &str, out: &mut String) -> Result<(), LexError> {
 }
 
 /// The longest text a [`ShapeTemplate`] keeps.
-const MAX_TEMPLATE_TEXT: usize = 512;
+pub const MAX_TEMPLATE_TEXT: usize = 512;
 
 /// A shape buffer larger than this is not reused for the next text.
 const MAX_KEPT_SHAPE_BUFFER: usize = 4 * 1024;
@@ -405,7 +405,7 @@ enum Literal {
 /// of digits, or another standard string) has the same shape: this is checked by comparing
 /// bytes, with no scan. It is how statements built by interpolating values (pgbench
 /// `-M simple`, ORMs and drivers that bind parameters on the client) skip the scanner.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ShapeTemplate {
     text: Vec<u8>,
     literals: Vec<(u16, u16, Literal)>,
@@ -464,6 +464,90 @@ impl ShapeTemplate {
     /// Whether the template can match texts (the fast path took its text, short enough).
     pub fn is_matchable(&self) -> bool {
         self.matchable
+    }
+
+    /// Makes this template a copy of `other`, reusing its own buffers.
+    pub fn copy_from(&mut self, other: &ShapeTemplate) {
+        self.text.clone_from(&other.text);
+        self.literals.clone_from(&other.literals);
+        self.shape.clone_from(&other.shape);
+        self.matchable = other.matchable;
+    }
+}
+
+/// A seeded hash of `sql` blind to the literals a [`ShapeTemplate`] lets vary: every text a
+/// template matches has the template's own text's key, so a cache keyed on it finds a
+/// template to compare with without scanning. Runs of digits that do not continue a word are
+/// left out, and so is everything from a single quote to the quote closing it (a doubled
+/// quote inside included). Texts with other shapes may share a key (`t1` and `t2`, say): the
+/// template's comparison tells them apart.
+pub fn text_key(sql: &[u8], seed: u64) -> u64 {
+    // One pass, eight bytes at a time: a word with none of those bytes is mixed in whole; in
+    // one with some, the bytes before the first are, and the literal is skipped. Where words
+    // start depends only on the bytes outside the literals, as the key must.
+    let mut key = KeyHasher(seed);
+    let mut at = 0;
+    while at < sql.len() {
+        let x = load_at(sql, at);
+        let y = x & !HIGH_BITS;
+        let found = (within(y, b'0', b'9') | equal(y, b'\'')) & !x & HIGH_BITS;
+        let before = (found.trailing_zeros() / 8) as usize;
+        let in_text = sql.len() - at;
+        if before >= in_text.min(8) {
+            key.mix(x);
+            at += 8;
+            continue;
+        }
+        if before > 0 {
+            key.mix(x & (u64::MAX >> (64 - 8 * before)));
+        }
+        let found = at + before;
+        at = if sql[found] == b'\'' {
+            key.mix(KeyHasher::LEFT_OUT - Literal::Str as u64);
+            quoted_end(sql, found).unwrap_or(sql.len())
+        } else if found > 0 && is(sql[found - 1], IDENT_CHAR) {
+            // A digit inside a name: part of the text.
+            key.mix(u64::from(sql[found]) << 8);
+            found + 1
+        } else {
+            key.mix(KeyHasher::LEFT_OUT - Literal::Integer as u64);
+            found
+                + sql[found..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count()
+        };
+    }
+    key.0
+}
+
+/// The eight bytes at `at` as a little-endian word, zeros past the end; near the end of a
+/// text of eight bytes or more, one load of its last eight bytes, shifted (no byte loop).
+fn load_at(bytes: &[u8], at: usize) -> u64 {
+    if at + 8 <= bytes.len() {
+        return u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
+    }
+    if bytes.len() >= 8 {
+        let last = bytes.len() - 8;
+        let word = u64::from_le_bytes(bytes[last..].try_into().expect("eight bytes"));
+        return word >> (8 * (at - last));
+    }
+    load(&bytes[at..])
+}
+
+/// The mixing behind [`text_key`]: a folded multiply per word (a collision only costs a
+/// comparison that fails, so speed beats strength here; the seed is per process).
+struct KeyHasher(u64);
+
+impl KeyHasher {
+    const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
+    /// Less the literal's kind, stands for a literal left out: no word of UTF-8 text is one
+    /// of these (bytes 0xfe and 0xff never occur in it).
+    const LEFT_OUT: u64 = u64::MAX;
+
+    fn mix(&mut self, word: u64) {
+        let product = u128::from(self.0 ^ word) * u128::from(Self::MULTIPLIER);
+        self.0 = (product as u64) ^ ((product >> 64) as u64);
     }
 }
 
@@ -1173,6 +1257,44 @@ mod tests {
     }
 
     #[test]
+    fn text_keys_are_blind_to_the_literals_a_template_lets_vary() {
+        let key = |sql: &str| text_key(sql.as_bytes(), 0x5eed);
+        let base = key("SELECT a FROM t1 WHERE id = 42 AND name = 'bob' LIMIT 10");
+        for same in [
+            "SELECT a FROM t1 WHERE id = 7 AND name = 'it''s' LIMIT 1000",
+            "SELECT a FROM t1 WHERE id = 123456789 AND name = '' LIMIT 0",
+            "SELECT a FROM t1 WHERE id = 0 AND name = '日本' LIMIT 3",
+        ] {
+            assert_eq!(key(same), base, "{same}");
+        }
+        for other in [
+            // Digits in a name, other words, another literal kind, spacing: other keys.
+            "SELECT a FROM t2 WHERE id = 42 AND name = 'bob' LIMIT 10",
+            "SELECT b FROM t1 WHERE id = 42 AND name = 'bob' LIMIT 10",
+            "SELECT a FROM t1 WHERE id = 4.2 AND name = 'bob' LIMIT 10",
+            "SELECT a FROM t1 WHERE id = 42 AND name = 'bob' LIMIT 10 ",
+            "SELECT a FROM t1 WHERE id = 'x' AND name = 'bob' LIMIT 10",
+            "SELECT a FROM t1 WHERE id = 42 AND name = 'bob' LIMIT $1",
+        ] {
+            assert_ne!(key(other), base, "{other}");
+        }
+        // Pieces cannot run into each other, and the seed matters.
+        assert_ne!(key("ab1c"), key("a1bc"));
+        assert_ne!(key("x = 1 AND y"), key("x = 1AND y"));
+        assert_ne!(text_key(b"SELECT 1", 1), text_key(b"SELECT 1", 2));
+        // Whatever the bytes, a key: unclosed quotes and non-ASCII included.
+        for odd in [
+            &b"'"[..],
+            b"x = 'open",
+            b"\xff\xfe'1",
+            b"",
+            b"12345678901234567",
+        ] {
+            text_key(odd, 0);
+        }
+    }
+
+    #[test]
     fn template_matches_agree_with_the_scanner() {
         let mut random = Random(0x9e37_79b9_7f4a_7c15);
         let (mut template, mut matched) = (ShapeTemplate::default(), 0);
@@ -1211,6 +1333,12 @@ mod tests {
                     assert_eq!(
                         shape(&variant).as_deref(),
                         Ok(template.shape()),
+                        "{sql:?} -> {variant:?}"
+                    );
+                    // What lets a cache keyed on the text find the template.
+                    assert_eq!(
+                        text_key(variant.as_bytes(), 7),
+                        text_key(sql.as_bytes(), 7),
                         "{sql:?} -> {variant:?}"
                     );
                 }

@@ -49,7 +49,7 @@ impl<V: Copy> ShapeMemo<V> {
         if let Some(value) = self.get_verbatim(sql.as_bytes()) {
             return Ok(Some(value));
         }
-        self.get_by_shape(sql)
+        self.get_by_shape(sql, |_, _| false)
     }
 
     /// The value remembered for exactly this text (a text is only ever remembered as valid
@@ -60,15 +60,26 @@ impl<V: Copy> ShapeMemo<V> {
     }
 
     /// [`ShapeMemo::get`] for a text [`ShapeMemo::get_verbatim`] just missed: by shape only.
-    pub fn get_by_shape(&mut self, sql: &str) -> Result<Option<V>, LexError> {
+    /// Before scanning a text none of the recent ones matches, `recall` may fill in the
+    /// template of a text of the same shape (from a cache shared with other owners), saying
+    /// whether it did.
+    pub fn get_by_shape(
+        &mut self,
+        sql: &str,
+        recall: impl FnOnce(&str, &mut ShapeTemplate) -> bool,
+    ) -> Result<Option<V>, LexError> {
         self.shaped = false;
-        self.take_shape(sql)?;
+        self.take_shape(sql, recall)?;
         Ok(self.shapes.get(self.recent[0].shape()).copied())
     }
 
-    /// Puts the shape of `sql` first in `recent`: from a recent text of the same shape, or by
-    /// a scan.
-    fn take_shape(&mut self, sql: &str) -> Result<(), LexError> {
+    /// Puts the shape of `sql` first in `recent`: from a recent text of the same shape, from
+    /// `recall`, or by a scan.
+    fn take_shape(
+        &mut self,
+        sql: &str,
+        recall: impl FnOnce(&str, &mut ShapeTemplate) -> bool,
+    ) -> Result<(), LexError> {
         match self.recent.iter().position(|t| t.same_shape(sql)) {
             Some(found) => self.recent[..=found].rotate_right(1),
             None => {
@@ -80,7 +91,9 @@ impl<V: Copy> ShapeMemo<V> {
                     }
                     self.recent.rotate_right(1);
                 }
-                lexer::shape_into_template(sql, &mut self.recent[0])?;
+                if !recall(sql, &mut self.recent[0]) {
+                    lexer::shape_into_template(sql, &mut self.recent[0])?;
+                }
             }
         }
         self.shaped = true;
@@ -92,13 +105,13 @@ impl<V: Copy> ShapeMemo<V> {
         self.shaped.then(|| self.recent[0].shape())
     }
 
-    /// The shape of `sql`, the text of the last [`ShapeMemo::get`]: taken now if that
-    /// found the text verbatim.
-    pub fn shape_of(&mut self, sql: &str) -> Result<&str, LexError> {
+    /// The template (with the shape) of `sql`, the text of the last [`ShapeMemo::get`]: taken
+    /// now if that found the text verbatim.
+    pub fn template_of(&mut self, sql: &str) -> Result<&ShapeTemplate, LexError> {
         if !self.shaped {
-            self.take_shape(sql)?;
+            self.take_shape(sql, |_, _| false)?;
         }
-        Ok(self.recent[0].shape())
+        Ok(&self.recent[0])
     }
 
     /// Remembers `value` for `sql`, the text of the last [`ShapeMemo::get`] that missed.
@@ -177,7 +190,10 @@ mod tests {
             None
         );
         assert_eq!(memo.get_verbatim(first.as_bytes()), None);
-        assert_eq!(memo.shape_of(param), Ok("select b from t where id = $1"));
+        assert_eq!(
+            memo.template_of(param).map(ShapeTemplate::shape),
+            Ok("select b from t where id = $1")
+        );
         // Text that does not scan is neither found nor remembered.
         assert!(memo.get("SELECT 'open").is_err());
         memo.remember("SELECT 'open", 9);
@@ -203,6 +219,31 @@ mod tests {
         assert_eq!(memo.get(&long), Ok(None));
         memo.clear();
         assert!(memo.is_empty());
+    }
+
+    #[test]
+    fn a_recalled_template_stands_in_for_the_scan() {
+        let mut memo = ShapeMemo::new(1024);
+        let mut known = ShapeTemplate::default();
+        lexer::shape_into_template("SELECT a FROM t WHERE id = 1", &mut known).unwrap();
+        let mut asked = 0;
+        let found = memo.get_by_shape("SELECT a FROM t WHERE id = 2", |_, template| {
+            asked += 1;
+            template.copy_from(&known);
+            true
+        });
+        assert_eq!(found, Ok(None));
+        assert_eq!(memo.last_shape(), Some("select a from t where id = ?"));
+        memo.remember("SELECT a FROM t WHERE id = 2", 4);
+        // The recalled template is one of the recent texts: the next literal needs no recall.
+        let found = memo.get_by_shape("SELECT a FROM t WHERE id = 3", |_, _| {
+            asked += 1;
+            false
+        });
+        assert_eq!((found, asked), (Ok(Some(4)), 1));
+        // Nothing recalled: the scan decides.
+        assert_eq!(memo.get_by_shape("SELECT b FROM t", |_, _| false), Ok(None));
+        assert_eq!(memo.last_shape(), Some("select b from t"));
     }
 
     #[test]

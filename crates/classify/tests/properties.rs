@@ -2,7 +2,7 @@
 //! shape are classified alike (so the shape-keyed cache is sound); and adding a harmless
 //! prefix or comment never weakens what a statement is found to do.
 
-use pgstepup_classify::lexer::shape;
+use pgstepup_classify::lexer::{shape, ShapeTemplate};
 use pgstepup_classify::{classify, Classification, Classifier, Kind};
 
 /// A small deterministic PRNG (xorshift), so failures reproduce.
@@ -110,7 +110,7 @@ fn same_shape_same_classification() {
 #[test]
 fn cache_hits_return_what_a_fresh_classification_would() {
     let classifier = Classifier::new(64, Vec::new());
-    let mut scratch = String::new();
+    let mut scratch = ShapeTemplate::default();
     let mut rng = Rng(0xfeed_beef_0000_0042);
     for _ in 0..400 {
         let template = *rng.pick(TEMPLATES);

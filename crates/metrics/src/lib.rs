@@ -102,7 +102,10 @@ pub struct Metrics {
     statements: StripedCounters<STATEMENT_SERIES>,
     /// From a statement's last byte read to its first byte written upstream.
     pub statement_overhead: Histogram,
-    pub cache_hits: IntCounter,
+    /// Shared-cache hits recalled by the text (only literals changed: no scan).
+    pub cache_hits_by_text: IntCounter,
+    /// Shared-cache hits found by the shape, after a scan.
+    pub cache_hits_by_shape: IntCounter,
     pub cache_misses: IntCounter,
     challenges: Vec<IntCounter>,
     pub held_statements: IntGauge,
@@ -167,6 +170,11 @@ impl Metrics {
             "pgstepup_statements_total",
             "Statements decided, by decision and kind.",
             &["decision", "kind"],
+        );
+        let cache_hits_vec = counter_vec(
+            "pgstepup_classification_cache_hits_total",
+            "Statements classified from the shared cache: by their text, recalled from one that differed only in integer and string literals (lookup=text, no scan), or by their shape after a scan (lookup=shape).",
+            &["lookup"],
         );
         let challenges_vec = counter_vec(
             "pgstepup_stepup_challenges_total",
@@ -237,10 +245,8 @@ impl Metrics {
                     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 1e-2, 0.1,
                 ],
             ),
-            cache_hits: counter(
-                "pgstepup_classification_cache_hits_total",
-                "Statements classified from the shape cache.",
-            ),
+            cache_hits_by_text: cache_hits_vec.with_label_values(&["text"]),
+            cache_hits_by_shape: cache_hits_vec.with_label_values(&["shape"]),
             cache_misses: counter(
                 "pgstepup_classification_cache_misses_total",
                 "Statements that had to be parsed.",

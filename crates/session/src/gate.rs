@@ -122,6 +122,9 @@ pub(crate) struct Gate {
     /// only the literals changed): no lock, no shared counter, no policy evaluation. Each with
     /// the kind that decided it, for the statement counters.
     recent_allowed: ShapeMemo<Kind>,
+    /// What the shared cache recalled for the statement being checked (filled while the memo
+    /// looks it up, so a text another session classified is not scanned here).
+    recalled: Option<Arc<Classification>>,
     /// Named prepared statements, looked up at every Bind.
     prepared: PreparedStatements,
     context: SessionContext,
@@ -160,6 +163,7 @@ impl Gate {
         let roles = active.policy.roles_of(&user, &upstream_roles);
         Gate {
             recent_allowed: ShapeMemo::new(RECENT_BYTES_MAX),
+            recalled: None,
             prepared: PreparedStatements::new(),
             context,
             store,
@@ -255,8 +259,18 @@ impl Gate {
                 let text = decode(sql);
                 // Not with an encoding that can hide quotes, nor for text that does not scan.
                 // On a miss the memo keeps the shape for the shared cache.
+                self.recalled = None;
                 let remembered = match self.unsafe_encoding {
-                    None => self.recent_allowed.get_by_shape(&text).ok().flatten(),
+                    None => {
+                        let (classifier, recalled) = (&self.active.classifier, &mut self.recalled);
+                        self.recent_allowed
+                            .get_by_shape(&text, |sql, template| {
+                                *recalled = classifier.recall(sql, template);
+                                recalled.is_some()
+                            })
+                            .ok()
+                            .flatten()
+                    }
                     Some(_) => None,
                 };
                 repeatable = memo_decides && matches!(text, Cow::Borrowed(_));
@@ -526,13 +540,17 @@ impl Gate {
             ));
         }
         let classifier = &self.active.classifier;
-        let (classification, hit) = match self.recent_allowed.shape_of(sql) {
-            Ok(shape) => classifier.classify_shaped(sql, shape),
+        let metrics = &self.context.metrics;
+        if let Some(recalled) = self.recalled.take() {
+            metrics.cache_hits_by_text.inc();
+            return recalled;
+        }
+        let (classification, hit) = match self.recent_allowed.template_of(sql) {
+            Ok(template) => classifier.classify_template(sql, template),
             Err(_) => (classifier.classify_uncached(sql), false),
         };
-        let metrics = &self.context.metrics;
         if hit {
-            metrics.cache_hits.inc();
+            metrics.cache_hits_by_shape.inc();
         } else {
             metrics.cache_misses.inc();
         }
