@@ -119,6 +119,24 @@ fn decide(c: &mut Criterion) {
                 .action
         })
     });
+    // What a miss costs in the session: the scan and the recall that find nothing, then the
+    // parse, the classification and both cache entries (a new table name every time).
+    let new_shapes: Vec<String> = (0..4096)
+        .map(|i| format!("SELECT abalance FROM pgbench_accounts_{i} WHERE aid = 48213;"))
+        .collect();
+    let mut next = new_shapes.iter().map(String::as_str).cycle();
+    let small = Classifier::new(256, Vec::new());
+    c.bench_function(
+        "miss through the cache: short statement (scan, classify, insert + policy)",
+        |b| {
+            b.iter(|| {
+                let sql = std::hint::black_box(next.next().expect("cycle"));
+                policy
+                    .evaluate(&small.classify(sql, &mut scratch), &subject)
+                    .action
+            })
+        },
+    );
     c.bench_function("miss: pgJDBC getColumns (classify + policy)", |b| {
         b.iter(|| {
             policy
