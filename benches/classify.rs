@@ -85,29 +85,25 @@ fn decide(c: &mut Criterion) {
         |b| b.iter(|| memo.get(std::hint::black_box(PGBENCH_SELECT_PARAMETERISED))),
     );
     // A session's first sight of a statement another session classified: recalled by the
-    // text key, new integer each time, no scan.
-    let mut next = new_ids.iter().cycle();
-    c.bench_function(
+    // text key when only an integer changed (no scan); a literal recall does not let vary (a
+    // decimal) is scanned, then found by shape.
+    let mut shared_hit = |name: &str, texts: Vec<&str>| {
+        let mut next = texts.into_iter().cycle();
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let sql = std::hint::black_box(next.next().expect("cycle"));
+                let classification = classifier.classify(sql, &mut scratch);
+                policy.evaluate(&classification, &subject).action
+            })
+        });
+    };
+    shared_hit(
         "shared cache hit + policy (pgbench select, new integer, recalled)",
-        |b| {
-            b.iter(|| {
-                let sql = std::hint::black_box(next.next().expect("cycle"));
-                let classification = classifier.classify(sql, &mut scratch);
-                policy.evaluate(&classification, &subject).action
-            })
-        },
+        new_ids.to_vec(),
     );
-    // A literal recall does not let vary (a decimal): scanned, then found by shape.
-    let mut next = decimals.iter().map(String::as_str).cycle();
-    c.bench_function(
+    shared_hit(
         "shared cache hit + policy (pgbench select, new decimal, scanned)",
-        |b| {
-            b.iter(|| {
-                let sql = std::hint::black_box(next.next().expect("cycle"));
-                let classification = classifier.classify(sql, &mut scratch);
-                policy.evaluate(&classification, &subject).action
-            })
-        },
+        decimals.iter().map(String::as_str).collect(),
     );
     c.bench_function("miss: short statement (classify + policy)", |b| {
         b.iter(|| {

@@ -105,12 +105,8 @@ impl Classifier {
             // (`t1` and `t2`, or decimals) would otherwise replace each other, allocating
             // every time.
             if !entries.texts.contains_key(&key) {
-                if entries.texts.len() >= self.per_shard {
-                    entries.texts.clear();
-                }
-                entries
-                    .texts
-                    .insert(key, (template.clone(), classification.clone()));
+                let entry = (template.clone(), classification.clone());
+                insert_bounded(&mut entries.texts, self.per_shard, key, entry);
             }
         }
         (classification, hit)
@@ -127,14 +123,9 @@ impl Classifier {
             }
         }
         let classification = self.classify_uncached(sql);
+        let entry = (shape.into(), classification.clone());
         let mut entries = shard.lock().expect("cache shard");
-        if entries.shapes.len() >= self.per_shard {
-            // Bounded: start the shard afresh rather than track recency on every hit.
-            entries.shapes.clear();
-        }
-        entries
-            .shapes
-            .insert(hash, (shape.into(), classification.clone()));
+        insert_bounded(&mut entries.shapes, self.per_shard, hash, entry);
         (classification, false)
     }
 
@@ -159,6 +150,15 @@ impl Classifier {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Inserts into a shard's map holding at most `limit` entries: a full map starts afresh
+/// rather than track recency on every hit.
+fn insert_bounded<V>(map: &mut HashMap<u64, V, PreHashed>, limit: usize, key: u64, value: V) {
+    if map.len() >= limit {
+        map.clear();
+    }
+    map.insert(key, value);
 }
 
 /// The keys are already hashes: hashing them again would only cost time.
