@@ -19,13 +19,21 @@ const RECENT_TEXTS: usize = 8;
 pub struct ShapeMemo<V> {
     /// The texts scanned last, most recent first, each with its shape; the first holds the
     /// shape of the text last looked up when `shaped`. Reused, never shrunk.
-    recent: Vec<ShapeTemplate>,
+    recent: Vec<Recent<V>>,
     shaped: bool,
     /// Keyed by the text's bytes, so a verbatim repeat is found before it is even decoded.
     exact: Map<[u8], V>,
     shapes: Map<str, V>,
     bytes: usize,
     max_bytes: usize,
+}
+
+/// A recently scanned text, and the value `shapes` holds for its shape once looked up (so a
+/// text matching it skips hashing the shape). Only ever a copy of what `shapes` holds:
+/// cleared with it, set only from it or together with it.
+struct Recent<V> {
+    template: ShapeTemplate,
+    value: Option<V>,
 }
 
 impl<V: Copy> ShapeMemo<V> {
@@ -70,7 +78,11 @@ impl<V: Copy> ShapeMemo<V> {
     ) -> Result<Option<V>, LexError> {
         self.shaped = false;
         self.take_shape(sql, recall)?;
-        Ok(self.shapes.get(self.recent[0].shape()).copied())
+        let first = &mut self.recent[0];
+        if first.value.is_none() {
+            first.value = self.shapes.get(first.template.shape()).copied();
+        }
+        Ok(first.value)
     }
 
     /// Puts the shape of `sql` first in `recent`: from a recent text of the same shape, from
@@ -80,19 +92,28 @@ impl<V: Copy> ShapeMemo<V> {
         sql: &str,
         recall: impl FnOnce(&str, &mut ShapeTemplate) -> bool,
     ) -> Result<(), LexError> {
-        match self.recent.iter().position(|t| t.same_shape(sql)) {
+        match self.recent.iter().position(|r| r.template.same_shape(sql)) {
             Some(found) => self.recent[..=found].rotate_right(1),
             None => {
                 // A text the fast path did not take (or too long to keep) matches nothing:
                 // let the next scan overwrite it rather than push out one that matches.
-                if self.recent.first().is_none_or(ShapeTemplate::is_matchable) {
+                if self
+                    .recent
+                    .first()
+                    .is_none_or(|r| r.template.is_matchable())
+                {
                     if self.recent.len() < RECENT_TEXTS {
-                        self.recent.push(ShapeTemplate::default());
+                        self.recent.push(Recent {
+                            template: ShapeTemplate::default(),
+                            value: None,
+                        });
                     }
                     self.recent.rotate_right(1);
                 }
-                if !recall(sql, &mut self.recent[0]) {
-                    lexer::shape_into_template(sql, &mut self.recent[0])?;
+                let first = &mut self.recent[0];
+                first.value = None;
+                if !recall(sql, &mut first.template) {
+                    lexer::shape_into_template(sql, &mut first.template)?;
                 }
             }
         }
@@ -102,7 +123,7 @@ impl<V: Copy> ShapeMemo<V> {
 
     /// The shape of the text of the last [`ShapeMemo::get`] that missed.
     pub fn last_shape(&self) -> Option<&str> {
-        self.shaped.then(|| self.recent[0].shape())
+        self.shaped.then(|| self.recent[0].template.shape())
     }
 
     /// The template (with the shape) of `sql`, the text of the last [`ShapeMemo::get`]: taken
@@ -111,7 +132,7 @@ impl<V: Copy> ShapeMemo<V> {
         if !self.shaped {
             self.take_shape(sql, |_, _| false)?;
         }
-        Ok(&self.recent[0])
+        Ok(&self.recent[0].template)
     }
 
     /// Remembers `value` for `sql`, the text of the last [`ShapeMemo::get`] that missed.
@@ -119,7 +140,7 @@ impl<V: Copy> ShapeMemo<V> {
         if !self.shaped {
             return;
         }
-        let shape = self.recent[0].shape();
+        let shape = self.recent[0].template.shape();
         let shape_len = shape.len();
         if shape_len * 8 > self.max_bytes {
             return;
@@ -133,7 +154,9 @@ impl<V: Copy> ShapeMemo<V> {
             self.clear();
         }
         self.bytes += cost;
-        self.shapes.insert(self.recent[0].shape().into(), value);
+        let first = &mut self.recent[0];
+        self.shapes.insert(first.template.shape().into(), value);
+        first.value = Some(value);
         if verbatim {
             self.exact.insert(sql.as_bytes().into(), value);
         }
@@ -142,6 +165,9 @@ impl<V: Copy> ShapeMemo<V> {
     /// Forgets every decision remembered (and gives the memory back); the recent texts stay,
     /// as they say nothing about decisions.
     pub fn clear(&mut self) {
+        for recent in &mut self.recent {
+            recent.value = None;
+        }
         self.exact = HashMap::default();
         self.shapes = HashMap::default();
         self.bytes = 0;
@@ -222,6 +248,25 @@ mod tests {
     }
 
     #[test]
+    fn a_recent_text_forgets_its_decision_with_the_memo() {
+        let mut memo = ShapeMemo::new(1024);
+        let sql = |i: u32| format!("SELECT a FROM t WHERE id = {i}");
+        assert_eq!(memo.get(&sql(1)), Ok(None));
+        memo.remember(&sql(1), 5u8);
+        assert_eq!(memo.get(&sql(2)), Ok(Some(5)));
+        // Cleared (as on a policy change): a text matching a recent one is not decided.
+        memo.clear();
+        assert_eq!(memo.get(&sql(3)), Ok(None));
+        memo.remember(&sql(3), 6);
+        assert_eq!(memo.get(&sql(4)), Ok(Some(6)));
+        // Found by shape in the memo while the recent text had no decision yet: taken over.
+        memo.get("SELECT b FROM t").unwrap();
+        memo.remember("SELECT b FROM t", 7);
+        memo.get(&sql(5)).unwrap();
+        assert_eq!(memo.get("SELECT b FROM t"), Ok(Some(7)));
+    }
+
+    #[test]
     fn a_recalled_template_stands_in_for_the_scan() {
         let mut memo = ShapeMemo::new(1024);
         let mut known = ShapeTemplate::default();
@@ -271,7 +316,13 @@ mod tests {
         for i in 0..20 {
             memo.get(&format!("SET x = {i}")).unwrap();
         }
-        assert_eq!(memo.recent.iter().filter(|t| t.is_matchable()).count(), 3);
+        assert_eq!(
+            memo.recent
+                .iter()
+                .filter(|r| r.template.is_matchable())
+                .count(),
+            3
+        );
         // More statements in turn than it keeps: found by a scan, still right.
         for i in 0..3 {
             for j in 0..RECENT_TEXTS + 2 {
