@@ -327,8 +327,13 @@ impl Connection {
     /// transport (TLS records included).
     pub async fn flush(&mut self) -> io::Result<()> {
         while self.written < self.write_buf.len() {
-            // Progress is kept in `self`, so a flush cut short resumes where it stopped.
-            let n = self.stream.write(&self.write_buf[self.written..]).await?;
+            // Progress is kept in `self`, so a flush cut short resumes where it stopped. A
+            // socket with room takes the bytes at once, without tokio's readiness poll.
+            let rest = &self.write_buf[self.written..];
+            let n = match self.stream.try_write(rest) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stream.write(rest).await?,
+                written => written?,
+            };
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -423,6 +428,25 @@ mod tests {
         assert!(conn.write_buf.capacity() <= READ_CHUNK);
         conn.shutdown().await;
         assert_eq!(reader.await.unwrap(), message.len());
+    }
+
+    #[tokio::test]
+    async fn a_flush_larger_than_the_socket_takes_waits_for_room_and_keeps_order() {
+        let (mut conn, mut peer) = connected(1 << 20).await;
+        let bytes: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        conn.queue(&bytes);
+        let reader = tokio::spawn(async move {
+            // Nothing read at first: the socket fills, and the flush must wait for room.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let mut sink = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut sink)
+                .await
+                .unwrap();
+            sink
+        });
+        conn.flush().await.unwrap();
+        conn.shutdown().await;
+        assert!(reader.await.unwrap() == bytes, "bytes lost or out of order");
     }
 
     #[tokio::test]

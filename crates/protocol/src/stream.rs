@@ -45,6 +45,17 @@ impl Stream {
         !matches!(socket.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
+    /// Writes what the socket takes now without waiting (no waker registered, no task
+    /// budget spent); `WouldBlock` when it takes nothing now, and always for TLS, whose
+    /// records are written the async way.
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.try_write(buf),
+            Stream::Unix(s) => s.try_write(buf),
+            Stream::TlsServer(_) | Stream::TlsClient(_) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
     /// The DER certificate the peer presented (TLS towards the upstream only), for SCRAM
     /// channel binding.
     pub fn peer_certificate(&self) -> Option<&[u8]> {
