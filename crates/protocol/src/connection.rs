@@ -1,7 +1,10 @@
 //! [`Connection`]: the one type that owns a socket's framing. Reads land in one reusable buffer
 //! and come out as zero-copy [`Frame`]s; writes are queued and go out in one syscall per flush.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -158,11 +161,8 @@ impl Connection {
     }
 
     /// Waits until a whole frame is buffered, for [`Connection::peek_frame`]. Cancel-safe.
-    pub async fn wait_frame(&mut self) -> Result<(), ConnectionError> {
-        while self.whole_frame_len()?.is_none() {
-            self.fill().await?;
-        }
-        Ok(())
+    pub fn wait_frame(&mut self) -> WaitFrame<'_> {
+        WaitFrame { conn: self }
     }
 
     /// The next frame if one is complete in the buffer, left where it lies until
@@ -271,6 +271,15 @@ impl Connection {
     }
 
     async fn fill(&mut self) -> Result<(), ConnectionError> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Reads once into the buffer. A socket that has not fired since it last had nothing is
+    /// Pending at once, before any buffer or read is touched.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        if self.read_wake.waiting(cx) {
+            return Poll::Pending;
+        }
         if self.read_buf.is_empty() && self.read_buf.capacity() < READ_CHUNK {
             // Back to the start of the allocation when no frame still points into it (no copy,
             // no allocation): the kernel then writes into the same cache-hot lines every time.
@@ -287,16 +296,17 @@ impl Connection {
             read_wake,
             ..
         } = self;
-        let mut read = std::pin::pin!(stream.read_buf(read_buf));
-        let n = std::future::poll_fn(|cx| read_wake.poll(read.as_mut(), cx)).await?;
+        // A read future made afresh per poll holds no state of its own: dropping it after
+        // Pending loses nothing.
+        let n = ready!(read_wake.poll_read(std::pin::pin!(stream.read_buf(read_buf))))?;
         if n == 0 {
-            return Err(if !self.has_partial_input() {
+            return Poll::Ready(Err(if !self.has_partial_input() {
                 ConnectionError::Closed
             } else {
                 ConnectionError::Truncated
-            });
+            }));
         }
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
     /// Queues bytes to send; nothing reaches the socket before [`Connection::flush`].
@@ -378,6 +388,24 @@ impl Connection {
             self.read_at = 0;
             self.read_grown = false;
         }
+    }
+}
+
+/// [`Connection::wait_frame`]'s future, a plain poll function: a session polls its quiet
+/// side on every wake-up, and a socket known to have nothing new answers at once.
+pub struct WaitFrame<'a> {
+    conn: &'a mut Connection,
+}
+
+impl Future for WaitFrame<'_> {
+    type Output = Result<(), ConnectionError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let conn = &mut *self.get_mut().conn;
+        while conn.whole_frame_len()?.is_none() {
+            ready!(conn.poll_fill(cx))?;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -50,18 +50,15 @@ impl ReadWake {
         }
     }
 
-    /// Polls `read` (a read from the socket) with the socket's own waker, unless the socket
-    /// is known to have nothing new since it last returned Pending.
-    pub(crate) fn poll<F: Future>(
-        &mut self,
-        read: Pin<&mut F>,
-        cx: &mut Context<'_>,
-    ) -> Poll<F::Output> {
-        // Whoever polls now is who the socket's waker must wake.
+    /// Whether the socket is known to have nothing new since it last returned Pending;
+    /// whoever polls now (`cx`) is who the socket's waker must wake either way.
+    pub(crate) fn waiting(&mut self, cx: &mut Context<'_>) -> bool {
         self.signal.task.register(cx.waker());
-        if self.armed && !self.signal.fired.load(Ordering::Acquire) {
-            return Poll::Pending;
-        }
+        self.armed && !self.signal.fired.load(Ordering::Acquire)
+    }
+
+    /// Polls `read` with the socket's own waker (after [`ReadWake::waiting`] said no).
+    pub(crate) fn poll_read<F: Future>(&mut self, read: Pin<&mut F>) -> Poll<F::Output> {
         // Cleared before the poll, so a wake-up that comes during or after it is kept.
         self.signal.fired.store(false, Ordering::Release);
         match read.poll(&mut Context::from_waker(&self.waker)) {
@@ -110,6 +107,18 @@ mod tests {
         }
     }
 
+    /// What a connection does: polls the read unless the socket is known to be waiting.
+    fn poll<F: Future>(
+        wake: &mut ReadWake,
+        read: Pin<&mut F>,
+        cx: &mut Context<'_>,
+    ) -> Poll<F::Output> {
+        if wake.waiting(cx) {
+            return Poll::Pending;
+        }
+        wake.poll_read(read)
+    }
+
     #[test]
     fn a_waiting_socket_is_polled_again_only_after_it_fired() {
         let task = Arc::new(Count(AtomicUsize::new(0)));
@@ -121,8 +130,8 @@ mod tests {
             polls: 0,
             waker: None,
         };
-        assert!(wake.poll(Pin::new(&mut read), &mut cx).is_pending());
-        assert!(wake.poll(Pin::new(&mut read), &mut cx).is_pending());
+        assert!(poll(&mut wake, Pin::new(&mut read), &mut cx).is_pending());
+        assert!(poll(&mut wake, Pin::new(&mut read), &mut cx).is_pending());
         assert_eq!(
             read.polls, 1,
             "nothing fired, so the socket was not polled again"
@@ -131,10 +140,10 @@ mod tests {
         read.ready = true;
         read.waker.take().unwrap().wake();
         assert_eq!(task.0.load(Ordering::SeqCst), 1);
-        assert!(wake.poll(Pin::new(&mut read), &mut cx).is_ready());
+        assert!(poll(&mut wake, Pin::new(&mut read), &mut cx).is_ready());
         assert_eq!(read.polls, 2);
         // After data, the socket is polled again (its waker was used up).
-        assert!(wake.poll(Pin::new(&mut read), &mut cx).is_ready());
+        assert!(poll(&mut wake, Pin::new(&mut read), &mut cx).is_ready());
         assert_eq!(read.polls, 3);
     }
 }
