@@ -70,18 +70,20 @@ pub struct Connection {
 /// The whole length (tag included) of the frame whose header this is, checked: a length
 /// field below 4 or past `max_frame` is refused.
 fn frame_len(header: &[u8; HEADER_LEN], max_frame: usize) -> Result<usize, ConnectionError> {
-    let len = i32::from_be_bytes(header[1..].try_into().expect("4 bytes"));
-    if len < 4 {
+    Ok(1 + checked_len(&header[1..], 4, max_frame)?)
+}
+
+/// The big-endian length field `field` starts with, refused below `min` or past `max`.
+fn checked_len(field: &[u8], min: i32, max: usize) -> Result<usize, ConnectionError> {
+    let len = i32::from_be_bytes(field[..4].try_into().expect("4 bytes"));
+    if len < min {
         return Err(ConnectionError::InvalidLength(len.into()));
     }
     let len = len as usize;
-    if len > max_frame {
-        return Err(ConnectionError::TooLarge {
-            len,
-            max: max_frame,
-        });
+    if len > max {
+        return Err(ConnectionError::TooLarge { len, max });
     }
-    Ok(1 + len)
+    Ok(len)
 }
 
 impl Connection {
@@ -119,17 +121,7 @@ impl Connection {
         loop {
             let input = self.input();
             if input.len() >= 4 {
-                let len = i32::from_be_bytes(input[..4].try_into().expect("4 bytes"));
-                if len < 8 {
-                    return Err(ConnectionError::InvalidLength(len.into()));
-                }
-                let len = len as usize;
-                if len > MAX_STARTUP_PACKET {
-                    return Err(ConnectionError::TooLarge {
-                        len,
-                        max: MAX_STARTUP_PACKET,
-                    });
-                }
+                let len = checked_len(input, 8, MAX_STARTUP_PACKET)?;
                 if input.len() >= len {
                     self.drop_consumed();
                     return Ok(self.read_buf.split_to(len).freeze());
@@ -475,6 +467,28 @@ mod tests {
         conn.flush().await.unwrap();
         conn.shutdown().await;
         assert!(reader.await.unwrap() == bytes, "bytes lost or out of order");
+    }
+
+    #[tokio::test]
+    async fn startup_packets_with_impossible_lengths_are_refused() {
+        let refusal = |length: i32| async move {
+            let (mut conn, mut peer) = connected(DEFAULT_MAX_FRAME).await;
+            peer.write_all(&length.to_be_bytes()).await.unwrap();
+            conn.read_startup_packet().await.unwrap_err()
+        };
+        assert!(matches!(
+            refusal(7).await,
+            ConnectionError::InvalidLength(7)
+        ));
+        assert!(matches!(
+            refusal(MAX_STARTUP_PACKET as i32 + 1).await,
+            ConnectionError::TooLarge { len, max: MAX_STARTUP_PACKET } if len == MAX_STARTUP_PACKET + 1
+        ));
+        let (mut conn, mut peer) = connected(DEFAULT_MAX_FRAME).await;
+        peer.write_all(&[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f])
+            .await
+            .unwrap();
+        assert_eq!(conn.read_startup_packet().await.unwrap().len(), 8);
     }
 
     #[tokio::test]

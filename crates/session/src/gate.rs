@@ -122,9 +122,6 @@ pub(crate) struct Gate {
     /// only the literals changed): no lock, no shared counter, no policy evaluation. Each with
     /// the kind that decided it, for the statement counters.
     recent_allowed: ShapeMemo<Kind>,
-    /// What the shared cache recalled for the statement being checked (filled while the memo
-    /// looks it up, so a text another session classified is not scanned here).
-    recalled: Option<Arc<Classification>>,
     /// Named prepared statements, looked up at every Bind.
     prepared: PreparedStatements,
     context: SessionContext,
@@ -163,7 +160,6 @@ impl Gate {
         let roles = active.policy.roles_of(&user, &upstream_roles);
         Gate {
             recent_allowed: ShapeMemo::new(RECENT_BYTES_MAX),
-            recalled: None,
             prepared: PreparedStatements::new(),
             context,
             store,
@@ -259,13 +255,15 @@ impl Gate {
                 let text = decode(sql);
                 // Not with an encoding that can hide quotes, nor for text that does not scan.
                 // On a miss the memo keeps the shape for the shared cache.
-                self.recalled = None;
+                // What the shared cache recalls while the memo looks the text up, so a text
+                // another session classified is not scanned here.
+                let mut recalled = None;
                 let remembered = match self.unsafe_encoding {
                     None => {
-                        let (classifier, recalled) = (&self.active.classifier, &mut self.recalled);
+                        let classifier = &self.active.classifier;
                         self.recent_allowed
                             .get_by_shape(&text, |sql, template| {
-                                *recalled = classifier.recall(sql, template);
+                                recalled = classifier.recall(sql, template);
                                 recalled.is_some()
                             })
                             .ok()
@@ -280,7 +278,7 @@ impl Gate {
                         .statement(Action::Allow as usize, kind as usize);
                     return Verdict::Forward;
                 }
-                (self.classify(&text), text)
+                (self.classify(&text, recalled), text)
             }
             Statement::FunctionCall { oid } => (
                 Arc::new(function_call(oid)),
@@ -530,9 +528,14 @@ impl Gate {
             .roles_of(&self.subject.user, &self.upstream_roles);
     }
 
-    /// Classifies `sql`, the text the memo last looked up (whose shape it may already hold);
-    /// text the lexer refuses is classified without the cache.
-    fn classify(&mut self, sql: &str) -> Arc<Classification> {
+    /// Classifies `sql`, the text the memo last looked up (whose shape it may already hold, or
+    /// whose classification the shared cache `recalled` then); text the lexer refuses is
+    /// classified without the cache.
+    fn classify(
+        &mut self,
+        sql: &str,
+        recalled: Option<Arc<Classification>>,
+    ) -> Arc<Classification> {
         if let Some(encoding) = &self.unsafe_encoding {
             return Arc::new(single_facet(
                 Kind::Unknown,
@@ -541,7 +544,7 @@ impl Gate {
         }
         let classifier = &self.active.classifier;
         let metrics = &self.context.metrics;
-        if let Some(recalled) = self.recalled.take() {
+        if let Some(recalled) = recalled {
             metrics.cache_hits_by_text.inc();
             return recalled;
         }
