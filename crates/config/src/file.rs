@@ -65,8 +65,10 @@ pub struct ProxyConfig {
     /// On SIGTERM: seconds running statements and open transactions get to finish before
     /// their sessions are closed (57P01).
     pub shutdown_grace_secs: u64,
-    /// Session threads, each running its own runtime (a session stays on one); 0 = one per
-    /// core.
+    /// Session threads, each running its own runtime (a session stays on one); 0 = half the
+    /// cores, at least one (as Odyssey's `workers "auto"`): a proxy usually shares its machine
+    /// with PostgreSQL or the application, and each further thread adds wake-ups, CPU per
+    /// transaction and latency tail there (README, "Hot path").
     pub worker_threads: usize,
     /// Also listen on a Unix socket in this directory, named `.s.PGSQL.PORT` after the TCP
     /// port as libpq expects (`psql -h DIR -p PORT`), for clients on the same machine.
@@ -552,7 +554,7 @@ impl Config {
     /// How many session threads serve connections (see [`ProxyConfig::worker_threads`]).
     pub fn worker_threads(&self) -> usize {
         match self.proxy.worker_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             n => n,
         }
     }
@@ -647,10 +649,10 @@ mod tests {
     }
 
     #[test]
-    fn worker_threads_follow_the_machine_unless_set() {
+    fn worker_threads_are_half_the_cores_unless_set() {
         let mut c = Config::default();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(c.worker_threads(), cores);
+        assert_eq!(c.worker_threads(), (cores / 2).max(1));
         c.proxy.worker_threads = 3;
         assert_eq!(c.worker_threads(), 3);
     }

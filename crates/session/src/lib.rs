@@ -10,7 +10,7 @@
 //! the [`gate`] (classification and the policy in [`policy_store`]) before it is forwarded;
 //! statements that need step-up are run under an elevation or held ([`hold`]) until approved;
 //! named prepared statements ([`prepared`]) are decided again at each Bind. Sessions run on
-//! the session threads of [`workers`], one single-threaded runtime per core; a session that
+//! the session threads of [`workers`], each a single-threaded runtime; a session that
 //! ends cleanly leaves its upstream connection to the next client of the same login
 //! ([`upstream_pool`], `scram` auth only).
 
