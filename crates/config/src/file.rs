@@ -66,9 +66,9 @@ pub struct ProxyConfig {
     /// their sessions are closed (57P01).
     pub shutdown_grace_secs: u64,
     /// Session threads, each running its own runtime (a session stays on one); 0 = half the
-    /// cores, at least one (as Odyssey's `workers "auto"`): a proxy usually shares its machine
-    /// with PostgreSQL or the application, and each further thread adds wake-ups, CPU per
-    /// transaction and latency tail there (README, "Hot path").
+    /// cores, at least one (Odyssey's `workers "auto"` is half, rounded up): a proxy usually
+    /// shares its machine with PostgreSQL or the application, and each further thread adds
+    /// wake-ups, CPU per transaction and latency tail there (README, "Benchmark").
     pub worker_threads: usize,
     /// Also listen on a Unix socket in this directory, named `.s.PGSQL.PORT` after the TCP
     /// port as libpq expects (`psql -h DIR -p PORT`), for clients on the same machine.
@@ -554,7 +554,7 @@ impl Config {
     /// How many session threads serve connections (see [`ProxyConfig::worker_threads`]).
     pub fn worker_threads(&self) -> usize {
         match self.proxy.worker_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            0 => std::thread::available_parallelism().map_or(1, |n| half_the_cores(n.get())),
             n => n,
         }
     }
@@ -613,6 +613,11 @@ fn check_host_port(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The default number of session threads on a machine with `cores` cores.
+fn half_the_cores(cores: usize) -> usize {
+    (cores / 2).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,6 +658,9 @@ mod tests {
         let mut c = Config::default();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(c.worker_threads(), (cores / 2).max(1));
+        for (cores, threads) in [(1, 1), (2, 1), (3, 1), (4, 2), (16, 8)] {
+            assert_eq!(half_the_cores(cores), threads, "{cores} cores");
+        }
         c.proxy.worker_threads = 3;
         assert_eq!(c.worker_threads(), 3);
     }
