@@ -15,7 +15,7 @@ const PGBENCH_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = 
 const PGBENCH_SELECT_PARAMETERISED: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;";
 
 /// pgJDBC's DatabaseMetaData.getColumns query (what DBeaver sends when browsing a table).
-const JDBC_GET_COLUMNS: &str = "SELECT * FROM (SELECT n.nspname,c.relname,a.attname,a.atttypid,a.attnotnull OR (t.typtype = 'd' AND t.typnotnull) AS attnotnull,a.atttypmod,a.attlen,t.typtypmod,row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum) AS attnum, nullif(a.attidentity, '') as attidentity,nullif(a.attgenerated, '') as attgenerated,pg_catalog.pg_get_expr(def.adbin, def.adrelid) AS adsrc,dsc.description,t.typbasetype,t.typtype  FROM pg_catalog.pg_namespace n  JOIN pg_catalog.pg_class c ON (c.relnamespace = n.oid)  JOIN pg_catalog.pg_attribute a ON (a.attrelid=c.oid)  JOIN pg_catalog.pg_type t ON (a.atttypid = t.oid)  LEFT JOIN pg_catalog.pg_attrdef def ON (a.attrelid=def.adrelid AND a.attnum = def.adnum)  LEFT JOIN pg_catalog.pg_description dsc ON (c.oid=dsc.objoid AND a.attnum = dsc.objsubid)  LEFT JOIN pg_catalog.pg_class dc ON (dc.oid=dsc.classoid AND dc.relname='pg_class')  LEFT JOIN pg_catalog.pg_namespace dn ON (dc.relnamespace=dn.oid AND dn.nspname='pg_catalog')  WHERE c.relkind in ('r','p','v','f','m') and a.attnum > 0 AND NOT a.attisdropped  AND n.nspname LIKE 'public' AND c.relname LIKE 'orders') c WHERE true  ORDER BY nspname,c.relname,attnum";
+const JDBC_GET_COLUMNS: &str = include_str!("jdbc_get_columns.sql");
 
 fn decide(c: &mut Criterion) {
     let policy = Policy::builtin();
@@ -143,11 +143,20 @@ fn decide(c: &mut Criterion) {
                 .action
         })
     });
+    let parse_only = |sql: &str| {
+        Parser::parse_sql(&PostgreSqlDialect {}, std::hint::black_box(sql)).map(|s| s.len())
+    };
     c.bench_function("sqlparser parse only: short statement", |b| {
-        b.iter(|| {
-            Parser::parse_sql(&PostgreSqlDialect {}, std::hint::black_box(PGBENCH_SELECT))
-                .map(|s| s.len())
-        })
+        b.iter(|| parse_only(PGBENCH_SELECT))
+    });
+    // The miss through the cache's texts, for a comparison on the same input.
+    let mut next = new_shapes.iter().map(String::as_str).cycle();
+    c.bench_function(
+        "sqlparser parse only: short statement, a new table name each time",
+        |b| b.iter(|| parse_only(next.next().expect("cycle"))),
+    );
+    c.bench_function("sqlparser parse only: pgJDBC getColumns", |b| {
+        b.iter(|| parse_only(JDBC_GET_COLUMNS))
     });
     c.bench_function(
         "cache fill: 1000 distinct shapes into a 256-entry cache",

@@ -22,6 +22,20 @@ struct Entries {
     texts: HashMap<u64, (ShapeTemplate, SharedClassification), PreHashed>,
 }
 
+/// What [`Classifier::recall`] found.
+#[derive(Debug)]
+pub enum Recall {
+    /// A text differing only in integer and string literals was classified before: this.
+    Hit(SharedClassification),
+    /// Nothing; the text's key when it was computed, for [`Classifier::classify_template`]
+    /// (a text too long to keep for recall has none, and needs none).
+    Miss(Option<TextKey>),
+}
+
+/// A text's key in the recall index ([`lexer::text_key`] under the classifier's seed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextKey(u64);
+
 /// Classification with a shape-keyed cache.
 pub struct Classifier {
     read_only_functions: Vec<String>,
@@ -63,43 +77,51 @@ impl Classifier {
         sql: &str,
         scratch: &mut ShapeTemplate,
     ) -> (SharedClassification, bool) {
-        if let Some(recalled) = self.recall(sql, scratch) {
-            return (recalled, true);
-        }
+        let key = match self.recall(sql, scratch) {
+            Recall::Hit(recalled) => return (recalled, true),
+            Recall::Miss(key) => key,
+        };
         if lexer::shape_into_template(sql, scratch).is_err() {
             // Text the scanner refuses is classified every time (it is rare and suspicious).
             return (self.classify_uncached(sql), false);
         }
-        self.classify_template(sql, scratch)
+        self.classify_template(sql, scratch, key)
     }
 
     /// The classification of `sql` when it differs from a text classified before only in
     /// integer and string literals; that text's template (so `sql`'s shape) is copied into
     /// `template`. No scan: a hash and a byte comparison.
-    pub fn recall(&self, sql: &str, template: &mut ShapeTemplate) -> Option<SharedClassification> {
+    pub fn recall(&self, sql: &str, template: &mut ShapeTemplate) -> Recall {
         if sql.len() > lexer::MAX_TEMPLATE_TEXT {
-            return None;
+            return Recall::Miss(None);
         }
-        let key = lexer::text_key(sql.as_bytes(), self.text_seed);
-        let entries = self.shard(key).lock().expect("cache shard");
-        let (known, classification) = entries.texts.get(&key)?;
-        if !known.same_shape(sql) {
-            return None;
+        let key = self.text_key(sql);
+        let entries = self.shard(key.0).lock().expect("cache shard");
+        match entries.texts.get(&key.0) {
+            Some((known, classification)) if known.same_shape(sql) => {
+                template.copy_from(known);
+                Recall::Hit(classification.clone())
+            }
+            _ => Recall::Miss(Some(key)),
         }
-        template.copy_from(known);
-        Some(classification.clone())
+    }
+
+    fn text_key(&self, sql: &str) -> TextKey {
+        TextKey(lexer::text_key(sql.as_bytes(), self.text_seed))
     }
 
     /// Classifies `sql`, which `template` was just made from ([`lexer::shape_into_template`]),
     /// and keeps the template for [`Classifier::recall`] when it can match other texts.
+    /// `key` is the text's key when a [`Recall::Miss`] already computed it.
     pub fn classify_template(
         &self,
         sql: &str,
         template: &ShapeTemplate,
+        key: Option<TextKey>,
     ) -> (SharedClassification, bool) {
         let (classification, hit) = self.classify_shaped(sql, template.shape());
         if template.is_matchable() {
-            let key = lexer::text_key(sql.as_bytes(), self.text_seed);
+            let TextKey(key) = key.unwrap_or_else(|| self.text_key(sql));
             let mut entries = self.shard(key).lock().expect("cache shard");
             // The first text with a key keeps it: texts that share a key but not a shape
             // (`t1` and `t2`, or decimals) would otherwise replace each other, allocating
@@ -187,18 +209,28 @@ impl Hasher for IdentityHasher {
 mod tests {
     use super::*;
 
+    fn recalled_by(classifier: &Classifier, sql: &str, template: &mut ShapeTemplate) -> bool {
+        matches!(classifier.recall(sql, template), Recall::Hit(_))
+    }
+
     #[test]
     fn a_text_like_one_classified_before_is_recalled_without_a_scan() {
         let classifier = Classifier::new(64, Vec::new());
         let mut template = ShapeTemplate::default();
         let first = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213 AND note = 'a';";
-        assert!(classifier.recall(first, &mut template).is_none());
+        // A miss hands over the text's key, so keeping the text need not compute it again.
+        let Recall::Miss(key) = classifier.recall(first, &mut template) else {
+            panic!("recalled from an empty cache");
+        };
+        assert_eq!(key, Some(classifier.text_key(first)));
         let (classified, hit) = classifier.classify_counted(first, &mut template);
         assert!(!hit);
         // Another session's template: only the literals changed.
         let mut other = ShapeTemplate::default();
         let next = "SELECT abalance FROM pgbench_accounts WHERE aid = 7 AND note = 'it''s';";
-        let recalled = classifier.recall(next, &mut other).expect("recalled");
+        let Recall::Hit(recalled) = classifier.recall(next, &mut other) else {
+            panic!("not recalled");
+        };
         assert!(Arc::ptr_eq(&recalled, &classified));
         assert_eq!(other.shape(), template.shape());
         assert!(other.same_shape(first) && other.same_shape(next));
@@ -208,7 +240,7 @@ mod tests {
             "SELECT abalance FROM pgbench_accounts2 WHERE aid = 7 AND note = 'x';",
             "SELECT abalance FROM pgbench_accounts WHERE aid = 7.5 AND note = 'x';",
         ] {
-            assert!(classifier.recall(sql, &mut other).is_none(), "{sql}");
+            assert!(!recalled_by(&classifier, sql, &mut other), "{sql}");
         }
         let (by_shape, hit) = classifier.classify_counted(
             "SELECT abalance FROM pgbench_accounts WHERE aid = 7.5 AND note = 'x';",
@@ -219,13 +251,13 @@ mod tests {
         // comparison refuses it.
         classifier.classify("SELECT \"12\" FROM t WHERE id = 1", &mut template);
         let quoted = "SELECT \"13\" FROM t WHERE id = 1";
-        let key = |sql: &str| lexer::text_key(sql.as_bytes(), classifier.text_seed);
+        let key = |sql: &str| classifier.text_key(sql);
         assert_eq!(key(quoted), key("SELECT \"12\" FROM t WHERE id = 1"));
-        assert!(classifier.recall(quoted, &mut other).is_none());
+        assert!(!recalled_by(&classifier, quoted, &mut other));
         // A text the fast path does not take is never kept for recall.
         let set = "SET work_mem = 64";
         classifier.classify_counted(set, &mut template);
-        assert!(classifier.recall("SET work_mem = 65", &mut other).is_none());
+        assert!(!recalled_by(&classifier, "SET work_mem = 65", &mut other));
     }
 
     #[test]
@@ -241,8 +273,10 @@ mod tests {
             assert!(entries.shapes.len() <= classifier.per_shard);
         }
         // The last text is still there to recall.
-        assert!(classifier
-            .recall("SELECT c999 FROM t WHERE id = 2", &mut scratch)
-            .is_some());
+        assert!(recalled_by(
+            &classifier,
+            "SELECT c999 FROM t WHERE id = 2",
+            &mut scratch
+        ));
     }
 }

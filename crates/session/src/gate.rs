@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use pgstepup_audit::{AuditLog, Record};
-use pgstepup_classify::{Classification, Facet, Kind, ShapeMemo};
+use pgstepup_classify::{Classification, Facet, Kind, Recall, ShapeMemo};
 use pgstepup_metrics::Metrics;
 use pgstepup_policy::{Action, Decision, Scope, Subject};
 use pgstepup_protocol::backend::{sqlstate, PgError};
@@ -263,8 +263,10 @@ impl Gate {
                         let classifier = &self.active.classifier;
                         self.recent_allowed
                             .get_by_shape(&text, |sql, template| {
-                                recalled = classifier.recall(sql, template);
-                                recalled.is_some()
+                                let outcome = classifier.recall(sql, template);
+                                let hit = matches!(outcome, Recall::Hit(_));
+                                recalled = Some(outcome);
+                                hit
                             })
                             .ok()
                             .flatten()
@@ -528,14 +530,10 @@ impl Gate {
             .roles_of(&self.subject.user, &self.upstream_roles);
     }
 
-    /// Classifies `sql`, the text the memo last looked up (whose shape it may already hold, or
-    /// whose classification the shared cache `recalled` then); text the lexer refuses is
-    /// classified without the cache.
-    fn classify(
-        &mut self,
-        sql: &str,
-        recalled: Option<Arc<Classification>>,
-    ) -> Arc<Classification> {
+    /// Classifies `sql`, the text the memo last looked up (whose shape it may already hold),
+    /// with what the shared cache's recall found for it meanwhile, if it was asked (a hit, or
+    /// the text key a miss computed); text the lexer refuses is classified without the cache.
+    fn classify(&mut self, sql: &str, recalled: Option<Recall>) -> Arc<Classification> {
         if let Some(encoding) = &self.unsafe_encoding {
             return Arc::new(single_facet(
                 Kind::Unknown,
@@ -544,12 +542,16 @@ impl Gate {
         }
         let classifier = &self.active.classifier;
         let metrics = &self.context.metrics;
-        if let Some(recalled) = recalled {
-            metrics.cache_hits_by_text.inc();
-            return recalled;
-        }
+        let key = match recalled {
+            Some(Recall::Hit(recalled)) => {
+                metrics.cache_hits_by_text.inc();
+                return recalled;
+            }
+            Some(Recall::Miss(key)) => key,
+            None => None,
+        };
         let (classification, hit) = match self.recent_allowed.template_of(sql) {
-            Ok(template) => classifier.classify_template(sql, template),
+            Ok(template) => classifier.classify_template(sql, template, key),
             Err(_) => (classifier.classify_uncached(sql), false),
         };
         if hit {
