@@ -18,6 +18,7 @@ import ctypes
 import datetime as _dt
 import hashlib
 import hmac
+import json
 import os
 import pwd
 import re
@@ -99,6 +100,66 @@ def add_common_args(p: argparse.ArgumentParser, default_rounds: int = 3) -> None
                    help="libpq sslmode for benchmark clients and pgbouncer's server "
                         "connections (default %(default)s, i.e. everything plaintext so "
                         "direct and proxied runs are comparable)")
+
+
+PROXIES = ("pgbouncer", "pgstepup")
+PROCESSED = re.compile(r"number of transactions actually processed: (\d+)")
+
+
+def parse_counting_args(description: str, argv=None, extra=None) -> argparse.Namespace:
+    """Arguments of the counting tools (`instructions.py`, `syscalls.py`): one fixed-size
+    pgbench -S run per proxy and protocol mode. `extra` adds a tool's own arguments."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--modes", default="simple,extended,prepared")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--transactions", type=int, default=2000,
+                   help="transactions per client in each counted run")
+    p.add_argument("--scale", type=int, default=10)
+    if extra:
+        extra(p)
+    add_common_args(p, default_rounds=1)
+    a = p.parse_args(argv)
+    a.modes = [m for m in a.modes.split(",") if m]
+    return a
+
+
+def counted_pgbench(ctx, t, mode: str, clients: int, per_client: int) -> int:
+    """Runs pgbench -S -t through target `t`; returns the transactions it processed."""
+    cmd = [ctx.pgbench, "-h", t.host, "-p", str(t.port), "-U", ctx.user, "-S", "-n",
+           "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)),
+           "-t", str(per_client), BENCH_DB]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ctx.env, timeout=1800)
+    m = PROCESSED.search(r.stdout)
+    if r.returncode != 0 or not m:
+        raise HarnessError(f"pgbench through {t.name} failed:\n{r.stdout[-800:]}"
+                           f"{r.stderr[-800:]}")
+    return int(m.group(1))
+
+
+def count_each_proxy(args, count) -> tuple["Ctx", list[dict]]:
+    """`count(ctx, args, proxy, mode)` for each mode and proxy, with the proxies stopped
+    however it ends."""
+    ctx = Ctx(args)
+    ctx.check_server()
+    ctx.ensure_database(args.scale)
+    try:
+        return ctx, [count(ctx, args, name, mode) for mode in args.modes for name in PROXIES]
+    finally:
+        ctx.pm.stop_all()
+
+
+def save_counts(args, ctx, stem: str, title: str, headers: list[str], rows: list[list[str]],
+                records: list[dict]) -> None:
+    """Prints a counting tool's table and writes it as `<stem>_latest.md`, with the records
+    and the machine in `<stem>_latest.json`."""
+    print(render_table(headers, rows, markdown=False))
+    ensure_results_dir(args.out)
+    (args.out / f"{stem}_latest.md").write_text(
+        f"# {title}, {now_iso()}\n\n" + render_table(headers, rows, markdown=True) + "\n")
+    (args.out / f"{stem}_latest.json").write_text(json.dumps(
+        {"finished": now_iso(), "machine": machine_info(), "versions": versions(ctx),
+         "commit": git_commit(), "records": records}, indent=2) + "\n")
 
 
 def parse_int_list(s: str) -> list[int]:

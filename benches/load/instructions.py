@@ -15,8 +15,6 @@ Writes results/instructions_latest.md and .json.  Needs valgrind.  Stdlib only.
 
 from __future__ import annotations
 
-import argparse
-import json
 import pwd
 import re
 import shutil
@@ -28,37 +26,15 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as H  # noqa: E402
 
-PROCESSED = re.compile(r"number of transactions actually processed: (\d+)")
 TOTALS = re.compile(r"^totals:\s+(\d+)", re.M)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="instructions per transaction in pgbouncer and pgstepup (callgrind)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--modes", default="simple,extended,prepared")
-    p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--transactions", type=int, default=2000,
-                   help="transactions per client in the counted run")
-    p.add_argument("--top", type=int, default=0,
-                   help="also list pgstepup's N most expensive functions (self cost)")
-    p.add_argument("--scale", type=int, default=10)
-    H.add_common_args(p, default_rounds=1)
-    a = p.parse_args(argv)
-    a.modes = [m for m in a.modes.split(",") if m]
-    return a
-
-
-def pgbench(ctx, t, mode, clients, per_client) -> int:
-    cmd = [ctx.pgbench, "-h", t.host, "-p", str(t.port), "-U", ctx.user, "-S", "-n",
-           "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)),
-           "-t", str(per_client), H.BENCH_DB]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=ctx.env, timeout=1800)
-    m = PROCESSED.search(r.stdout)
-    if r.returncode != 0 or not m:
-        raise H.HarnessError(f"pgbench through {t.name} failed:\n{r.stdout[-800:]}"
-                             f"{r.stderr[-800:]}")
-    return int(m.group(1))
+    def top(p):
+        p.add_argument("--top", type=int, default=0,
+                       help="also list pgstepup's N most expensive functions (self cost)")
+    return H.parse_counting_args(
+        "instructions per transaction in pgbouncer and pgstepup (callgrind)", argv, top)
 
 
 def callgrind_control(t, switch: str) -> None:
@@ -81,9 +57,9 @@ def count(ctx, args, name: str, mode: str) -> dict:
             f"--callgrind-out-file={out}")
     t = ctx.start_pgbouncer(wrap=wrap) if name == "pgbouncer" else ctx.start_pgstepup(wrap=wrap)
     try:
-        pgbench(ctx, t, mode, args.clients, 50)  # connections, plans, caches warm
+        H.counted_pgbench(ctx, t, mode, args.clients, 50)  # connections, plans, caches warm
         callgrind_control(t, "on")
-        transactions = pgbench(ctx, t, mode, args.clients, args.transactions)
+        transactions = H.counted_pgbench(ctx, t, mode, args.clients, args.transactions)
         callgrind_control(t, "off")
     finally:
         ctx.pm.stop(t.managed)
@@ -107,35 +83,19 @@ def main():
     args = parse_args()
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         raise H.HarnessError("valgrind is not installed (apt-get install valgrind)")
-    ctx = H.Ctx(args)
-    ctx.check_server()
-    ctx.ensure_database(args.scale)
-    records = []
-    try:
-        for mode in args.modes:
-            for name in ("pgbouncer", "pgstepup"):
-                records.append(count(ctx, args, name, mode))
-    finally:
-        ctx.pm.stop_all()
+    ctx, records = H.count_each_proxy(args, count)
     per = {(r["proxy"], r["mode"]): r["per_txn"] for r in records}
     headers = ["mode", "clients", "pgbouncer instr/txn", "pgstepup instr/txn",
                "pgstepup/pgbouncer"]
     rows = [[m, str(args.clients), H.fmt_num(per[("pgbouncer", m)]),
              H.fmt_num(per[("pgstepup", m)]),
              f"{per[('pgstepup', m)] / per[('pgbouncer', m)]:.2f}"] for m in args.modes]
-    print(H.render_table(headers, rows, markdown=False))
+    H.save_counts(args, ctx, "instructions", "Instructions per transaction (callgrind)",
+                  headers, rows, records)
     for r in records:
         if r.get("top"):
             print(f"\npgstepup, {r['mode']}: top functions (self instructions)")
             print("\n".join(r["top"]))
-    H.ensure_results_dir(args.out)
-    (args.out / "instructions_latest.md").write_text(
-        f"# Instructions per transaction (callgrind), {H.now_iso()}\n\n"
-        + H.render_table(headers, rows, markdown=True) + "\n")
-    (args.out / "instructions_latest.json").write_text(json.dumps(
-        {"finished": H.now_iso(), "machine": H.machine_info(), "versions": H.versions(ctx),
-         "commit": H.git_commit(), "records": records}, indent=2) + "\n")
-
 
 if __name__ == "__main__":
     H.run_main(main)

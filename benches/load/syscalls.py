@@ -13,8 +13,6 @@ Writes results/syscalls_latest.md and .json.  Stdlib only.
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import shutil
 import signal
@@ -26,26 +24,9 @@ from pathlib import Path
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as H  # noqa: E402
-from instructions import pgbench  # noqa: E402
 
 # strace -c's rows: % time, seconds, usecs/call, calls, [errors,] syscall.
 STRACE_ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$")
-PROXIES = ("pgbouncer", "pgstepup")
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="system calls and context switches per transaction in each proxy",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--modes", default="simple,extended,prepared")
-    p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--transactions", type=int, default=2000,
-                   help="transactions per client in each counted run")
-    p.add_argument("--scale", type=int, default=10)
-    H.add_common_args(p, default_rounds=1)
-    a = p.parse_args(argv)
-    a.modes = [m for m in a.modes.split(",") if m]
-    return a
 
 
 def context_switches(pid: int) -> dict[str, int]:
@@ -63,16 +44,16 @@ def context_switches(pid: int) -> dict[str, int]:
 def count(ctx, args, name: str, mode: str) -> dict:
     t = ctx.start_pgbouncer() if name == "pgbouncer" else ctx.start_pgstepup()
     try:
-        pgbench(ctx, t, mode, args.clients, 50)  # connections, plans, caches warm
+        H.counted_pgbench(ctx, t, mode, args.clients, 50)  # connections, plans, caches warm
         before = context_switches(t.pid)
-        transactions = pgbench(ctx, t, mode, args.clients, args.transactions)
+        transactions = H.counted_pgbench(ctx, t, mode, args.clients, args.transactions)
         after = context_switches(t.pid)
         switches = {k: (after[k] - before[k]) / transactions for k in after}
         out = ctx.pm.mkdtemp(f"pgstepup-bench-strace-{name}-") / "strace.txt"
         tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(t.pid), "-o", str(out)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)  # attached to every thread before the run starts
-        traced = pgbench(ctx, t, mode, args.clients, args.transactions)
+        traced = H.counted_pgbench(ctx, t, mode, args.clients, args.transactions)
         tracer.send_signal(signal.SIGINT)
         tracer.wait(timeout=60)
     finally:
@@ -91,34 +72,19 @@ def count(ctx, args, name: str, mode: str) -> dict:
 
 
 def main():
-    args = parse_args()
+    args = H.parse_counting_args(
+        "system calls and context switches per transaction in each proxy")
     if not shutil.which("strace"):
         raise H.HarnessError("strace is not installed (apt-get install strace)")
-    ctx = H.Ctx(args)
-    ctx.check_server()
-    ctx.ensure_database(args.scale)
-    records = []
-    try:
-        for mode in args.modes:
-            for name in PROXIES:
-                records.append(count(ctx, args, name, mode))
-    finally:
-        ctx.pm.stop_all()
+    ctx, records = H.count_each_proxy(args, count)
     names = sorted({c for r in records for c in r["syscalls"]})
     headers = ["mode", "proxy"] + [f"{c}/txn" for c in names] + [
         "voluntary switches/txn", "involuntary switches/txn"]
     rows = [[r["mode"], r["proxy"]] + [f"{r['syscalls'].get(c, 0):.2f}" for c in names]
             + [f"{r['context_switches']['voluntary']:.2f}",
                f"{r['context_switches']['involuntary']:.2f}"] for r in records]
-    print(H.render_table(headers, rows, markdown=False))
-    H.ensure_results_dir(args.out)
-    (args.out / "syscalls_latest.md").write_text(
-        f"# System calls and context switches per transaction, {H.now_iso()}\n\n"
-        + H.render_table(headers, rows, markdown=True) + "\n")
-    (args.out / "syscalls_latest.json").write_text(json.dumps(
-        {"finished": H.now_iso(), "machine": H.machine_info(), "versions": H.versions(ctx),
-         "commit": H.git_commit(), "records": records}, indent=2) + "\n")
-
+    H.save_counts(args, ctx, "syscalls", "System calls and context switches per transaction",
+                  headers, rows, records)
 
 if __name__ == "__main__":
     H.run_main(main)
