@@ -19,6 +19,7 @@ mod memo;
 mod pinned;
 mod table;
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use sqlparser::dialect::PostgreSqlDialect;
@@ -71,9 +72,6 @@ impl Classification {
 
 /// sqlparser's default recursion limit; deeper nesting counts as unparseable.
 const RECURSION_LIMIT: usize = 50;
-
-/// Tokens reserved before tokenizing, at most (about a 1.5 KB statement's).
-const MAX_RESERVED_TOKENS: usize = 512;
 
 /// Classifies a query text. `read_only_functions` are functions a DBA declared free of side
 /// effects in addition to PostgreSQL's own.
@@ -131,24 +129,44 @@ pub fn classify(sql: &str, read_only_functions: &[String]) -> Classification {
 
 fn parse(sql: &str) -> Option<Vec<sqlparser::ast::Statement>> {
     let dialect = PostgreSqlDialect {};
-    // Room for the tokens up front (sqlparser's own `try_with_sql` grows the vector from
-    // empty: four reallocations for a short statement, 3% of its parse); capped, so a text
-    // that is one long literal does not reserve for tokens it does not have.
-    let mut tokens = Vec::with_capacity((sql.len() / 3 + 4).min(MAX_RESERVED_TOKENS));
+    // The token vector is this thread's, kept from one parse to the next (sqlparser's own
+    // `try_with_sql` grows a new one from empty: four reallocations for a short statement,
+    // the last of them large enough to make glibc consolidate its free lists).
+    let mut tokens = TOKENS.take();
     // Without locations: nothing here reads them, and sqlparser formats one into every error
     // it raises while trying alternatives (and then drops), unless it is blank.
-    Tokenizer::new(&dialect, sql)
+    let tokenized = Tokenizer::new(&dialect, sql)
         .with_unescape(true)
         .tokenize_with_location_into_buf_with_mapper(&mut tokens, |token| TokenWithSpan {
             span: Span::empty(),
             ..token
-        })
-        .ok()?;
-    Parser::new(&dialect)
+        });
+    if tokenized.is_err() {
+        keep_for_next_parse(tokens);
+        return None;
+    }
+    let mut parser = Parser::new(&dialect)
         .with_recursion_limit(RECURSION_LIMIT)
-        .with_tokens_with_locations(tokens)
-        .parse_statements()
-        .ok()
+        .with_tokens_with_locations(tokens);
+    let statements = parser.parse_statements().ok();
+    keep_for_next_parse(parser.into_tokens());
+    statements
+}
+
+/// Gives this thread's token vector back, emptied, unless one long text grew it.
+fn keep_for_next_parse(mut tokens: Vec<TokenWithSpan>) {
+    if tokens.capacity() <= MAX_KEPT_TOKENS {
+        tokens.clear();
+        TOKENS.set(tokens);
+    }
+}
+
+/// Tokens a thread keeps room for between parses, at most (45 KB, about a 1.5 KB statement): one
+/// long statement must not leave every thread holding its buffer.
+const MAX_KEPT_TOKENS: usize = 512;
+
+thread_local! {
+    static TOKENS: Cell<Vec<TokenWithSpan>> = const { Cell::new(Vec::new()) };
 }
 
 #[derive(Default)]
@@ -306,6 +324,32 @@ mod tests {
             parsed > 500 && refused > 10,
             "{parsed} parsed, {refused} refused"
         );
+    }
+
+    #[test]
+    fn a_thread_keeps_its_token_vector_unless_a_long_text_grew_it() {
+        let size = std::mem::size_of::<TokenWithSpan>();
+        assert!(size * MAX_KEPT_TOKENS <= 64 * 1024, "{size} bytes a token");
+        parse("SELECT abalance FROM pgbench_accounts WHERE aid = 1").expect("parses");
+        let kept = TOKENS.take();
+        assert!(kept.is_empty() && kept.capacity() > 0);
+        TOKENS.set(kept);
+        // Reused, not reallocated, by the next short text; and kept after a text that does
+        // not tokenize.
+        let before = TOKENS.with(|t| {
+            let v = t.take();
+            let at = v.as_ptr();
+            t.set(v);
+            at
+        });
+        parse("SELECT 2 FROM t").expect("parses");
+        assert!(parse("SELECT 'open").is_none());
+        let after = TOKENS.take();
+        assert_eq!(after.as_ptr(), before);
+        // A long text's buffer is let go.
+        let long = format!("SELECT {}c FROM t", "c, ".repeat(400));
+        parse(&long).expect("parses");
+        assert!(TOKENS.take().capacity() == 0);
     }
 
     #[test]
