@@ -1,10 +1,11 @@
 //! [`Classifier`]: classification behind a bounded, sharded cache. Lookups take one
-//! uncontended shard lock; the cache never holds more than its capacity. Two indexes: by
+//! uncontended shard lock; the cache never holds more than its capacity, and a full shard
+//! lets its oldest entry go for each new one. Two indexes: by
 //! statement shape, and by a key blind to integer and string literals ([`lexer::text_key`])
 //! whose entries keep the [`ShapeTemplate`] of a text classified before, so a text that differs
 //! from it only in those literals is recalled with a byte comparison instead of a scan.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 
@@ -17,9 +18,57 @@ const SHARDS: usize = 16;
 #[derive(Default)]
 struct Entries {
     /// Shape hash → (shape, classification).
-    shapes: HashMap<u64, (Box<str>, SharedClassification), PreHashed>,
+    shapes: Bounded<(Box<str>, SharedClassification)>,
     /// Text key → (template of a text with that key, classification of its shape).
-    texts: HashMap<u64, (ShapeTemplate, SharedClassification), PreHashed>,
+    texts: Bounded<(ShapeTemplate, SharedClassification)>,
+}
+
+/// A map of hashes holding at most a given number of entries, first in first out: one entry
+/// leaves per entry that comes in, never a whole map at once (freeing hundreds of entries
+/// under a shard's lock would stall every session that needs the shard meanwhile).
+struct Bounded<V> {
+    map: HashMap<u64, V, PreHashed>,
+    /// The map's keys, oldest first, each once.
+    order: VecDeque<u64>,
+}
+
+impl<V> Default for Bounded<V> {
+    fn default() -> Self {
+        Bounded {
+            map: HashMap::default(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+impl<V> Bounded<V> {
+    fn get(&self, key: u64) -> Option<&V> {
+        self.map.get(&key)
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Inserts `value` for `key`, first making room by letting the oldest entry go when there
+    /// are `limit` already. Returns what left the map (the entry let go, or the one `key` had),
+    /// for the caller to drop once it has let the shard's lock go.
+    #[must_use]
+    fn insert(&mut self, limit: usize, key: u64, value: V) -> Option<V> {
+        if let Some(known) = self.map.get_mut(&key) {
+            return Some(std::mem::replace(known, value));
+        }
+        let evicted = if self.map.len() >= limit {
+            self.order
+                .pop_front()
+                .and_then(|oldest| self.map.remove(&oldest))
+        } else {
+            None
+        };
+        self.map.insert(key, value);
+        self.order.push_back(key);
+        evicted
+    }
 }
 
 /// What [`Classifier::recall`] found.
@@ -97,7 +146,7 @@ impl Classifier {
         }
         let key = self.text_key(sql);
         let entries = self.shard(key.0).lock().expect("cache shard");
-        match entries.texts.get(&key.0) {
+        match entries.texts.get(key.0) {
             Some((known, classification)) if known.same_shape(sql) => {
                 template.copy_from(known);
                 Recall::Hit(classification.clone())
@@ -126,9 +175,11 @@ impl Classifier {
             // The first text with a key keeps it: texts that share a key but not a shape
             // (`t1` and `t2`, or decimals) would otherwise replace each other, allocating
             // every time.
-            if !entries.texts.contains_key(&key) {
+            if entries.texts.get(key).is_none() {
                 let entry = (template.clone(), classification.clone());
-                insert_bounded(&mut entries.texts, self.per_shard, key, entry);
+                let evicted = entries.texts.insert(self.per_shard, key, entry);
+                drop(entries);
+                drop(evicted);
             }
         }
         (classification, hit)
@@ -139,7 +190,7 @@ impl Classifier {
         debug_assert_eq!(lexer::shape(sql).as_deref(), Ok(shape));
         let hash = self.hasher.hash_one(shape);
         let shard = self.shard(hash);
-        if let Some((cached, hit)) = shard.lock().expect("cache shard").shapes.get(&hash) {
+        if let Some((cached, hit)) = shard.lock().expect("cache shard").shapes.get(hash) {
             if **cached == *shape {
                 return (hit.clone(), true);
             }
@@ -147,7 +198,9 @@ impl Classifier {
         let classification = self.classify_uncached(sql);
         let entry = (shape.into(), classification.clone());
         let mut entries = shard.lock().expect("cache shard");
-        insert_bounded(&mut entries.shapes, self.per_shard, hash, entry);
+        let evicted = entries.shapes.insert(self.per_shard, hash, entry);
+        drop(entries);
+        drop(evicted);
         (classification, false)
     }
 
@@ -172,15 +225,6 @@ impl Classifier {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Inserts into a shard's map holding at most `limit` entries: a full map starts afresh
-/// rather than track recency on every hit.
-fn insert_bounded<V>(map: &mut HashMap<u64, V, PreHashed>, limit: usize, key: u64, value: V) {
-    if map.len() >= limit {
-        map.clear();
-    }
-    map.insert(key, value);
 }
 
 /// The keys are already hashes: hashing them again would only cost time.
@@ -258,6 +302,25 @@ mod tests {
         let set = "SET work_mem = 64";
         classifier.classify_counted(set, &mut template);
         assert!(!recalled_by(&classifier, "SET work_mem = 65", &mut other));
+    }
+
+    #[test]
+    fn a_full_map_lets_only_its_oldest_entry_go() {
+        let mut map = Bounded::default();
+        for key in 1..=3 {
+            assert_eq!(map.insert(3, key, key * 10), None);
+        }
+        // Full: the oldest leaves, handed back; the others stay.
+        assert_eq!(map.insert(3, 4, 40), Some(10));
+        assert_eq!(map.len(), 3);
+        assert_eq!(map.get(1), None);
+        assert_eq!((map.get(2), map.get(4)), (Some(&20), Some(&40)));
+        // A key already there is replaced in place, and keeps its turn.
+        assert_eq!(map.insert(3, 2, 21), Some(20));
+        assert_eq!(map.insert(3, 5, 50), Some(21));
+        assert_eq!(map.insert(3, 6, 60), Some(30));
+        assert_eq!(map.len(), 3);
+        assert_eq!(map.order.len(), 3);
     }
 
     #[test]
