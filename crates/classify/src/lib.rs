@@ -132,7 +132,8 @@ fn parse(sql: &str) -> Option<Vec<sqlparser::ast::Statement>> {
     // The token vector is this thread's, kept from one parse to the next (sqlparser's own
     // `try_with_sql` grows a new one from empty: four reallocations for a short statement,
     // the last of them large enough to make glibc consolidate its free lists).
-    let mut tokens = TOKENS.take();
+    // (A thread being torn down has no vector to lend: it gets a new one.)
+    let mut tokens = TOKENS.try_with(Cell::take).unwrap_or_default();
     // Without locations: nothing here reads them, and sqlparser formats one into every error
     // it raises while trying alternatives (and then drops), unless it is blank.
     let tokenized = Tokenizer::new(&dialect, sql)
@@ -157,7 +158,8 @@ fn parse(sql: &str) -> Option<Vec<sqlparser::ast::Statement>> {
 fn keep_for_next_parse(mut tokens: Vec<TokenWithSpan>) {
     if tokens.capacity() <= MAX_KEPT_TOKENS {
         tokens.clear();
-        TOKENS.set(tokens);
+        // A thread being torn down drops it instead.
+        let _ = TOKENS.try_with(|kept| kept.set(tokens));
     }
 }
 
