@@ -58,7 +58,8 @@ pub struct Config {
 pub struct ProxyConfig {
     /// `HOST:PORT` clients connect to.
     pub listen: String,
-    /// How many statement shapes the classification cache keeps.
+    /// How many statement shapes the classification cache keeps (full, it lets the oldest go
+    /// for each new one).
     pub statement_cache_entries: usize,
     /// Report decisions without enforcing them (overrides the policy's `mode`).
     pub observe: bool,
