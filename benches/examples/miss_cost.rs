@@ -55,9 +55,12 @@ fn main() {
         }
     };
     // A new table name for each call (`{}`), or a new sort column for the catalog query.
-    let text = |tag: &str, i: usize| match statement.contains("{}") {
-        true => statement.replace("{}", &format!("{tag}{i}")),
-        false => format!("{statement}, {tag}{i}"),
+    let text = |tag: &str, i: usize| {
+        if statement.contains("{}") {
+            statement.replace("{}", &format!("{tag}{i}"))
+        } else {
+            format!("{statement}, {tag}{i}")
+        }
     };
     let policy = Policy::builtin();
     let subject = Subject::default();

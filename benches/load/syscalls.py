@@ -51,18 +51,23 @@ def count(ctx, args, name: str, mode: str) -> dict:
         switches = {k: (after[k] - before[k]) / transactions for k in after}
         out = ctx.pm.mkdtemp(f"pgstepup-bench-strace-{name}-") / "strace.txt"
         tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(t.pid), "-o", str(out)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(1)  # attached to every thread before the run starts
+        if tracer.poll() is not None:
+            raise H.HarnessError(f"strace could not attach to {name} (pid {t.pid}): "
+                                 f"{tracer.stderr.read().strip()}")
         traced = H.counted_pgbench(ctx, t, mode, args.clients, args.transactions)
         tracer.send_signal(signal.SIGINT)
-        tracer.wait(timeout=60)
+        _, complaint = tracer.communicate(timeout=60)
     finally:
         ctx.pm.stop(t.managed)
     calls = {}
-    for line in out.read_text().splitlines():
+    for line in (out.read_text() if out.exists() else "").splitlines():
         m = STRACE_ROW.match(line)
         if m and m.group(2) != "total":
             calls[m.group(2)] = int(m.group(1)) / traced
+    if not calls:
+        raise H.HarnessError(f"strace counted no system calls in {name}: {complaint.strip()}")
     rec = {"proxy": name, "mode": mode, "clients": args.clients,
            "transactions": transactions, "context_switches": switches,
            "syscalls": {k: v for k, v in calls.items() if v >= 0.005}}

@@ -253,11 +253,11 @@ impl Gate {
                     return Verdict::Forward;
                 }
                 let text = decode(sql);
-                // Not with an encoding that can hide quotes, nor for text that does not scan.
-                // On a miss the memo keeps the shape for the shared cache.
                 // What the shared cache recalls while the memo looks the text up, so a text
                 // another session classified is not scanned here.
                 let mut recalled = None;
+                // Not with an encoding that can hide quotes, nor for text that does not scan.
+                // On a miss the memo keeps the shape for the shared cache.
                 let remembered = match self.unsafe_encoding {
                     None => {
                         let classifier = &self.active.classifier;
