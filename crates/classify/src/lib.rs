@@ -44,12 +44,9 @@ pub struct Facet {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Classification {
     pub kinds: KindSet,
-    /// Everything the text does, deduplicated; the policy decides per facet.
+    /// Everything the text does, deduplicated; the policy decides per facet (and
+    /// [`Classification::reads`] and [`Classification::writes`] list its tables).
     pub facets: Vec<Facet>,
-    /// Tables read.
-    pub reads: Vec<TableName>,
-    /// Tables written, created, altered or dropped.
-    pub writes: Vec<TableName>,
     /// Functions called, folded (`pg_catalog.` kept only when written).
     pub functions: Vec<String>,
     /// Why non-obvious kinds were assigned (hidden writes, unparsed text).
@@ -61,6 +58,30 @@ pub struct Classification {
 }
 
 impl Classification {
+    /// Tables read, in the order first met.
+    pub fn reads(&self) -> Vec<&TableName> {
+        self.tables(|kind| kind == Kind::Read)
+    }
+
+    /// Tables written, created, altered or dropped, in the order first met.
+    pub fn writes(&self) -> Vec<&TableName> {
+        self.tables(|kind| kind != Kind::Read)
+    }
+
+    // Derived when asked (a report, a test), not kept: the hot path reads only the facets,
+    // and two more lists of copied names per classification cost a parse's worth of percent.
+    fn tables(&self, wanted: impl Fn(Kind) -> bool) -> Vec<&TableName> {
+        let mut tables: Vec<&TableName> = Vec::new();
+        for facet in self.facets.iter().filter(|facet| wanted(facet.kind)) {
+            if let Some(table) = &facet.table {
+                if !tables.contains(&table) {
+                    tables.push(table);
+                }
+            }
+        }
+        tables
+    }
+
     /// Fully parsed reads that call only read-only functions, none of them `set_config`,
     /// cannot change a setting (a DBA's read-only list is not trusted with that one).
     fn cannot_change_settings(&self) -> bool {
@@ -217,18 +238,6 @@ impl Builder {
                 .retain(|f| f.kind != Kind::Read || f.table.is_some());
         }
         out.kinds = out.facets.iter().map(|f| f.kind).collect();
-        for facet in &out.facets {
-            if let Some(table) = &facet.table {
-                let list = if facet.kind == Kind::Read {
-                    &mut out.reads
-                } else {
-                    &mut out.writes
-                };
-                list.push(table.clone());
-            }
-        }
-        dedup(&mut out.reads);
-        dedup(&mut out.writes);
         out
     }
 }
@@ -281,12 +290,22 @@ mod tests {
             &[],
         );
         assert_eq!(
-            c.reads.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            c.reads().iter().map(|t| t.to_string()).collect::<Vec<_>>(),
             ["a", "b", "c"]
         );
         assert_eq!(
-            c.writes.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            c.writes().iter().map(|t| t.to_string()).collect::<Vec<_>>(),
             ["b"]
+        );
+        // A table written in more than one way (its facets differ in kind) is listed once.
+        let c = classify(
+            "ALTER TABLE b ADD c int; INSERT INTO b VALUES (1); DELETE FROM d",
+            &[],
+        );
+        assert!(c.facets.len() >= 3, "{:?}", c.facets);
+        assert_eq!(
+            c.writes().iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            ["b", "d"]
         );
     }
 

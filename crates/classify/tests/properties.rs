@@ -76,14 +76,14 @@ fn fill(template: &str, rng: &mut Rng) -> String {
 fn summary(c: &Classification) -> (Vec<Kind>, Vec<String>, Vec<String>, Vec<String>) {
     let mut kinds: Vec<Kind> = c.kinds.iter().collect();
     kinds.sort();
-    let names = |t: &[pgstepup_classify::TableName]| {
+    let names = |t: Vec<&pgstepup_classify::TableName>| {
         let mut v: Vec<String> = t.iter().map(|t| t.to_string()).collect();
         v.sort();
         v
     };
     let mut functions = c.functions.clone();
     functions.sort();
-    (kinds, names(&c.reads), names(&c.writes), functions)
+    (kinds, names(c.reads()), names(c.writes()), functions)
 }
 
 #[test]

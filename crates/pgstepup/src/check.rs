@@ -103,7 +103,7 @@ fn names<T: ToString>(items: impl IntoIterator<Item = T>) -> Vec<String> {
 }
 
 fn tables(c: &Classification) -> Vec<String> {
-    let mut all = names(c.writes.iter().chain(&c.reads));
+    let mut all = names(c.writes().into_iter().chain(c.reads()));
     let mut seen = std::collections::HashSet::new();
     all.retain(|t| seen.insert(t.clone()));
     all
@@ -116,8 +116,8 @@ fn json(c: &Classification, d: &Decision) -> serde_json::Value {
         "reason": d.reason(),
         "kinds": names(c.kinds.iter().map(|k| k.name())),
         "tables": tables(c),
-        "reads": names(&c.reads),
-        "writes": names(&c.writes),
+        "reads": names(c.reads()),
+        "writes": names(c.writes()),
         "functions": c.functions,
         "lifetime_secs": d.lifetime.as_secs(),
         "scope": format!("{:?}", d.scope).to_lowercase(),
@@ -141,8 +141,8 @@ fn human(c: &Classification, d: &Decision, policy: &Policy) -> String {
         "kinds:     {}\n",
         list(names(c.kinds.iter().map(|k| k.name())))
     ));
-    out.push_str(&format!("reads:     {}\n", list(names(&c.reads))));
-    out.push_str(&format!("writes:    {}\n", list(names(&c.writes))));
+    out.push_str(&format!("reads:     {}\n", list(names(c.reads()))));
+    out.push_str(&format!("writes:    {}\n", list(names(c.writes()))));
     out.push_str(&format!("functions: {}\n", list(c.functions.clone())));
     if d.action == pgstepup_policy::Action::StepUp {
         let lifetime = d.lifetime.as_secs();

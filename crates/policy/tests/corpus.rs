@@ -49,7 +49,7 @@ fn corpus_decisions_under_the_default_policy() {
             }
             if let Some(writes) = entry.get("writes").and_then(Value::as_array) {
                 let reported: Vec<String> = classification
-                    .writes
+                    .writes()
                     .iter()
                     .map(|t| t.to_string())
                     .collect();
