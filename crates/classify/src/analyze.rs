@@ -19,7 +19,9 @@ use crate::Facet;
 #[derive(Default)]
 pub(crate) struct Findings {
     pub facets: Vec<Facet>,
-    pub relations: Vec<TableName>,
+    /// Tables read, as facets: kept apart from `facets` until the CTE names are known, and
+    /// facets already so that the common read-only text's list becomes the facet list whole.
+    pub relations: Vec<Facet>,
     pub functions: Vec<String>,
     pub reasons: Vec<String>,
 }
@@ -33,15 +35,24 @@ pub(crate) fn analyze(statement: &Statement) -> Findings {
         ..
     } = visitor;
     // A CTE shadows a table of its name when read; DML targets are always real tables.
-    let targets: Vec<TableName> = findings
-        .facets
-        .iter()
-        .filter_map(|f| f.table.clone())
-        .collect();
+    let Findings {
+        facets, relations, ..
+    } = &mut findings;
+    relations.retain(|read| {
+        read.table.as_ref().is_some_and(|t| {
+            t.schema.is_some()
+                || !cte_names.contains(&t.name)
+                || facets.iter().any(|f| f.table.as_ref() == Some(t))
+        })
+    });
     findings
-        .relations
-        .retain(|t| t.schema.is_some() || !cte_names.contains(&t.name) || targets.contains(t));
-    findings
+}
+
+fn read(table: TableName) -> Facet {
+    Facet {
+        kind: Kind::Read,
+        table: Some(table),
+    }
 }
 
 #[derive(Default)]
@@ -60,7 +71,7 @@ impl Collector {
         if self.explain_depth > 0 {
             // Planned only: reading the catalog about it is all that happens.
             if let Some(table) = table {
-                self.findings.relations.push(table);
+                self.findings.relations.push(read(table));
             }
             return;
         }
@@ -358,7 +369,7 @@ impl Visitor for Collector {
                 self.findings.functions.push(function_name(relation));
             }
         } else if let Some(table) = TableName::from_object_name(relation) {
-            self.findings.relations.push(table);
+            self.findings.relations.push(read(table));
         }
         ControlFlow::Continue(())
     }

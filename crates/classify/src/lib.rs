@@ -195,7 +195,8 @@ thread_local! {
 #[derive(Default)]
 struct Builder {
     out: Classification,
-    relations: Vec<TableName>,
+    /// Read facets of the tables read, added after all others.
+    relations: Vec<Facet>,
 }
 
 impl Builder {
@@ -219,12 +220,7 @@ impl Builder {
                 ));
             }
         }
-        for table in self.relations {
-            out.facets.push(Facet {
-                kind: Kind::Read,
-                table: Some(table),
-            });
-        }
+        append(&mut out.facets, self.relations);
         dedup(&mut out.facets);
         dedup(&mut out.functions);
         dedup(&mut out.reasons);
