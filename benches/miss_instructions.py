@@ -6,14 +6,20 @@ three measured functions (sqlparser's parse; pgstepup's classification with the 
 decision; a miss through the shared cache), and prints each one's instructions per call and
 its ratio to the parse, for pgbench's short SELECT and pgJDBC's getColumns query.
 
-    python3 benches/miss_instructions.py        # about 2 minutes after the build; needs valgrind
+    python3 benches/miss_instructions.py            # about 3 minutes after the build; needs valgrind
+    python3 benches/miss_instructions.py --runs 5   # more runs, a steadier median
+
+Each run's hash seeds are new, and with them the heap's state, which moves a parse's count by
+about 1%: every run is printed, and the median of the ratios.
 
 Stdlib only.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,16 +56,20 @@ def count(statement: str, out_dir: Path) -> dict[str, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per statement (default 3)")
+    args = parser.parse_args()
     subprocess.run(["cargo", "build", "--release", "-p", "pgstepup-benches", "--example",
                     "miss_cost"], cwd=ROOT, check=True)
     with tempfile.TemporaryDirectory() as scratch:
         for statement in ["short", "jdbc"]:
-            per_call = count(statement, Path(scratch))
-            parse = per_call["parse_only"]
+            runs = [count(statement, Path(scratch)) for _ in range(args.runs)]
             print(f"{statement}:")
             for name in MEASURED:
-                print(f"  {LABELS[name]:<24} {per_call[name]:>11,.0f} instructions"
-                      f"  {per_call[name] / parse - 1:+6.1%}")
+                counts = [run[name] for run in runs]
+                ratios = [run[name] / run["parse_only"] - 1 for run in runs]
+                each = "  ".join(f"{c:>9,.0f} ({r:+5.1%})" for c, r in zip(counts, ratios))
+                print(f"  {LABELS[name]:<24} median {statistics.median(ratios):+6.1%}   {each}")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,8 @@ pub struct ProxyConfig {
     /// Session threads, each running its own runtime (a session stays on one); 0 = half the
     /// cores, at least one (Odyssey's `workers "auto"` is half, rounded up): a proxy usually
     /// shares its machine with PostgreSQL or the application, and each further thread adds
-    /// wake-ups, CPU per transaction and latency tail there (README, "Benchmark").
+    /// wake-ups, CPU per transaction and latency tail there (benches/RESULTS.md, "Session
+    /// threads: half the cores").
     pub worker_threads: usize,
     /// Also listen on a Unix socket in this directory, named `.s.PGSQL.PORT` after the TCP
     /// port as libpq expects (`psql -h DIR -p PORT`), for clients on the same machine.
