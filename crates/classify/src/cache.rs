@@ -1,6 +1,7 @@
 //! [`Classifier`]: classification behind a bounded, sharded cache. Lookups take one
 //! uncontended shard lock; the cache never holds more than its capacity, and a full shard
-//! lets its oldest entry go for each new one. Two indexes: by
+//! lets its oldest entry go for each new one, whose buffers the new entry takes over. Two
+//! indexes: by
 //! statement shape, and by a key blind to integer and string literals ([`lexer::text_key`])
 //! whose entries keep the [`ShapeTemplate`] of a text classified before, so a text that differs
 //! from it only in those literals is recalled with a byte comparison instead of a scan.
@@ -18,7 +19,7 @@ const SHARDS: usize = 16;
 #[derive(Default)]
 struct Entries {
     /// Shape hash → (shape, classification).
-    shapes: Bounded<(Box<str>, SharedClassification)>,
+    shapes: Bounded<(String, SharedClassification)>,
     /// Text key → (template of a text with that key, classification of its shape).
     texts: Bounded<(ShapeTemplate, SharedClassification)>,
 }
@@ -50,24 +51,25 @@ impl<V> Bounded<V> {
         self.map.len()
     }
 
-    /// Inserts `value` for `key`, first making room by letting the oldest entry go when there
-    /// are `limit` already. Returns what left the map (the entry let go, or the one `key` had),
-    /// for the caller to drop once it has let the shard's lock go.
+    /// When the map holds `limit` entries already, lets the oldest go and returns it: its
+    /// buffers for the entry about to come in, the rest for the caller to drop once it has let
+    /// the shard's lock go.
     #[must_use]
-    fn insert(&mut self, limit: usize, key: u64, value: V) -> Option<V> {
-        if let Some(known) = self.map.get_mut(&key) {
-            return Some(std::mem::replace(known, value));
+    fn make_room(&mut self, limit: usize) -> Option<V> {
+        if self.map.len() < limit {
+            return None;
         }
-        let evicted = if self.map.len() >= limit {
-            self.order
-                .pop_front()
-                .and_then(|oldest| self.map.remove(&oldest))
-        } else {
-            None
-        };
+        self.order
+            .pop_front()
+            .and_then(|oldest| self.map.remove(&oldest))
+    }
+
+    /// Inserts `value` for `key`, which the map does not hold, once [`Bounded::make_room`]
+    /// made room for it.
+    fn insert_new(&mut self, key: u64, value: V) {
+        debug_assert!(!self.map.contains_key(&key));
         self.map.insert(key, value);
         self.order.push_back(key);
-        evicted
     }
 }
 
@@ -176,8 +178,16 @@ impl Classifier {
             // (`t1` and `t2`, or decimals) would otherwise replace each other, allocating
             // every time.
             if entries.texts.get(key).is_none() {
-                let entry = (template.clone(), classification.clone());
-                let evicted = entries.texts.insert(self.per_shard, key, entry);
+                // A template is at most MAX_TEMPLATE_TEXT bytes of text, so a buffer taken
+                // over is never much larger than the one it stands for.
+                let (mut kept, evicted) = match entries.texts.make_room(self.per_shard) {
+                    Some((buffers, evicted)) => (buffers, Some(evicted)),
+                    None => (ShapeTemplate::default(), None),
+                };
+                kept.copy_from(template);
+                entries
+                    .texts
+                    .insert_new(key, (kept, classification.clone()));
                 drop(entries);
                 drop(evicted);
             }
@@ -196,9 +206,24 @@ impl Classifier {
             }
         }
         let classification = self.classify_uncached(sql);
-        let entry = (shape.into(), classification.clone());
         let mut entries = shard.lock().expect("cache shard");
-        let evicted = entries.shapes.insert(self.per_shard, hash, entry);
+        let evicted = match entries.shapes.map.get_mut(&hash) {
+            // Another session's entry since the lookup, or another shape with this hash.
+            Some(known) => {
+                let entry = (shape.to_owned(), classification.clone());
+                Some(std::mem::replace(known, entry).1)
+            }
+            None => {
+                let (kept, evicted) = match entries.shapes.make_room(self.per_shard) {
+                    Some((buffer, evicted)) => (recycled(buffer, shape), Some(evicted)),
+                    None => (shape.to_owned(), None),
+                };
+                entries
+                    .shapes
+                    .insert_new(hash, (kept, classification.clone()));
+                evicted
+            }
+        };
         drop(entries);
         drop(evicted);
         (classification, false)
@@ -225,6 +250,17 @@ impl Classifier {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// `shape` in the buffer of an entry let go, unless that buffer is more than twice the size
+/// (shapes have no length limit: one long statement's buffer must not stay for short ones).
+fn recycled(mut buffer: String, shape: &str) -> String {
+    if buffer.capacity() > 2 * shape.len().max(64) {
+        return shape.to_owned();
+    }
+    buffer.clear();
+    buffer.push_str(shape);
+    buffer
 }
 
 /// The keys are already hashes: hashing them again would only cost time.
@@ -308,19 +344,69 @@ mod tests {
     fn a_full_map_lets_only_its_oldest_entry_go() {
         let mut map = Bounded::default();
         for key in 1..=3 {
-            assert_eq!(map.insert(3, key, key * 10), None);
+            assert_eq!(map.make_room(3), None);
+            map.insert_new(key, key * 10);
         }
         // Full: the oldest leaves, handed back; the others stay.
-        assert_eq!(map.insert(3, 4, 40), Some(10));
+        assert_eq!(map.make_room(3), Some(10));
+        map.insert_new(4, 40);
         assert_eq!(map.len(), 3);
         assert_eq!(map.get(1), None);
         assert_eq!((map.get(2), map.get(4)), (Some(&20), Some(&40)));
-        // A key already there is replaced in place, and keeps its turn.
-        assert_eq!(map.insert(3, 2, 21), Some(20));
-        assert_eq!(map.insert(3, 5, 50), Some(21));
-        assert_eq!(map.insert(3, 6, 60), Some(30));
-        assert_eq!(map.len(), 3);
-        assert_eq!(map.order.len(), 3);
+        assert_eq!(map.make_room(3), Some(20));
+        map.insert_new(5, 50);
+        assert_eq!((map.len(), map.order.len()), (3, 3));
+    }
+
+    #[test]
+    fn a_full_cache_gives_the_buffers_of_the_entry_it_lets_go_to_the_new_one() {
+        // One entry per shard in each index: a new shape or text in a full shard replaces the
+        // one there.
+        let classifier = Classifier::new(SHARDS, Vec::new());
+        let mut scratch = ShapeTemplate::default();
+        let text = |i: usize| format!("SELECT c{i} FROM t WHERE id = 1");
+        for i in 100..400 {
+            classifier.classify(&text(i), &mut scratch);
+        }
+        // Each index's entry in shard 0: its key, and where its shape's bytes lie.
+        let shape_entry = |c: &Classifier| {
+            let entries = c.shards[0].lock().expect("cache shard");
+            let (key, (shape, _)) = entries.shapes.map.iter().next().expect("full");
+            (*key, shape.as_ptr())
+        };
+        let text_entry = |c: &Classifier| {
+            let entries = c.shards[0].lock().expect("cache shard");
+            let (key, (template, _)) = entries.texts.map.iter().next().expect("full");
+            (*key, template.shape().as_ptr())
+        };
+        let (shape_key, shape_buffer) = shape_entry(&classifier);
+        let (text_key, text_buffer) = text_entry(&classifier);
+        let (mut shape_replaced, mut text_replaced) = (false, false);
+        // Same lengths, other names: each new entry fits the buffers of the one it replaces
+        // (made while those were still in use, a new allocation could not share their address).
+        for i in 400..1000 {
+            classifier.classify(&text(i), &mut scratch);
+            let (key, buffer) = shape_entry(&classifier);
+            if key != shape_key && !shape_replaced {
+                assert_eq!(buffer, shape_buffer, "shape entry");
+                shape_replaced = true;
+            }
+            let (key, buffer) = text_entry(&classifier);
+            if key != text_key && !text_replaced {
+                assert_eq!(buffer, text_buffer, "text entry");
+                text_replaced = true;
+            }
+        }
+        assert!(shape_replaced && text_replaced);
+        // A buffer much larger than the shape that would take it over is let go instead.
+        let large = String::with_capacity(4096);
+        let at = large.as_ptr();
+        let taken = recycled(large, "select ?");
+        assert_ne!(taken.as_ptr(), at);
+        let fitting = String::with_capacity(64);
+        let at = fitting.as_ptr();
+        let taken = recycled(fitting, "select ?");
+        assert_eq!((taken.as_ptr(), taken.as_str()), (at, "select ?"));
     }
 
     #[test]
