@@ -135,9 +135,9 @@ fn decide(c: &mut Criterion) {
             })
         },
     );
-    // The same misses into a cache with room, as the default 10,000 entries mostly have: no
-    // entry is let go, so none of the cold memory an eviction touches (each cache is filled
-    // with one pass over the texts, then dropped outside the timing).
+    // The same misses into a cache with room, as the default 10,000 entries mostly have, to
+    // set beside the full cache's above: no entry is let go (each cache is filled with one
+    // pass over the texts, then dropped outside the timing).
     c.bench_function(
         "miss into a cache with room: short statement (scan, classify, insert + policy)",
         |b| {

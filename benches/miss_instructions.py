@@ -59,6 +59,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per statement (default 3)")
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     subprocess.run(["cargo", "build", "--release", "-p", "pgstepup-benches", "--example",
                     "miss_cost"], cwd=ROOT, check=True)
     with tempfile.TemporaryDirectory() as scratch:

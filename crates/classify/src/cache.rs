@@ -47,6 +47,10 @@ impl<V> Bounded<V> {
         self.map.get(&key)
     }
 
+    fn get_mut(&mut self, key: u64) -> Option<&mut V> {
+        self.map.get_mut(&key)
+    }
+
     fn len(&self) -> usize {
         self.map.len()
     }
@@ -70,6 +74,28 @@ impl<V> Bounded<V> {
         debug_assert!(!self.map.contains_key(&key));
         self.map.insert(key, value);
         self.order.push_back(key);
+    }
+}
+
+impl<B: Default> Bounded<(B, SharedClassification)> {
+    /// Inserts `classification` for `key`, which the map does not hold, beside what `fill`
+    /// makes of the buffer of the entry let go to make room (a new, empty one when none is).
+    /// Returns the classification let go, for the caller to drop once it has let the shard's
+    /// lock go.
+    #[must_use]
+    fn insert_reusing(
+        &mut self,
+        limit: usize,
+        key: u64,
+        classification: SharedClassification,
+        fill: impl FnOnce(B) -> B,
+    ) -> Option<SharedClassification> {
+        let (buffer, evicted) = match self.make_room(limit) {
+            Some((buffer, evicted)) => (buffer, Some(evicted)),
+            None => (B::default(), None),
+        };
+        self.insert_new(key, (fill(buffer), classification));
+        evicted
     }
 }
 
@@ -180,14 +206,15 @@ impl Classifier {
             if entries.texts.get(key).is_none() {
                 // A template is at most MAX_TEMPLATE_TEXT bytes of text, so a buffer taken
                 // over is never much larger than the one it stands for.
-                let (mut kept, evicted) = match entries.texts.make_room(self.per_shard) {
-                    Some((buffers, evicted)) => (buffers, Some(evicted)),
-                    None => (ShapeTemplate::default(), None),
-                };
-                kept.copy_from(template);
-                entries
-                    .texts
-                    .insert_new(key, (kept, classification.clone()));
+                let evicted = entries.texts.insert_reusing(
+                    self.per_shard,
+                    key,
+                    classification.clone(),
+                    |mut kept| {
+                        kept.copy_from(template);
+                        kept
+                    },
+                );
                 drop(entries);
                 drop(evicted);
             }
@@ -207,22 +234,18 @@ impl Classifier {
         }
         let classification = self.classify_uncached(sql);
         let mut entries = shard.lock().expect("cache shard");
-        let evicted = match entries.shapes.map.get_mut(&hash) {
+        let evicted = match entries.shapes.get_mut(hash) {
             // Another session's entry since the lookup, or another shape with this hash.
             Some(known) => {
                 let entry = (shape.to_owned(), classification.clone());
                 Some(std::mem::replace(known, entry).1)
             }
-            None => {
-                let (kept, evicted) = match entries.shapes.make_room(self.per_shard) {
-                    Some((buffer, evicted)) => (recycled(buffer, shape), Some(evicted)),
-                    None => (shape.to_owned(), None),
-                };
-                entries
-                    .shapes
-                    .insert_new(hash, (kept, classification.clone()));
-                evicted
-            }
+            None => entries.shapes.insert_reusing(
+                self.per_shard,
+                hash,
+                classification.clone(),
+                |buffer| recycled(buffer, shape),
+            ),
         };
         drop(entries);
         drop(evicted);
