@@ -283,6 +283,49 @@ async fn health_readiness_and_limits() {
     );
 }
 
+/// A connection that never finishes its startup is closed after `limits.startup_timeout_secs`
+/// and counted; one that finishes in time is unaffected and keeps working past the limit.
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_startup_timeout() {
+    use tokio::io::AsyncReadExt;
+
+    app_role().await;
+    let proxy = TestProxy::with(Auth::Scram, true, |c| {
+        c.limits.startup_timeout_secs = 1;
+    });
+    let web = WebClient::of(&proxy);
+    web.await_readiness(200).await;
+    let before = Scrape::of(&web).await;
+
+    let (working, _conn) = proxy
+        .connect_with(&proxy.conn_str(APP_USER, APP_PASSWORD, APP_DB, "require"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut byte))
+        .await
+        .expect("the proxy closes a silent connection");
+    assert_eq!(read.unwrap(), 0, "closed without a reply");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}, before the timeout"
+    );
+    working.simple_query("SELECT 1").await.unwrap();
+
+    let after = Scrape::of(&web).await;
+    let timed_out = |s: &Scrape| {
+        s.value(
+            "pgstepup_client_connections_rejected_total",
+            &[("reason", "startup_timeout")],
+        )
+    };
+    assert_eq!(timed_out(&after) - timed_out(&before), 1.0);
+    assert_eq!(after.value("pgstepup_upstream_connections", &[]), 1.0);
+}
+
 #[tokio::test]
 async fn shutdown_lets_an_open_transaction_commit_then_closes_with_57p01() {
     app_role().await;

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +33,7 @@ use crate::lifecycle::Lifecycle;
 use crate::policy_store::PolicyStore;
 use crate::proxy::{Session, SessionParts};
 use crate::tls::{self, ClientTls};
-use crate::upstream_pool::UpstreamPool;
+use crate::upstream_pool::{IdleUpstream, UpstreamPool};
 use crate::workers::Workers;
 
 /// Why the proxy could not start.
@@ -339,6 +340,13 @@ async fn accept_unix(unix: Option<&SocketFile>) -> std::io::Result<tokio::net::U
     }
 }
 
+/// A phase of a client's connection as a future of its own on the heap, polled through `dyn`.
+/// Inlined into one future, the handshake's and Redis calls' states sized the session task at
+/// ~11 KB and gave every wake-up of the relay loop the stack frames of all of them (~10-11 KB
+/// each for the task, its wrapper and the loop, probed page by page); apart, the loop's poll
+/// sets up under 1 KB.
+type BoxedPhase<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 async fn handle_client(shared: Arc<Shared>, socket: ClientSocket, peer: ClientAddr, id: u64) {
     if let ClientSocket::Tcp(tcp) = &socket {
         let _ = tcp.set_nodelay(true);
@@ -347,27 +355,54 @@ async fn handle_client(shared: Arc<Shared>, socket: ClientSocket, peer: ClientAd
     metrics.client_connections_total.inc();
     metrics.client_connections.inc();
     let _open = GaugeGuard(&metrics.client_connections);
+    let Some((session, login, _upstream)) = boxed(start(&shared, socket, peer, id)).await else {
+        return;
+    };
+    let key = session.cancel_pid();
+    let (ending, idle) = boxed(session.run()).await;
+    tracing::debug!(?ending, "session ended");
+    boxed(finish(&shared, key, login, idle)).await;
+}
+
+/// Moves `phase` to the heap. Never inlined: the future is built in this call's frame before
+/// the move, and that frame (the size of the whole future) must not join the caller's.
+#[inline(never)]
+fn boxed<'a, T>(phase: impl Future<Output = T> + Send + 'a) -> BoxedPhase<'a, T> {
+    Box::pin(phase)
+}
+
+/// Handshake and authentication within `limits.startup_timeout_secs`, then the session's
+/// cancel key shared with the other instances. The upstream connection is counted from here
+/// until the guard returned with the session drops.
+async fn start(
+    shared: &Arc<Shared>,
+    socket: ClientSocket,
+    peer: ClientAddr,
+    id: u64,
+) -> Option<(Session, Bytes, GaugeGuard<'_>)> {
     let startup_timeout = Duration::from_secs(shared.config.limits.startup_timeout_secs);
-    let started = tokio::time::timeout(startup_timeout, establish(&shared, socket, peer, id)).await;
+    let started = tokio::time::timeout(startup_timeout, establish(shared, socket, peer, id)).await;
     let (session, login) = match started {
         Err(_) => {
             tracing::info!("startup timed out");
-            metrics.rejected(Rejection::StartupTimeout);
-            return;
+            shared.metrics.rejected(Rejection::StartupTimeout);
+            return None;
         }
-        Ok(None) => return,
-        Ok(Some(started)) => started,
+        Ok(started) => started?,
     };
-    metrics.upstream_connections.inc();
-    let _upstream = GaugeGuard(&metrics.upstream_connections);
-    let key = session.cancel_pid();
-    if let (Some(pid), true) = (key, shared.stepup.is_shared()) {
+    shared.metrics.upstream_connections.inc();
+    let upstream = GaugeGuard(&shared.metrics.upstream_connections);
+    if let (Some(pid), true) = (session.cancel_pid(), shared.stepup.is_shared()) {
         if let Err(error) = shared.stepup.register_cancel_key(pid).await {
             tracing::warn!(%error, "cancel key not shared; cancels through other instances will not reach this session");
         }
     }
-    let (ending, idle) = session.run().await;
-    tracing::debug!(?ending, "session ended");
+    Some((session, login, upstream))
+}
+
+/// After the session: its cancel key withdrawn, and an upstream connection left at rest kept
+/// for the next client of the same login.
+async fn finish(shared: &Arc<Shared>, key: Option<i32>, login: Bytes, idle: Option<IdleUpstream>) {
     if let (Some(pid), true) = (key, shared.stepup.is_shared()) {
         let _ = shared.stepup.forget_cancel_key(pid).await;
     }
