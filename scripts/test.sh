@@ -6,7 +6,8 @@
 #      (unit tests, tokio-postgres/wire/SCRAM-upstream tests, psql, psycopg, pgJDBC and
 #      node-postgres through a real pgstepup, step-up approvals with a software passkey and in
 #      headless Chromium, and two instances sharing a real Redis), after checking deploy/ with
-#      real validators (deploy/validate.py) and running the Compose topology as processes.
+#      real validators (deploy/validate.py) and running the Compose topology as processes, and
+#      the load harness's own unit tests (benches/load/test_*.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,6 +83,8 @@ say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 say "validate deploy/ (promtool, haproxy -c, systemd-analyze, kubernetes-validate, compose-spec)"
 python3 deploy/validate.py
+say "unit tests of the load harness's statistics (benches/load/test_*.py)"
+python3 -m unittest discover -s benches/load -p 'test_*.py'
 say "cargo test"
 cargo test --workspace --quiet
 say "all tests passed"

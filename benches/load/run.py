@@ -271,6 +271,33 @@ def main_table(summary, markdown):
     return H.render_table(headers, rows, markdown)
 
 
+def paired_ratios(runs):
+    """pgstepup/pgbouncer throughput within each round, by (mode, clients), in round order.
+
+    A round runs the targets of one cell back to back, so the two proxies share the host's
+    drift of those seconds; medians taken over rounds target by target do not pair them, and
+    the drift between rounds is larger than the proxies' difference. `runs` may pool several
+    runs of the harness as long as each record's "round" tells them apart.
+    """
+    pgbouncer = {(r["mode"], r["clients"], r["round"]): r for r in runs
+                 if r["ok"] and r["target"] == "pgbouncer"}
+    out = {}
+    for r in runs:
+        b = pgbouncer.get((r["mode"], r["clients"], r["round"]))
+        if r["ok"] and r["target"] == "pgstepup" and b and b["tps"]:
+            out.setdefault((r["mode"], r["clients"]), []).append(r["tps"] / b["tps"])
+    return out
+
+
+def paired_table(runs, markdown):
+    headers = ["mode", "clients", "rounds", "pgstepup/pgbouncer, median of rounds",
+               "min–max", "rounds at or above 1"]
+    rows = [[mode, str(clients), str(len(v)), f"{statistics.median(v):.3f}",
+             f"{min(v):.3f}–{max(v):.3f}", f"{sum(x >= 1 for x in v)}/{len(v)}"]
+            for (mode, clients), v in paired_ratios(runs).items()]
+    return H.render_table(headers, rows, markdown)
+
+
 def p99_table(summary, target_names, markdown):
     headers = ["mode", "clients"] + [f"{tn} p99" for tn in target_names] + \
               ["pgstepup/pgbouncer p99"]
@@ -323,7 +350,7 @@ def spread_table(summary, target_names, markdown):
     return H.render_table(headers, rows, markdown)
 
 
-def write_markdown(path, meta, summary, target_names):
+def write_markdown(path, meta, summary, target_names, runs):
     m, v, p = meta["machine"], meta["versions"], meta["parameters"]
     lines = [
         "# pgstepup load benchmark (pgbench -S)", "",
@@ -394,6 +421,15 @@ def write_markdown(path, meta, summary, target_names):
         spread_table(summary, target_names, True), "",
         "Spread = (max − min) / median across rounds; differences between targets "
         "smaller than the spread are noise.", "",
+    ]
+    if "pgstepup" in target_names and "pgbouncer" in target_names:
+        lines += [
+            "## pgstepup/pgbouncer within each round", "",
+            paired_table(runs, True), "",
+            "Each round runs a cell's targets back to back, so this pairs the proxies within "
+            "the host's drift; `paired.py` pools several runs' `latest.json`.", "",
+        ]
+    lines += [
         "![throughput](throughput.svg)", "",
     ]
     failed = [(r["mode"], r["clients"], tn) for r in summary for tn in target_names
@@ -602,11 +638,14 @@ def main():
     (args.out / "latest.json").write_text(json.dumps(
         {"meta": meta, "latency_p99_us": p99, "summary": summary, "runs": runs},
         indent=2, ensure_ascii=False) + "\n")
-    write_markdown(args.out / "latest.md", meta, summary, names)
+    write_markdown(args.out / "latest.md", meta, summary, names, runs)
     write_svg(args.out / "throughput.svg", meta, summary, names, args.modes, args.clients)
 
     print()
     print(main_table(summary, markdown=False))
+    if "pgstepup" in names and "pgbouncer" in names:
+        print()
+        print(paired_table(runs, markdown=False))
     print()
     print(f"wrote {args.out / 'latest.md'}, {args.out / 'latest.json'}, "
           f"{args.out / 'throughput.svg'}")

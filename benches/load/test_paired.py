@@ -1,0 +1,54 @@
+"""Unit tests of the within-round pairing (run.paired_ratios) and its pooling (paired.py)."""
+
+import json
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import paired  # noqa: E402
+import run  # noqa: E402
+
+
+def record(target, rnd, tps, mode="simple", clients=8, ok=True):
+    return {"target": target, "round": rnd, "tps": tps, "mode": mode, "clients": clients,
+            "ok": ok}
+
+
+class PairedRatios(unittest.TestCase):
+    def test_each_round_is_compared_with_its_own_pgbouncer(self):
+        runs = [record("direct", 1, 300.0), record("pgbouncer", 1, 100.0),
+                record("pgstepup", 1, 110.0), record("pgstepup", 2, 180.0),
+                record("pgbouncer", 2, 200.0)]
+        self.assertEqual(run.paired_ratios(runs), {("simple", 8): [1.1, 0.9]})
+
+    def test_cells_stay_apart_and_failed_runs_pair_with_nothing(self):
+        runs = [record("pgbouncer", 1, 100.0), record("pgstepup", 1, 50.0, clients=32),
+                record("pgbouncer", 1, 100.0, clients=32), record("pgstepup", 1, 0.0, ok=False)]
+        self.assertEqual(run.paired_ratios(runs), {("simple", 32): [0.5]})
+
+    def test_the_table_counts_rounds_at_or_above_one(self):
+        runs = [record("pgbouncer", r, 100.0) for r in (1, 2, 3)] + [
+            record("pgstepup", 1, 100.0), record("pgstepup", 2, 90.0),
+            record("pgstepup", 3, 120.0)]
+        row = run.paired_table(runs, markdown=True).splitlines()[-1]
+        self.assertEqual([c.strip() for c in row.strip("|").split("|")],
+                         ["simple", "8", "3", "1.000", "0.900–1.200", "2/3"])
+
+
+class Pooling(unittest.TestCase):
+    def test_rounds_of_different_runs_do_not_pair_across_runs(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            first, second = Path(tmp, "a.json"), Path(tmp, "b.json")
+            first.write_text(json.dumps({"runs": [record("pgbouncer", 1, 100.0),
+                                                  record("pgstepup", 1, 120.0)]}))
+            second.write_text(json.dumps({"runs": [record("pgbouncer", 1, 200.0),
+                                                   record("pgstepup", 1, 100.0)]}))
+            pooled = paired.pooled_runs([first, second])
+        self.assertEqual(run.paired_ratios(pooled), {("simple", 8): [1.2, 0.5]})
+
+
+if __name__ == "__main__":
+    unittest.main()
