@@ -342,9 +342,10 @@ async fn accept_unix(unix: Option<&SocketFile>) -> std::io::Result<tokio::net::U
 
 /// A phase of a client's connection as a future of its own on the heap, polled through `dyn`.
 /// Inlined into one future, the handshake's and Redis calls' states sized the session task at
-/// ~11 KB and gave every wake-up of the relay loop the stack frames of all of them (~10-11 KB
-/// each for the task, its wrapper and the loop, probed page by page); apart, the loop's poll
-/// sets up under 1 KB.
+/// ~11 KB and gave every wake-up of the relay loop the stack frames of all of them (10-12 KB
+/// each for tokio's poll of the task, the session thread's wrapper and the loop, probed page
+/// by page); apart, the task holds little more than the session and the loop's poll sets up
+/// under 1 KB.
 type BoxedPhase<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 async fn handle_client(shared: Arc<Shared>, socket: ClientSocket, peer: ClientAddr, id: u64) {
@@ -355,20 +356,24 @@ async fn handle_client(shared: Arc<Shared>, socket: ClientSocket, peer: ClientAd
     metrics.client_connections_total.inc();
     metrics.client_connections.inc();
     let _open = GaugeGuard(&metrics.client_connections);
-    let Some((session, login, _upstream)) = boxed(start(&shared, socket, peer, id)).await else {
+    let Some((session, login, _upstream)) = boxed(|| start(&shared, socket, peer, id)).await else {
         return;
     };
     let key = session.cancel_pid();
-    let (ending, idle) = boxed(session.run()).await;
+    let (ending, idle) = boxed(move || session.run()).await;
     tracing::debug!(?ending, "session ended");
-    boxed(finish(&shared, key, login, idle)).await;
+    boxed(|| finish(&shared, key, login, idle)).await;
 }
 
-/// Moves `phase` to the heap. Never inlined: the future is built in this call's frame before
-/// the move, and that frame (the size of the whole future) must not join the caller's.
+/// Builds a phase's future on the heap. Never inlined, and handed what the future is made of
+/// rather than the future: a future is built (at the size of all its states) in the frame of
+/// whoever calls the async fn, and that frame must not become the connection task's.
 #[inline(never)]
-fn boxed<'a, T>(phase: impl Future<Output = T> + Send + 'a) -> BoxedPhase<'a, T> {
-    Box::pin(phase)
+fn boxed<'a, T, F>(make: impl FnOnce() -> F) -> BoxedPhase<'a, T>
+where
+    F: Future<Output = T> + Send + 'a,
+{
+    Box::pin(make())
 }
 
 /// Handshake and authentication within `limits.startup_timeout_secs`, then the session's
