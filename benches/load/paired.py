@@ -20,11 +20,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402
 
 
+# What pairing reads of each run record (run.py writes them all).
+FIELDS = ("target", "mode", "clients", "round", "ok", "tps")
+
+
 def pooled_runs(paths):
-    """Every run record of the files, each round renamed after its file so rounds stay apart."""
+    """Every run record of the files, each round renamed after its file so rounds stay apart.
+    A file that is not run.py's latest.json is refused with a ValueError naming it."""
     runs = []
     for index, path in enumerate(paths):
         for r in json.loads(Path(path).read_text())["runs"]:
+            missing = [f for f in FIELDS if not isinstance(r, dict) or f not in r]
+            if missing:
+                raise ValueError(f"{path}: a run record without {', '.join(missing)}")
             runs.append({**r, "round": f"{index}:{r['round']}"})
     return runs
 

@@ -49,6 +49,14 @@ class Pooling(unittest.TestCase):
             pooled = paired.pooled_runs([first, second])
         self.assertEqual(run.paired_ratios(pooled), {("simple", 8): [1.2, 0.5]})
 
+    def test_a_file_that_is_not_a_runs_results_is_refused_by_name(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            stranger = Path(tmp, "other.json")
+            stranger.write_text(json.dumps({"runs": [{"round": 1}]}))
+            with self.assertRaisesRegex(ValueError, "other.json: a run record without target"):
+                paired.pooled_runs([stranger])
+            self.assertEqual(paired.main([str(stranger)]), 2)
+
 
 if __name__ == "__main__":
     unittest.main()
