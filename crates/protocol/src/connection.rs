@@ -1,5 +1,6 @@
-//! [`Connection`]: the one type that owns a socket's framing. Reads land in one reusable buffer
-//! and come out as zero-copy [`Frame`]s; writes are queued and go out in one syscall per flush.
+//! [`Connection`]: the one type that owns a socket's framing. Reads land in a buffer lent by
+//! the thread's pool and come out as zero-copy [`Frame`]s; writes are queued and go out in one
+//! syscall per flush.
 
 use std::future::Future;
 use std::io;
@@ -9,6 +10,7 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::buffer_pool::{self, CHUNK as READ_CHUNK, IDLE_CAP as IDLE_BUFFER_CAP};
 use crate::frame::{Frame, FrameRef, HEADER_LEN};
 use crate::read_wake::ReadWake;
 use crate::stream::Stream;
@@ -19,13 +21,6 @@ pub const DEFAULT_MAX_FRAME: usize = 256 * 1024 * 1024;
 /// Startup-phase packets (StartupMessage, SSLRequest, CancelRequest) are small; PostgreSQL caps
 /// them at 10 000 bytes.
 const MAX_STARTUP_PACKET: usize = 10_000;
-
-/// How much to ask the kernel for at a time.
-const READ_CHUNK: usize = 16 * 1024;
-
-/// Buffers grown past this by one large message are dropped once empty, so an idle connection
-/// holds little memory.
-const IDLE_BUFFER_CAP: usize = 64 * 1024;
 
 /// Queue size past which callers should flush even mid-exchange.
 pub(crate) const FLUSH_THRESHOLD: usize = 64 * 1024;
@@ -50,6 +45,8 @@ pub enum ConnectionError {
 /// A framed PostgreSQL connection (either side of the proxy).
 pub struct Connection {
     stream: Stream,
+    /// Empty and unallocated while the connection waits with nothing buffered: it is lent by
+    /// the thread's pool for a read and given back once drained.
     read_buf: BytesMut,
     /// How much of `read_buf`'s front was consumed in place. Dropped in one go (cleared once
     /// all of it is consumed, so the next read lands at the same place) instead of advancing
@@ -57,11 +54,14 @@ pub struct Connection {
     read_at: usize,
     /// The read buffer was grown past the idle size for a large message.
     read_grown: bool,
+    /// The read buffer came from the pool (or was reclaimed back to its start) and has not
+    /// been split, advanced or grown since: once drained it can go back to the pool as it is.
+    read_poolable: bool,
     /// Skips re-polling the socket while it has nothing new.
     read_wake: ReadWake,
-    /// Queued output; `written` bytes of it are already sent. Once all of it is sent it starts
-    /// again at its beginning, so the kernel copies from the same few cache-hot lines every
-    /// time instead of walking through the allocation.
+    /// Queued output; `written` bytes of it are already sent. Lent by the thread's pool when
+    /// something is queued and given back once all of it is sent, so the kernel copies from
+    /// the same few cache-hot lines every time, whichever connection writes.
     write_buf: Vec<u8>,
     written: usize,
     max_frame: usize,
@@ -91,11 +91,12 @@ impl Connection {
     pub fn new(stream: Stream, max_frame: usize) -> Self {
         Connection {
             stream,
-            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            read_buf: BytesMut::new(),
             read_at: 0,
             read_grown: false,
+            read_poolable: false,
             read_wake: ReadWake::new(),
-            write_buf: Vec::with_capacity(READ_CHUNK),
+            write_buf: Vec::new(),
             written: 0,
             max_frame,
         }
@@ -124,6 +125,7 @@ impl Connection {
                 let len = checked_len(input, 8, MAX_STARTUP_PACKET)?;
                 if input.len() >= len {
                     self.drop_consumed();
+                    self.read_poolable = false;
                     return Ok(self.read_buf.split_to(len).freeze());
                 }
             }
@@ -147,6 +149,7 @@ impl Connection {
             return Ok(None);
         };
         self.drop_consumed();
+        self.read_poolable = false;
         let frame = Frame::from_bytes(self.read_buf.split_to(total).freeze());
         self.release_drained_grown_buffer();
         Ok(Some(frame))
@@ -194,6 +197,7 @@ impl Connection {
         if self.read_at == self.read_buf.len() {
             self.read_buf.clear();
             self.read_at = 0;
+            // Kept for the read that follows; given back if that read finds nothing.
             self.release_drained_grown_buffer();
         }
     }
@@ -209,6 +213,7 @@ impl Connection {
     #[inline(never)]
     fn make_room_for(&mut self, total: usize) {
         self.drop_consumed();
+        self.read_poolable = false;
         self.read_buf.reserve(total - self.read_buf.len());
         self.read_grown |= self.read_buf.capacity() > IDLE_BUFFER_CAP;
     }
@@ -243,10 +248,21 @@ impl Connection {
     fn release_drained_grown_buffer(&mut self) {
         if self.read_buf.is_empty() && self.read_grown {
             // The buffer was grown for a large message. Its (now empty) tail still pins that
-            // whole allocation, so start afresh: the memory goes once the frames sliced from
-            // it are dropped, and an idle connection keeps only a small buffer.
-            self.read_buf = BytesMut::with_capacity(READ_CHUNK);
+            // whole allocation, so let go of it: the memory goes once the frames sliced from
+            // it are dropped, and the next read borrows a small buffer.
+            self.read_buf = BytesMut::new();
+            self.read_poolable = false;
             self.read_grown = false;
+        }
+    }
+
+    /// Hands the drained read buffer to the thread's pool, so the next connection to read
+    /// reuses its hot lines. One that owned frames were split from stays (it is reclaimed,
+    /// or swapped for a pooled one, at the next read).
+    fn give_back_read_buffer(&mut self) {
+        if self.read_poolable {
+            buffer_pool::give_read(std::mem::take(&mut self.read_buf));
+            self.read_poolable = false;
         }
     }
 
@@ -270,15 +286,27 @@ impl Connection {
     /// Pending at once, before any buffer or read is touched.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
         if self.read_wake.waiting(cx) {
+            if self.read_buf.is_empty() {
+                // Owned frames split off it may have been dropped since it drained.
+                self.give_back_read_buffer();
+            }
             return Poll::Pending;
         }
         if self.read_buf.is_empty() && self.read_buf.capacity() < READ_CHUNK {
             // Back to the start of the allocation when no frame still points into it (no copy,
-            // no allocation): the kernel then writes into the same cache-hot lines every time.
-            let _ = self.read_buf.try_reclaim(READ_CHUNK);
+            // no allocation), else a buffer from the pool: the kernel then writes into the
+            // same cache-hot lines every time.
+            if self.read_buf.capacity() != 0 && self.read_buf.try_reclaim(READ_CHUNK) {
+                self.read_poolable = !self.read_grown;
+            } else {
+                self.read_buf = buffer_pool::take_read();
+                self.read_grown = false;
+                self.read_poolable = true;
+            }
         }
         if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
             self.drop_consumed();
+            self.read_poolable = false;
             self.read_buf.reserve(READ_CHUNK);
             self.read_grown |= self.read_buf.capacity() > IDLE_BUFFER_CAP;
         }
@@ -290,8 +318,13 @@ impl Connection {
         } = self;
         // A read future made afresh per poll holds no state of its own: dropping it after
         // Pending loses nothing.
-        let n = ready!(read_wake.poll_read(std::pin::pin!(stream.read_buf(read_buf))))?;
-        if n == 0 {
+        let Poll::Ready(n) = read_wake.poll_read(std::pin::pin!(stream.read_buf(read_buf))) else {
+            if self.read_buf.is_empty() {
+                self.give_back_read_buffer();
+            }
+            return Poll::Pending;
+        };
+        if n? == 0 {
             return Poll::Ready(Err(if !self.has_partial_input() {
                 ConnectionError::Closed
             } else {
@@ -304,6 +337,9 @@ impl Connection {
     /// Queues bytes to send; nothing reaches the socket before [`Connection::flush`].
     #[inline]
     pub fn queue(&mut self, bytes: &[u8]) {
+        if self.write_buf.capacity() == 0 {
+            self.write_buf = buffer_pool::take_write();
+        }
         self.write_buf.extend_from_slice(bytes);
     }
 
@@ -342,10 +378,8 @@ impl Connection {
             self.written += n;
         }
         self.written = 0;
-        if self.write_buf.capacity() > IDLE_BUFFER_CAP {
-            self.write_buf = Vec::with_capacity(READ_CHUNK);
-        } else {
-            self.write_buf.clear();
+        if self.write_buf.capacity() != 0 {
+            buffer_pool::give_write(std::mem::take(&mut self.write_buf));
         }
         // Only TLS holds bytes back (a record being built); a plain socket has nothing to flush.
         if self.stream.is_tls() {
@@ -376,7 +410,8 @@ impl Connection {
 
     fn release_idle_buffers(&mut self) {
         if !self.has_partial_input() && self.read_buf.capacity() > IDLE_BUFFER_CAP {
-            self.read_buf = BytesMut::with_capacity(READ_CHUNK);
+            self.read_buf = BytesMut::new();
+            self.read_poolable = false;
             self.read_at = 0;
             self.read_grown = false;
         }
@@ -495,20 +530,76 @@ mod tests {
     async fn drained_buffers_start_again_at_their_beginning() {
         let (mut conn, mut peer) = connected(1 << 20).await;
         let query = b"Q\0\0\0\x0eSELECT 1;\0";
-        let mut starts = Vec::new();
+        let (mut starts, mut outs) = (Vec::new(), Vec::new());
         for _ in 0..3 {
             peer.write_all(query).await.unwrap();
             let frame = conn.read_frame().await.unwrap();
             starts.push(frame.as_bytes().as_ptr());
             drop(frame);
             conn.queue(query);
-            let out = conn.write_buf.as_ptr();
+            outs.push(conn.write_buf.as_ptr());
             conn.flush().await.unwrap();
-            assert_eq!((conn.written, conn.write_buf.len()), (0, 0));
-            assert_eq!(conn.write_buf.as_ptr(), out);
+            assert_eq!((conn.written, conn.write_buf.capacity()), (0, 0));
         }
-        // Each message landed where the last one did, not after it.
+        // Each message landed where the last one did, not after it, and went out from where
+        // the last reply did.
         assert!(starts.windows(2).all(|w| w[0] == w[1]), "{starts:?}");
+        assert!(outs.windows(2).all(|w| w[0] == w[1]), "{outs:?}");
+    }
+
+    #[tokio::test]
+    async fn connections_of_a_thread_share_buffers_and_hold_none_while_idle() {
+        let (mut first, mut first_peer) = connected(1 << 20).await;
+        let (mut second, mut second_peer) = connected(1 << 20).await;
+        let query = b"Q\0\0\0\x0eSELECT 1;\0";
+        let mut read_at = Vec::new();
+        let mut write_at = Vec::new();
+        for (conn, peer) in [
+            (&mut first, &mut first_peer),
+            (&mut second, &mut second_peer),
+        ] {
+            peer.write_all(query).await.unwrap();
+            conn.wait_frame().await.unwrap();
+            let frame = conn.peek_frame().unwrap().unwrap();
+            read_at.push(frame.as_bytes().as_ptr());
+            let len = frame.as_bytes().len();
+            conn.consume(len);
+            conn.queue(query);
+            write_at.push(conn.write_buf.as_ptr());
+            conn.flush().await.unwrap();
+            // Drained both ways: the connection holds no buffer once it waits.
+            let waiting =
+                tokio::time::timeout(std::time::Duration::from_millis(20), conn.wait_frame());
+            assert!(waiting.await.is_err());
+            assert_eq!(
+                (conn.read_buf.capacity(), conn.write_buf.capacity()),
+                (0, 0)
+            );
+        }
+        // The second connection read into and wrote from the buffers the first gave back.
+        assert_eq!(read_at[0], read_at[1]);
+        assert_eq!(write_at[0], write_at[1]);
+
+        // A buffer an owned frame still points into is kept, not pooled, while that frame lives.
+        second_peer.write_all(query).await.unwrap();
+        let owned = second.read_frame().await.unwrap();
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(20), second.wait_frame());
+        assert!(waiting.await.is_err());
+        let spare = buffer_pool::take_read();
+        let spare = spare.as_ptr() as usize..spare.as_ptr() as usize + spare.capacity();
+        assert!(!spare.contains(&(owned.as_bytes().as_ptr() as usize)));
+        assert_eq!(owned.as_bytes(), query);
+
+        // A partial frame keeps its buffer through a wait.
+        first_peer.write_all(&query[..3]).await.unwrap();
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(50), first.wait_frame());
+        assert!(waiting.await.is_err());
+        assert!(first.has_partial_input() && first.read_buf.capacity() > 0);
+        first_peer.write_all(&query[3..]).await.unwrap();
+        first.wait_frame().await.unwrap();
+        assert_eq!(first.peek_frame().unwrap().unwrap().as_bytes(), query);
     }
 
     #[tokio::test]

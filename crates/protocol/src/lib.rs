@@ -1,14 +1,15 @@
 //! PostgreSQL wire framing for pgstepup.
 //!
 //! This crate owns everything about bytes on a socket and nothing about policy:
-//! [`Connection`] reads frames into zero-copy [`Frame`]s from one reusable buffer and coalesces
-//! writes; [`startup`] parses the untagged first packets (SSLRequest, GSSENCRequest,
+//! [`Connection`] reads frames into zero-copy [`Frame`]s from buffers its thread's pool lends
+//! and coalesces writes; [`startup`] parses the untagged first packets (SSLRequest, GSSENCRequest,
 //! CancelRequest, StartupMessage); [`backend`] builds the few messages pgstepup originates
 //! itself (errors, notices, authentication, key data); [`Stream`] is the socket under a
 //! connection, [`SocketFile`] a listening Unix socket's file. Frames that pass through are
 //! forwarded as the original bytes and never re-encoded.
 
 pub mod backend;
+mod buffer_pool;
 mod connection;
 mod frame;
 mod read_wake;

@@ -1,0 +1,106 @@
+//! Per-thread pools of I/O buffers. A [`Connection`](crate::Connection) holds a read or write
+//! buffer only while bytes are in it and hands it back once drained, so the sessions of one
+//! thread keep passing the same few cache-hot buffers around (as pgbouncer's pooled I/O
+//! buffers do) instead of each touching its own cold ones, and an idle connection holds none.
+
+use std::cell::RefCell;
+
+use bytes::BytesMut;
+
+/// What a pooled buffer holds: how much a connection asks the kernel for at a time.
+pub(crate) const CHUNK: usize = 16 * 1024;
+
+/// Buffers grown past this by one large message are dropped once empty, not pooled.
+pub(crate) const IDLE_CAP: usize = 64 * 1024;
+
+/// Spare buffers kept per thread and direction; a thread's sessions use one or two at a time,
+/// so more are only kept after a burst, and at most this many (256 KiB each way).
+const SPARES: usize = 16;
+
+thread_local! {
+    static READ: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static WRITE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty read buffer of at least [`CHUNK`] bytes, the one drained most recently if any.
+pub(crate) fn take_read() -> BytesMut {
+    READ.with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| BytesMut::with_capacity(CHUNK))
+}
+
+/// Takes back a drained read buffer that no frame points into and that starts where its
+/// allocation does (the caller knows; checking would cost as much as the pooling saves). One
+/// grown for a large message is dropped instead.
+pub(crate) fn give_read(buf: BytesMut) {
+    debug_assert!(buf.is_empty());
+    if buf.capacity() <= IDLE_CAP {
+        READ.with_borrow_mut(|spares| {
+            if spares.len() < SPARES {
+                spares.push(buf);
+            }
+        });
+    }
+}
+
+/// An empty write buffer of at least [`CHUNK`] bytes, the one flushed most recently if any.
+pub(crate) fn take_write() -> Vec<u8> {
+    WRITE
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| Vec::with_capacity(CHUNK))
+}
+
+/// Takes back a flushed write buffer (dropped if grown for a large message).
+pub(crate) fn give_write(mut buf: Vec<u8>) {
+    if buf.capacity() <= IDLE_CAP {
+        buf.clear();
+        WRITE.with_borrow_mut(|spares| {
+            if spares.len() < SPARES {
+                spares.push(buf);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_given_back_is_the_next_one_taken() {
+        let mut read = take_read();
+        read.extend_from_slice(b"frame");
+        read.clear();
+        let at = read.as_ptr();
+        give_read(read);
+        assert_eq!(take_read().as_ptr(), at);
+
+        let mut write = take_write();
+        write.extend_from_slice(b"reply");
+        let at = write.as_ptr();
+        give_write(write);
+        let again = take_write();
+        assert_eq!((again.as_ptr(), again.len()), (at, 0));
+    }
+
+    #[test]
+    fn grown_buffers_are_not_pooled() {
+        let spares = || (READ.with_borrow(Vec::len), WRITE.with_borrow(Vec::len));
+        give_read(BytesMut::with_capacity(IDLE_CAP * 2));
+        give_write(Vec::with_capacity(IDLE_CAP * 2));
+        assert_eq!(spares(), (0, 0));
+    }
+
+    #[test]
+    fn the_spares_are_bounded() {
+        let buffers: Vec<_> = (0..SPARES * 2).map(|_| take_write()).collect();
+        for buf in buffers {
+            give_write(buf);
+        }
+        assert_eq!(WRITE.with_borrow(Vec::len), SPARES);
+        let buffers: Vec<_> = (0..SPARES * 2).map(|_| take_read()).collect();
+        for buf in buffers {
+            give_read(buf);
+        }
+        assert_eq!(READ.with_borrow(Vec::len), SPARES);
+    }
+}
