@@ -46,7 +46,7 @@ pub enum ConnectionError {
 pub struct Connection {
     stream: Stream,
     /// Empty and unallocated while the connection waits with nothing buffered: it is lent by
-    /// the thread's pool for a read and given back once drained.
+    /// the thread's pool for a read and given back when a read finds nothing more.
     read_buf: BytesMut,
     /// How much of `read_buf`'s front was consumed in place. Dropped in one go (cleared once
     /// all of it is consumed, so the next read lands at the same place) instead of advancing
@@ -286,10 +286,7 @@ impl Connection {
     /// Pending at once, before any buffer or read is touched.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
         if self.read_wake.waiting(cx) {
-            if self.read_buf.is_empty() {
-                // Owned frames split off it may have been dropped since it drained.
-                self.give_back_read_buffer();
-            }
+            // Only a read that found nothing arms the wait, and it gave back an empty buffer.
             return Poll::Pending;
         }
         if self.read_buf.is_empty() && self.read_buf.capacity() < READ_CHUNK {
