@@ -61,6 +61,12 @@ pub(crate) fn give_write(mut buf: Vec<u8>) {
     }
 }
 
+/// How many spare read and write buffers this thread holds.
+#[cfg(test)]
+pub(crate) fn spares() -> (usize, usize) {
+    (READ.with_borrow(Vec::len), WRITE.with_borrow(Vec::len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,19 +78,23 @@ mod tests {
         read.clear();
         let at = read.as_ptr();
         give_read(read);
+        // An allocation in between would get the memory back had it been freed.
+        let unrelated = vec![0u8; CHUNK];
         assert_eq!(take_read().as_ptr(), at);
+        drop(unrelated);
 
         let mut write = take_write();
         write.extend_from_slice(b"reply");
         let at = write.as_ptr();
         give_write(write);
+        let unrelated = vec![0u8; CHUNK];
         let again = take_write();
+        drop(unrelated);
         assert_eq!((again.as_ptr(), again.len()), (at, 0));
     }
 
     #[test]
     fn grown_buffers_are_not_pooled() {
-        let spares = || (READ.with_borrow(Vec::len), WRITE.with_borrow(Vec::len));
         give_read(BytesMut::with_capacity(IDLE_CAP * 2));
         give_write(Vec::with_capacity(IDLE_CAP * 2));
         assert_eq!(spares(), (0, 0));

@@ -572,6 +572,8 @@ mod tests {
                 (conn.read_buf.capacity(), conn.write_buf.capacity()),
                 (0, 0)
             );
+            // Kept by the thread's pool, not freed, for the next connection to take.
+            assert_eq!(buffer_pool::spares(), (1, 1));
         }
         // The second connection read into and wrote from the buffers the first gave back.
         assert_eq!(read_at[0], read_at[1]);
