@@ -4,6 +4,7 @@
 //! buffers do) instead of each touching its own cold ones, and an idle connection holds none.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use bytes::BytesMut;
 
@@ -22,42 +23,45 @@ thread_local! {
     static WRITE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The spare given back most recently, if any.
+fn take<T>(spares: &'static LocalKey<RefCell<Vec<T>>>) -> Option<T> {
+    spares.with_borrow_mut(Vec::pop)
+}
+
+/// Keeps a spare unless the thread already holds [`SPARES`] of them.
+fn keep<T>(spares: &'static LocalKey<RefCell<Vec<T>>>, buf: T) {
+    spares.with_borrow_mut(|spares| {
+        if spares.len() < SPARES {
+            spares.push(buf);
+        }
+    });
+}
+
 /// An empty read buffer of at least [`CHUNK`] bytes, the one drained most recently if any.
 pub(crate) fn take_read() -> BytesMut {
-    READ.with_borrow_mut(Vec::pop)
-        .unwrap_or_else(|| BytesMut::with_capacity(CHUNK))
+    take(&READ).unwrap_or_else(|| BytesMut::with_capacity(CHUNK))
 }
 
 /// Takes back a drained read buffer that no frame points into and that starts where its
-/// allocation does (the caller knows; checking would cost as much as the pooling saves). One
-/// grown for a large message is dropped instead.
+/// allocation does (the caller tracks this, cheaper than checking it here with
+/// `try_reclaim`). One grown for a large message is dropped instead.
 pub(crate) fn give_read(buf: BytesMut) {
     debug_assert!(buf.is_empty());
     if buf.capacity() <= IDLE_CAP {
-        READ.with_borrow_mut(|spares| {
-            if spares.len() < SPARES {
-                spares.push(buf);
-            }
-        });
+        keep(&READ, buf);
     }
 }
 
 /// An empty write buffer of at least [`CHUNK`] bytes, the one flushed most recently if any.
 pub(crate) fn take_write() -> Vec<u8> {
-    WRITE
-        .with_borrow_mut(Vec::pop)
-        .unwrap_or_else(|| Vec::with_capacity(CHUNK))
+    take(&WRITE).unwrap_or_else(|| Vec::with_capacity(CHUNK))
 }
 
 /// Takes back a flushed write buffer (dropped if grown for a large message).
 pub(crate) fn give_write(mut buf: Vec<u8>) {
     if buf.capacity() <= IDLE_CAP {
         buf.clear();
-        WRITE.with_borrow_mut(|spares| {
-            if spares.len() < SPARES {
-                spares.push(buf);
-            }
-        });
+        keep(&WRITE, buf);
     }
 }
 
