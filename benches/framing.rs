@@ -74,11 +74,15 @@ fn relay(c: &mut Criterion) {
                 runtime.block_on(async {
                     peer.write_all(&batch).await.expect("write");
                     let mut relayed = 0;
+                    let mut ready = 0;
                     while relayed < batch.len() {
                         server_side.wait_frame().await.expect("frame");
                         loop {
-                            // As the session does: ReadyForQuery is looked at, the rest not.
-                            let run = server_side.peek_run(|tag| tag != b'Z');
+                            // As the session does: ReadyForQuery is read as it joins the run.
+                            let run = server_side.peek_run(|frame| {
+                                ready += usize::from(frame.tag() == b'Z');
+                                true
+                            });
                             let len = if run.is_empty() {
                                 match server_side.peek_frame().expect("valid") {
                                     Some(frame) => {
@@ -95,6 +99,7 @@ fn relay(c: &mut Criterion) {
                             relayed += len;
                         }
                     }
+                    assert_eq!(ready, REPLIES);
                     client_output.clear();
                 })
             })

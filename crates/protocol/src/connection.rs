@@ -23,7 +23,7 @@ pub const DEFAULT_MAX_FRAME: usize = 256 * 1024 * 1024;
 const MAX_STARTUP_PACKET: usize = 10_000;
 
 /// Queue size past which callers should flush even mid-exchange.
-pub(crate) const FLUSH_THRESHOLD: usize = 64 * 1024;
+pub const FLUSH_THRESHOLD: usize = 64 * 1024;
 
 /// Why reading a frame failed.
 #[derive(Debug, thiserror::Error)]
@@ -169,13 +169,26 @@ impl Connection {
             .map(|total| FrameRef::new(&self.input()[..total])))
     }
 
-    /// The whole frames at the front of the buffer whose tags `untouched` accepts, as one run
-    /// of bytes (empty when the first frame is incomplete or not accepted): a relay copies
-    /// them to the other side at once, then [`Connection::consume`]s the run's length. The run
-    /// stops at the first other frame, at an incomplete or invalid one (which
-    /// [`Connection::peek_frame`] then reports), and once it holds at least the flush
-    /// threshold, so a long result still goes out in pieces.
-    pub fn peek_run(&self, untouched: impl Fn(u8) -> bool) -> &[u8] {
+    /// The frame that starts `offset` bytes into the input not yet consumed (past frames the
+    /// caller looked at and will consume together), if it is all there. Unlike
+    /// [`Connection::peek_frame`] it makes no room for an incomplete frame: the next wait
+    /// does, once what lies before it is consumed.
+    pub fn peek_frame_at(&self, offset: usize) -> Result<Option<FrameRef<'_>>, ConnectionError> {
+        let input = &self.input()[offset..];
+        let Some(header) = input.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let total = frame_len(header, self.max_frame)?;
+        Ok((input.len() >= total).then(|| FrameRef::new(&input[..total])))
+    }
+
+    /// The whole frames at the front of the buffer that `include` accepts (it sees each whole
+    /// frame once, in order, until it refuses one), as one run of bytes: a relay sends them
+    /// to the other side at once, then [`Connection::consume`]s the run's length, so effects
+    /// `include` applies happen once per frame. The run stops at the first frame refused, at
+    /// an incomplete or invalid one (which [`Connection::peek_frame`] then reports), and once
+    /// it holds at least the flush threshold, so a long result still goes out in pieces.
+    pub fn peek_run(&self, mut include: impl FnMut(FrameRef<'_>) -> bool) -> &[u8] {
         let input = self.input();
         let mut run = 0;
         while run < FLUSH_THRESHOLD {
@@ -183,11 +196,28 @@ impl Connection {
                 break;
             };
             match frame_len(header, self.max_frame) {
-                Ok(total) if untouched(header[0]) && input.len() - run >= total => run += total,
+                Ok(total)
+                    if input.len() - run >= total
+                        && include(FrameRef::new(&input[run..run + total])) =>
+                {
+                    run += total
+                }
                 _ => break,
             }
         }
         &input[..run]
+    }
+
+    /// The first `len` bytes not yet consumed (whole frames the caller has peeked).
+    #[inline]
+    pub fn peeked(&self, len: usize) -> &[u8] {
+        &self.input()[..len]
+    }
+
+    /// How many bytes are buffered and not yet consumed.
+    #[inline]
+    pub fn buffered_len(&self) -> usize {
+        self.read_buf.len() - self.read_at
     }
 
     /// Drops a frame seen with [`Connection::peek_frame`] (`len`: its whole length).
@@ -338,6 +368,27 @@ impl Connection {
             self.write_buf = buffer_pool::take_write();
         }
         self.write_buf.extend_from_slice(bytes);
+    }
+
+    /// Sends `bytes` (frames lying in the other side's read buffer, typically) straight to
+    /// the socket when nothing is queued ahead of them, without copying them into the write
+    /// buffer; whatever the socket does not take at once is queued for the next flush. For
+    /// the end of an exchange, where a flush would follow a queue: the system calls are the
+    /// same, the copy and the write buffer are saved.
+    pub fn send_or_queue(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let sent = if self.has_queued() {
+            0
+        } else {
+            match self.stream.try_write(bytes) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
+            }
+        };
+        if sent < bytes.len() {
+            self.queue(&bytes[sent..]);
+        }
+        Ok(())
     }
 
     /// Queues a frame's original bytes.
@@ -626,9 +677,65 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn frames_past_a_pending_run_are_peeked_in_place() {
+        let (mut conn, mut peer) = connected(64).await;
+        peer.write_all(b"1\0\0\0\x04Z\0\0\0\x05IC\0").await.unwrap();
+        conn.wait_frame().await.unwrap();
+        while conn.buffered_len() < 13 {
+            conn.fill().await.unwrap();
+        }
+        assert_eq!(conn.peek_frame_at(0).unwrap().unwrap().tag(), b'1');
+        let second = conn.peek_frame_at(5).unwrap().unwrap();
+        assert_eq!((second.tag(), second.body()), (b'Z', &b"I"[..]));
+        // The third is incomplete; nothing was consumed by peeking.
+        assert!(conn.peek_frame_at(11).unwrap().is_none());
+        assert_eq!(conn.buffered_len(), 13);
+        conn.consume(11);
+        assert_eq!(conn.buffered_len(), 2);
+        assert!(conn.peek_frame_at(0).unwrap().is_none());
+        // A length past the limit is an error wherever the frame starts.
+        peer.write_all(b"\0\x10\0Q\0\0\x10\0").await.unwrap();
+        while conn.buffered_len() < 10 {
+            conn.fill().await.unwrap();
+        }
+        assert!(matches!(
+            conn.peek_frame_at(0),
+            Err(ConnectionError::TooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn bytes_sent_in_place_go_out_without_the_write_buffer_and_after_what_is_queued() {
+        let (mut conn, mut peer) = connected(64).await;
+        // Nothing queued: straight to the socket, no write buffer taken.
+        conn.send_or_queue(b"first").unwrap();
+        assert!(!conn.has_queued());
+        assert_eq!(conn.write_buf.capacity(), 0);
+        // Something queued: these bytes wait behind it, in order.
+        conn.queue(b"-second");
+        conn.send_or_queue(b"-third").unwrap();
+        assert!(conn.has_queued());
+        conn.flush().await.unwrap();
+        let mut got = vec![0; 18];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"first-second-third");
+        // What the socket does not take is queued and flushed later, none of it lost.
+        let big = vec![7u8; 8 << 20];
+        conn.send_or_queue(&big).unwrap();
+        assert!(conn.has_queued());
+        let (flushed, received) = tokio::join!(conn.flush(), async {
+            let mut got = vec![0; big.len()];
+            peer.read_exact(&mut got).await.unwrap();
+            got
+        });
+        flushed.unwrap();
+        assert!(received == big);
+    }
+
+    #[tokio::test]
     async fn runs_of_untouched_frames_are_peeked_as_one() {
         let (mut conn, mut peer) = connected(64).await;
-        let not_ready = |tag: u8| tag != b'Z';
+        let not_ready = |frame: FrameRef<'_>| frame.tag() != b'Z';
         // ParseComplete, BindComplete, DataRow, ReadyForQuery, then a CommandComplete whose
         // last byte has not arrived.
         peer.write_all(b"1\0\0\0\x042\0\0\0\x04D\0\0\0\x06\0\0Z\0\0\0\x05IC\0\0\0\x08SEL")
@@ -638,6 +745,22 @@ mod tests {
         while conn.input().len() < 29 {
             conn.fill().await.unwrap();
         }
+        // `include` sees each whole frame once, in order, up to the one it refuses.
+        let mut seen = Vec::new();
+        let run = conn.peek_run(|frame| {
+            seen.push(frame.as_bytes().to_vec());
+            frame.tag() != b'Z'
+        });
+        assert_eq!(run.len(), 17);
+        assert_eq!(
+            seen,
+            [
+                &b"1\0\0\0\x04"[..],
+                b"2\0\0\0\x04",
+                b"D\0\0\0\x06\0\0",
+                b"Z\0\0\0\x05I"
+            ]
+        );
         // The run stops before the frame the relay must look at.
         assert_eq!(
             conn.peek_run(not_ready),

@@ -17,7 +17,7 @@ mod socket_file;
 pub mod startup;
 mod stream;
 
-pub use connection::{Connection, ConnectionError, DEFAULT_MAX_FRAME};
+pub use connection::{Connection, ConnectionError, DEFAULT_MAX_FRAME, FLUSH_THRESHOLD};
 pub use frame::{error_field, error_message, tag, Frame, FrameRef};
 pub use socket_file::SocketFile;
 pub use stream::Stream;

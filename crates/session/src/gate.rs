@@ -145,6 +145,10 @@ pub(crate) struct Gate {
     elevations: HashMap<String, Instant>,
     /// A statement approved for one run also covers its own batch (the Binds up to Sync).
     approved_batch: Option<(String, u64)>,
+    /// The connection's span (id, peer, user): named as the parent of the session's events,
+    /// and entered only around holds, because the relay loop's task is not instrumented
+    /// (entering a span on every poll costs more than the gate's check of a statement).
+    span: tracing::Span,
 }
 
 impl Gate {
@@ -176,7 +180,13 @@ impl Gate {
             unsynced: false,
             elevations: HashMap::new(),
             approved_batch: None,
+            span: tracing::Span::current(),
         }
+    }
+
+    /// The connection's span, for the session's events and its cold paths.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
@@ -336,7 +346,7 @@ impl Gate {
                 Verdict::StepUp(need)
             }
             Action::Allow => {
-                tracing::debug!(rule = %decision.rule, sql = %sql, "allow");
+                tracing::debug!(parent: &self.span, rule = %decision.rule, sql = %sql, "allow");
                 if repeatable {
                     self.recent_allowed.remember(&sql, kind);
                 }
@@ -345,6 +355,7 @@ impl Gate {
             action if self.active.observe => {
                 let reason = decision.reason();
                 tracing::info!(
+                    parent: &self.span,
                     %action, rule = %decision.rule, %reason, sql = %clip(&sql, LOGGED_SQL_CHARS),
                     "observe mode: statement forwarded although the policy says {action}"
                 );
@@ -353,7 +364,7 @@ impl Gate {
             }
             action => {
                 let reason = decision.reason();
-                tracing::info!(%action, rule = %decision.rule, %reason, sql = %clip(&sql, LOGGED_SQL_CHARS), "statement refused");
+                tracing::info!(parent: &self.span, %action, rule = %decision.rule, %reason, sql = %clip(&sql, LOGGED_SQL_CHARS), "statement refused");
                 let error = refusal_error(&decision);
                 let rule = decision.rule.to_owned();
                 self.audit("statement_refused", &sql, &rule, action, reason);
@@ -408,7 +419,7 @@ impl Gate {
                 Action::StepUp => PreparedDecision::StepUp(StepUpRule::from_decision(&decision)),
                 Action::Deny => {
                     let reason = decision.reason();
-                    tracing::info!(rule = %decision.rule, %reason, "a prepared statement is refused under the reloaded policy");
+                    tracing::info!(parent: &self.span, rule = %decision.rule, %reason, "a prepared statement is refused under the reloaded policy");
                     let (rule, sql) = (decision.rule.to_owned(), prepared.sql.clone());
                     let error = refusal_error(&decision);
                     self.audit("statement_refused", &sql, &rule, Action::Deny, reason);
@@ -512,7 +523,7 @@ impl Gate {
             ..record
         };
         if let Err(error) = self.context.audit.record(&record) {
-            tracing::error!(%error, "cannot write the audit trail");
+            tracing::error!(parent: &self.span, %error, "cannot write the audit trail");
         }
     }
 
@@ -727,6 +738,7 @@ fn clip(sql: &str, chars: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgstepup_policy::PolicySource;
 
     #[test]
     fn statement_text_is_borrowed_when_utf8_and_decoded_lossily_otherwise() {
@@ -735,5 +747,75 @@ mod tests {
         }
         // LATIN1 'é' is not UTF-8: it becomes U+FFFD, the quotes stay where they were.
         assert_eq!(decode(b"SELECT 'caf\xe9'"), "SELECT 'caf\u{fffd}'");
+    }
+
+    /// Records the name of each event's parent span (explicit, else the current one).
+    struct Parents(Arc<std::sync::Mutex<Vec<Option<String>>>>);
+
+    impl<S> tracing_subscriber::Layer<S> for Parents
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let parent = ctx.event_span(event).map(|span| span.name().to_owned());
+            self.0.lock().unwrap().push(parent);
+        }
+    }
+
+    /// The relay loop's task is not instrumented (entering a span on every poll is costly),
+    /// so the gate's events must name the connection's span themselves.
+    #[test]
+    fn the_gates_events_belong_to_the_connection_outside_its_span() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let parents = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Parents(parents.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let dir =
+                std::env::temp_dir().join(format!("pgstepup-gate-span-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let audit = Arc::new(AuditLog::open(&dir.join("audit.jsonl"), "test".into()).unwrap());
+            let metrics = Arc::new(Metrics::new("test"));
+            let store = Arc::new(
+                PolicyStore::load(
+                    PolicySource::Builtin,
+                    64,
+                    false,
+                    audit.clone(),
+                    metrics.clone(),
+                )
+                .unwrap(),
+            );
+            let context = SessionContext {
+                connection_id: 1,
+                client_addr: "127.0.0.1:1".into(),
+                application_name: String::new(),
+                audit,
+                metrics,
+            };
+            let conn = tracing::info_span!("conn", id = 1);
+            let mut gate = conn.in_scope(|| {
+                Gate::new(
+                    store,
+                    "app".into(),
+                    Vec::new(),
+                    "pgstepup-test".into(),
+                    context,
+                )
+            });
+            let query = Frame::new(tag::QUERY, b"SELECT 1\0");
+            let statement = Statement::from_frame(query.view()).unwrap().unwrap();
+            assert!(matches!(gate.check(statement), Verdict::Forward));
+            std::fs::remove_dir_all(&dir).unwrap();
+        });
+        let parents = parents.lock().unwrap();
+        assert!(!parents.is_empty(), "the check logged its decision");
+        assert!(
+            parents.iter().all(|p| p.as_deref() == Some("conn")),
+            "events outside the connection's span: {parents:?}"
+        );
     }
 }

@@ -360,8 +360,20 @@ async fn handle_client(shared: Arc<Shared>, socket: ClientSocket, peer: ClientAd
         return;
     };
     let key = session.cancel_pid();
-    let (ending, idle) = boxed(move || session.run()).await;
-    tracing::debug!(?ending, "session ended");
+    // The relay loop is a task of its own, polled straight from tokio's task cell: every
+    // wake-up of it then touches its state alone, not this connection task's and a boxed
+    // phase's on the way in. It is not instrumented: its events name the connection's span
+    // as their parent, and holds enter it (see `Gate::span`).
+    let idle = match tokio::spawn(session.run()).await {
+        Ok((ending, idle)) => {
+            tracing::debug!(?ending, "session ended");
+            idle
+        }
+        Err(error) => {
+            tracing::error!(%error, "session task failed");
+            None
+        }
+    };
     boxed(|| finish(&shared, key, login, idle)).await;
 }
 

@@ -11,9 +11,10 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use pgstepup_protocol::backend::{self, sqlstate, PgError};
-use pgstepup_protocol::{tag, Connection, ConnectionError, Frame, FrameRef};
+use pgstepup_protocol::{tag, Connection, ConnectionError, Frame, FrameRef, FLUSH_THRESHOLD};
 use pgstepup_stepup::StepUp;
 use pgstepup_upstream::LoginReply;
 
@@ -292,13 +293,26 @@ impl Session {
     /// returning true, when enough output is queued that it should go out first.
     pub(crate) fn relay_buffered_server_frames(&mut self) -> Result<bool, Ending> {
         loop {
-            // Frames pgstepup does not look into go to the client in one copy per run.
-            let run = self.server.peek_run(relayed_untouched);
+            // Frames that go to the client as they are go in runs, each in one copy, or in
+            // none when a run is all that was read: it ends the exchange, so it goes out now
+            // from where it lies (as a flush after queueing it would).
+            let Session {
+                server,
+                client,
+                gate,
+                transaction_status,
+                ..
+            } = self;
+            let run = server.peek_run(|frame| relayed_as_is(gate, transaction_status, frame));
             if !run.is_empty() {
                 let len = run.len();
-                self.client.queue(run);
-                self.server.consume(len);
-                if self.client.should_flush() {
+                if len == server.buffered_len() {
+                    client.send_or_queue(run).map_err(|_| Ending::ClientGone)?;
+                } else {
+                    client.queue(run);
+                }
+                server.consume(len);
+                if client.should_flush() {
                     return Ok(true);
                 }
                 continue;
@@ -307,12 +321,7 @@ impl Session {
                 return Ok(false);
             };
             let len = frame.as_bytes().len();
-            relay_server_frame(
-                &mut self.gate,
-                &mut self.client,
-                &mut self.transaction_status,
-                frame,
-            )?;
+            relay_server_frame(&mut self.gate, &mut self.client, frame)?;
             self.server.consume(len);
             if self.client.should_flush() {
                 return Ok(true);
@@ -330,48 +339,54 @@ impl Session {
         self.inputs = self.inputs.wrapping_add(1);
         self.held_in_batch = false;
         ready.map_err(|e| self.client_error(e))?;
+        // Forwarded frames stay in the read buffer, as one run, until a frame that is not
+        // forwarded as it is (or the end of the input) sends them ahead of it.
+        let mut run = 0;
         loop {
             // Frames read while a statement was held come before what is still buffered.
-            let route = match self.backlog.pop_front() {
-                Some(frame) => {
-                    self.backlog_bytes -= frame.as_bytes().len();
-                    route_client_frame(&mut self.gate, &mut self.server, frame.view(), |_| {
-                        frame.clone()
-                    })
+            if let Some(frame) = self.backlog.pop_front() {
+                self.backlog_bytes -= frame.as_bytes().len();
+                match route_client_frame(&mut self.gate, frame.view(), |_| frame.clone()) {
+                    None => self.server.queue_frame(&frame),
+                    Some(divert) => self.divert(divert).await?,
                 }
-                None => {
-                    let frame = match self.client.peek_frame() {
-                        Ok(Some(frame)) => frame,
-                        Ok(None) => break,
-                        Err(e) => return Err(self.client_error(e)),
-                    };
-                    let len = frame.as_bytes().len();
-                    // Only a held statement outlives the read buffer, so only it is copied.
-                    let route =
-                        route_client_frame(&mut self.gate, &mut self.server, frame, Frame::copied);
-                    self.client.consume(len);
-                    route
+                if self.server.should_flush() {
+                    self.server.flush().await.map_err(|_| Ending::ServerGone)?;
+                }
+                continue;
+            }
+            let frame = match self.client.peek_frame_at(run) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    self.pass_client_run(run);
+                    return Err(self.client_error(e));
                 }
             };
-            match route {
-                Route::Forwarded => {}
-                Route::Hold(frame, need) => {
-                    self.step_up(&frame, need).await?;
-                    self.gate.note_forwarded(frame.tag());
-                }
-                Route::Terminate => return Err(Ending::ClientTerminated),
-                Route::Malformed(malformed) => {
-                    // Never forward what cannot be read: the server would see something else
-                    // than pgstepup did.
-                    self.refuse_fatal(PgError::fatal(
-                        sqlstate::PROTOCOL_VIOLATION,
-                        malformed.to_string(),
-                    ));
-                    return Err(Ending::ClientProtocolError);
+            let len = frame.as_bytes().len();
+            // Only a held statement outlives the read buffer, so only it is copied.
+            match route_client_frame(&mut self.gate, frame, Frame::copied) {
+                None => run += len,
+                Some(divert) => {
+                    self.pass_client_run(std::mem::take(&mut run));
+                    self.client.consume(len);
+                    self.divert(divert).await?;
                 }
             }
-            if self.server.should_flush() {
+            if run >= FLUSH_THRESHOLD || self.server.should_flush() {
+                self.pass_client_run(std::mem::take(&mut run));
                 self.server.flush().await.map_err(|_| Ending::ServerGone)?;
+            }
+        }
+        if run > 0 {
+            // All that was read, forwarded as it is: it ends the exchange, so it goes out now
+            // from where it lies. A partial frame after it waits for the rest.
+            if run == self.client.buffered_len() {
+                let sent = self.server.send_or_queue(self.client.peeked(run));
+                self.client.consume(run);
+                sent.map_err(|_| Ending::ServerGone)?;
+            } else {
+                self.pass_client_run(run);
             }
         }
         if self.server.has_queued() && !self.client.has_partial_input() {
@@ -382,6 +397,39 @@ impl Session {
                 .metrics()
                 .statement_overhead
                 .observe(started.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// Queues for the server the forwarded frames at the front of the client's input (`run`
+    /// bytes of them) and drops them from it.
+    fn pass_client_run(&mut self, run: usize) {
+        if run > 0 {
+            self.server.queue(self.client.peeked(run));
+            self.client.consume(run);
+        }
+    }
+
+    /// Acts on a client frame that is not forwarded as it is (whatever went before it is
+    /// already queued).
+    async fn divert(&mut self, divert: Divert) -> Result<(), Ending> {
+        match divert {
+            Divert::Substitute(substitute) => self.server.queue_frame(&substitute),
+            Divert::Hold(frame, need) => {
+                let span = self.gate.span().clone();
+                self.step_up(&frame, need).instrument(span).await?;
+                self.gate.note_forwarded(frame.tag());
+            }
+            Divert::Terminate => return Err(Ending::ClientTerminated),
+            Divert::Malformed(malformed) => {
+                // Never forward what cannot be read: the server would see something else
+                // than pgstepup did.
+                self.refuse_fatal(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    malformed.to_string(),
+                ));
+                return Err(Ending::ClientProtocolError);
+            }
         }
         Ok(())
     }
@@ -409,7 +457,7 @@ impl Session {
     }
 
     pub(crate) fn refuse_fatal(&mut self, error: PgError) {
-        queue_fatal(&mut self.client, error);
+        queue_fatal(&mut self.client, error, self.gate.span());
     }
 
     async fn close(&mut self, ending: &Ending) {
@@ -440,10 +488,10 @@ impl Session {
     }
 }
 
-/// Where a client frame went.
-enum Route {
-    /// Queued for the server, as is or swapped for a refusal.
-    Forwarded,
+/// What becomes of a client frame that is not forwarded as it is.
+enum Divert {
+    /// Send this refusal instead (the gate counted it as the frame it replaces).
+    Substitute(Frame),
     /// Needs step-up first; the frame is kept to forward after it.
     Hold(Frame, StepUpNeed),
     /// Terminate (not forwarded: see [`Session::run`]).
@@ -451,17 +499,17 @@ enum Route {
     Malformed(MalformedStatement),
 }
 
-/// Passes one client frame through the gate and queues what the server should get for it,
-/// reading the frame where it lies (`keep` makes an owned copy, only for a frame to hold).
+/// Passes one client frame through the gate, reading it where it lies: `None` when it goes to
+/// the server as it is (counted as sent; the caller sends it), else what to do instead
+/// (`keep` makes an owned copy, only for a frame to hold).
 fn route_client_frame(
     gate: &mut Gate,
-    server: &mut Connection,
     frame: FrameRef<'_>,
     keep: impl FnOnce(FrameRef<'_>) -> Frame,
-) -> Route {
+) -> Option<Divert> {
     if frame.tag() == tag::TERMINATE {
         // Not forwarded yet: the session decides whether the upstream connection ends too.
-        return Route::Terminate;
+        return Some(Divert::Terminate);
     }
     let verdict = match Statement::from_frame(frame) {
         Ok(Some(statement)) => gate.check(statement),
@@ -472,37 +520,40 @@ fn route_client_frame(
             }
             Verdict::Forward
         }
-        Err(malformed) => return Route::Malformed(malformed),
+        Err(malformed) => return Some(Divert::Malformed(malformed)),
     };
-    match verdict {
-        Verdict::Forward => server.queue(frame.as_bytes()),
-        Verdict::Substitute(substitute) => server.queue_frame(&substitute),
-        Verdict::StepUp(need) => return Route::Hold(keep(frame), need),
-    }
+    let divert = match verdict {
+        Verdict::Forward => None,
+        Verdict::Substitute(substitute) => Some(Divert::Substitute(substitute)),
+        Verdict::StepUp(need) => return Some(Divert::Hold(keep(frame), need)),
+    };
     gate.note_forwarded(frame.tag());
-    Route::Forwarded
+    divert
 }
 
-/// Server messages passed on as they are, in runs: every one but those [`relay_server_frame`]
-/// reads or rewrites (the tags of its arms).
-fn relayed_untouched(tag: u8) -> bool {
-    !matches!(
-        tag,
-        tag::BACKEND_KEY_DATA | tag::ERROR_RESPONSE | tag::READY_FOR_QUERY | tag::PARAMETER_STATUS
-    )
+/// Whether a server frame goes to the client as it is, in a run with its neighbours; a
+/// ReadyForQuery's news (transaction status, a finished cycle) is taken as it joins the run.
+/// The others go through [`relay_server_frame`]: dropped, rewritten or checked first.
+fn relayed_as_is(gate: &mut Gate, transaction_status: &mut u8, frame: FrameRef<'_>) -> bool {
+    match frame.tag() {
+        tag::READY_FOR_QUERY => {
+            gate.on_ready_for_query();
+            *transaction_status = frame.body().first().copied().unwrap_or(b'I');
+            true
+        }
+        tag::BACKEND_KEY_DATA | tag::ERROR_RESPONSE | tag::PARAMETER_STATUS => false,
+        _ => true,
+    }
 }
 
-/// Queues one server frame for the client, keeping what the session tracks of the server's
-/// output (transaction status, completed cycles, settings that change how SQL reads), and
-/// swapping errors of refusal substitutes for pgstepup's own. Frames [`relayed_untouched`]
-/// accepts never come here whole: they go in runs.
+/// Queues one server frame [`relayed_as_is`] refused for the client: drops upstream cancel
+/// keys, swaps errors of refusal substitutes for pgstepup's own, and checks settings that
+/// change how SQL reads.
 fn relay_server_frame(
     gate: &mut Gate,
     client: &mut Connection,
-    transaction_status: &mut u8,
     frame: FrameRef<'_>,
 ) -> Result<(), Ending> {
-    debug_assert!(!relayed_untouched(frame.tag()), "relayed in a run");
     match frame.tag() {
         // Clients hold pgstepup's key, never the upstream's.
         tag::BACKEND_KEY_DATA => {}
@@ -510,27 +561,21 @@ fn relay_server_frame(
             Some(ours) => client.queue(&ours),
             None => client.queue(frame.as_bytes()),
         },
-        tag::READY_FOR_QUERY => {
-            gate.on_ready_for_query();
-            *transaction_status = frame.body().first().copied().unwrap_or(b'I');
-            client.queue(frame.as_bytes());
-        }
         tag::PARAMETER_STATUS => {
             client.queue(frame.as_bytes());
             if let Err(error) = gate.on_parameter_status(frame) {
-                queue_fatal(client, error);
+                queue_fatal(client, error, gate.span());
                 return Err(Ending::UnsafeSetting);
             }
         }
-        // A tag added to those looked at before it has an arm here passes on as it is.
         _ => client.queue(frame.as_bytes()),
     }
     Ok(())
 }
 
 /// Queues the FATAL error that ends a session (the caller then closes it).
-fn queue_fatal(client: &mut Connection, error: PgError) {
-    tracing::info!(%error, "closing session");
+fn queue_fatal(client: &mut Connection, error: PgError, span: &tracing::Span) {
+    tracing::info!(parent: span, %error, "closing session");
     client.queue(&error.to_error_response());
 }
 
