@@ -581,7 +581,8 @@ log_stats = 0
                "--web-listen", "127.0.0.1:0", "--admin-socket", str(d / "admin.sock"),
                ] + list(self.args.pgstepup_arg)
         env = dict(os.environ)
-        env["RUST_LOG"] = "warn"
+        # The default log level (info), as deployed: the relay's cost must not depend on it.
+        env.pop("RUST_LOG", None)
         m = self.pm.start("pgstepup", cmd, d / "pgstepup.log", env=env)
         t = Target("pgstepup", self._client_host(d), port, m, {"binary": self.pgstepup,
                                                        "command": cmd,

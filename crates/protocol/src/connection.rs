@@ -160,6 +160,14 @@ impl Connection {
         WaitFrame { conn: self }
     }
 
+    /// [`Connection::wait_frame`] as a poll, for a loop that polls its sockets by hand.
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        while self.whole_frame_len()?.is_none() {
+            ready!(self.poll_fill(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// The next frame if one is complete in the buffer, left where it lies until
     /// [`Connection::consume`]: relaying it this way costs no reference count and no
     /// allocation (the frame is copied once, into the other side's output).
@@ -476,11 +484,7 @@ impl Future for WaitFrame<'_> {
     type Output = Result<(), ConnectionError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let conn = &mut *self.get_mut().conn;
-        while conn.whole_frame_len()?.is_none() {
-            ready!(conn.poll_fill(cx))?;
-        }
-        Poll::Ready(Ok(()))
+        self.get_mut().conn.poll_frame(cx)
     }
 }
 

@@ -188,21 +188,31 @@ impl Session {
             // Only a session outside a transaction is idle (PostgreSQL's own
             // idle_in_transaction_session_timeout covers the rest).
             let watch_idle = self.transaction_status == b'I';
-            let phase_news = std::future::poll_fn(|cx| {
-                if phase_armed && !self.phase_changes.has_changed().unwrap_or(false) {
-                    return Poll::Pending;
+            // Polled in this order on every wake-up, server output first (it frees server
+            // memory and keeps notifications timely); by hand rather than with `select!`, so
+            // a wake-up builds no branch futures and no output enum per branch.
+            let input = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = self.server.poll_frame(cx) {
+                    return Poll::Ready(Input::Server(r));
                 }
-                phase_armed = true;
-                phase_change.as_mut().poll(cx)
-            });
-            let input = tokio::select! {
-                // Server output first: it frees server memory and keeps notifications timely.
-                biased;
-                r = self.server.wait_frame() => Input::Server(r),
-                r = self.client.wait_frame() => Input::Client(r),
-                (phase, changes) = phase_news => Input::Phase(phase, changes),
-                _ = idle_expired(idle.as_mut()), if watch_idle => Input::IdleTimeout,
-            };
+                if let Poll::Ready(r) = self.client.poll_frame(cx) {
+                    return Poll::Ready(Input::Client(r));
+                }
+                if !phase_armed || self.phase_changes.has_changed().unwrap_or(false) {
+                    phase_armed = true;
+                    if let Poll::Ready((phase, changes)) = phase_change.as_mut().poll(cx) {
+                        return Poll::Ready(Input::Phase(phase, changes));
+                    }
+                }
+                if let (true, Some(idle)) = (watch_idle, idle.as_mut()) {
+                    // The timer lives in `idle`: a wait made afresh per poll loses nothing.
+                    if std::pin::pin!(idle.expired()).poll(cx).is_ready() {
+                        return Poll::Ready(Input::IdleTimeout);
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
             let step = match input {
                 Input::Server(r) => self.on_server_input(r).await,
                 Input::Client(r) => self.on_client_input(r).await,
@@ -587,12 +597,4 @@ async fn next_phase(mut changes: watch::Receiver<Phase>) -> (Phase, watch::Recei
     }
     let phase = *changes.borrow_and_update();
     (phase, changes)
-}
-
-/// Completes once the session has been idle past its limit, or never without one.
-async fn idle_expired(idle: Option<&mut IdleTimer>) {
-    match idle {
-        Some(idle) => idle.expired().await,
-        None => std::future::pending().await,
-    }
 }
