@@ -73,6 +73,16 @@ fn frame_len(header: &[u8; HEADER_LEN], max_frame: usize) -> Result<usize, Conne
     Ok(1 + checked_len(&header[1..], 4, max_frame)?)
 }
 
+/// The whole length of the frame `input` starts with, once its header is there (the frame
+/// itself may still be incomplete).
+#[inline]
+fn announced_len(input: &[u8], max_frame: usize) -> Result<Option<usize>, ConnectionError> {
+    input
+        .first_chunk::<HEADER_LEN>()
+        .map(|header| frame_len(header, max_frame))
+        .transpose()
+}
+
 /// The big-endian length field `field` starts with, refused below `min` or past `max`.
 fn checked_len(field: &[u8], min: i32, max: usize) -> Result<usize, ConnectionError> {
     let len = i32::from_be_bytes(field[..4].try_into().expect("4 bytes"));
@@ -183,10 +193,9 @@ impl Connection {
     /// does, once what lies before it is consumed.
     pub fn peek_frame_at(&self, offset: usize) -> Result<Option<FrameRef<'_>>, ConnectionError> {
         let input = &self.input()[offset..];
-        let Some(header) = input.first_chunk::<HEADER_LEN>() else {
+        let Some(total) = announced_len(input, self.max_frame)? else {
             return Ok(None);
         };
-        let total = frame_len(header, self.max_frame)?;
         Ok((input.len() >= total).then(|| FrameRef::new(&input[..total])))
     }
 
@@ -200,11 +209,8 @@ impl Connection {
         let input = self.input();
         let mut run = 0;
         while run < FLUSH_THRESHOLD {
-            let Some(header) = input[run..].first_chunk::<HEADER_LEN>() else {
-                break;
-            };
-            match frame_len(header, self.max_frame) {
-                Ok(total)
+            match announced_len(&input[run..], self.max_frame) {
+                Ok(Some(total))
                     if input.len() - run >= total
                         && include(FrameRef::new(&input[run..run + total])) =>
                 {
@@ -216,15 +222,9 @@ impl Connection {
         &input[..run]
     }
 
-    /// The first `len` bytes not yet consumed (whole frames the caller has peeked).
-    #[inline]
-    pub fn peeked(&self, len: usize) -> &[u8] {
-        &self.input()[..len]
-    }
-
     /// How many bytes are buffered and not yet consumed.
     #[inline]
-    pub fn buffered_len(&self) -> usize {
+    fn buffered_len(&self) -> usize {
         self.read_buf.len() - self.read_at
     }
 
@@ -270,10 +270,9 @@ impl Connection {
     #[inline]
     fn whole_frame_len(&mut self) -> Result<Option<usize>, ConnectionError> {
         let input = self.input();
-        let Some(header) = input.first_chunk::<HEADER_LEN>() else {
+        let Some(total) = announced_len(input, self.max_frame)? else {
             return Ok(None);
         };
-        let total = frame_len(header, self.max_frame)?;
         if input.len() < total {
             if self.read_buf.capacity() - self.read_at < total {
                 self.make_room_for(total);
@@ -378,12 +377,27 @@ impl Connection {
         self.write_buf.extend_from_slice(bytes);
     }
 
-    /// Sends `bytes` (frames lying in the other side's read buffer, typically) straight to
-    /// the socket when nothing is queued ahead of them, without copying them into the write
-    /// buffer; whatever the socket does not take at once is queued for the next flush. For
-    /// the end of an exchange, where a flush would follow a queue: the system calls are the
-    /// same, the copy and the write buffer are saved.
-    pub fn send_or_queue(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// Passes on the first `len` bytes of `from`'s input (whole frames peeked there) and
+    /// consumes them. When they are all `from` holds, the exchange ends with them, where a
+    /// flush would follow a queue: they go out from `from`'s read buffer at once
+    /// ([`Connection::send_or_queue`]: the same system calls, no copy, no write buffer).
+    /// Otherwise they are queued, to go with what follows.
+    pub fn forward_from(&mut self, from: &mut Connection, len: usize) -> io::Result<()> {
+        let bytes = &from.input()[..len];
+        let sent = if len == from.buffered_len() {
+            self.send_or_queue(bytes)
+        } else {
+            self.queue(bytes);
+            Ok(())
+        };
+        from.consume(len);
+        sent
+    }
+
+    /// Sends `bytes` straight to the socket when nothing is queued ahead of them, without
+    /// copying them into the write buffer; whatever the socket does not take at once is
+    /// queued for the next flush.
+    fn send_or_queue(&mut self, bytes: &[u8]) -> io::Result<()> {
         let sent = if self.has_queued() {
             0
         } else {
@@ -734,6 +748,32 @@ mod tests {
         });
         flushed.unwrap();
         assert!(received == big);
+    }
+
+    #[tokio::test]
+    async fn forwarded_frames_go_in_place_only_when_they_are_all_that_was_read() {
+        let (mut from, mut from_peer) = connected(64).await;
+        let (mut to, mut to_peer) = connected(64).await;
+        // A whole frame and the start of the next: more input is certain, so it is queued.
+        from_peer.write_all(b"1\0\0\0\x04Z\0").await.unwrap();
+        from.wait_frame().await.unwrap();
+        while from.buffered_len() < 7 {
+            from.fill().await.unwrap();
+        }
+        to.forward_from(&mut from, 5).unwrap();
+        assert!(to.has_queued());
+        assert_eq!(from.buffered_len(), 2);
+        // The rest arrives: the frame is all there is, so it goes out now, after the queue.
+        from_peer.write_all(b"\0\0\x05I").await.unwrap();
+        from.wait_frame().await.unwrap();
+        to.flush().await.unwrap();
+        to.forward_from(&mut from, 6).unwrap();
+        assert!(!to.has_queued());
+        assert_eq!(to.write_buf.capacity(), 0);
+        assert_eq!(from.buffered_len(), 0);
+        let mut got = vec![0; 11];
+        to_peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"1\0\0\0\x04Z\0\0\0\x05I");
     }
 
     #[tokio::test]

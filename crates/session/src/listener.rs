@@ -340,12 +340,10 @@ async fn accept_unix(unix: Option<&SocketFile>) -> std::io::Result<tokio::net::U
     }
 }
 
-/// A phase of a client's connection as a future of its own on the heap, polled through `dyn`.
-/// Inlined into one future, the handshake's and Redis calls' states sized the session task at
-/// ~11 KB and gave every wake-up of the relay loop the stack frames of all of them (10-12 KB
-/// each for tokio's poll of the task, the session thread's wrapper and the loop, probed page
-/// by page); apart, the task holds little more than the session and the loop's poll sets up
-/// under 1 KB.
+/// A phase of a client's connection (the handshake, the wrap-up) as a future of its own on the
+/// heap, polled through `dyn`. Inlined into one future, the handshake's and Redis calls' states
+/// sized the connection task at ~11 KB and its stack frames at 10-12 KB each, probed page by
+/// page; apart, the connection task stays small while it waits for the relay loop's task.
 type BoxedPhase<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 async fn handle_client(shared: Arc<Shared>, socket: ClientSocket, peer: ClientAddr, id: u64) {

@@ -316,12 +316,9 @@ impl Session {
             let run = server.peek_run(|frame| relayed_as_is(gate, transaction_status, frame));
             if !run.is_empty() {
                 let len = run.len();
-                if len == server.buffered_len() {
-                    client.send_or_queue(run).map_err(|_| Ending::ClientGone)?;
-                } else {
-                    client.queue(run);
-                }
-                server.consume(len);
+                client
+                    .forward_from(server, len)
+                    .map_err(|_| Ending::ClientGone)?;
                 if client.should_flush() {
                     return Ok(true);
                 }
@@ -369,7 +366,7 @@ impl Session {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
-                    self.pass_client_run(run);
+                    self.pass_client_run(run)?;
                     return Err(self.client_error(e));
                 }
             };
@@ -378,27 +375,17 @@ impl Session {
             match route_client_frame(&mut self.gate, frame, Frame::copied) {
                 None => run += len,
                 Some(divert) => {
-                    self.pass_client_run(std::mem::take(&mut run));
+                    self.pass_client_run(std::mem::take(&mut run))?;
                     self.client.consume(len);
                     self.divert(divert).await?;
                 }
             }
             if run >= FLUSH_THRESHOLD || self.server.should_flush() {
-                self.pass_client_run(std::mem::take(&mut run));
+                self.pass_client_run(std::mem::take(&mut run))?;
                 self.server.flush().await.map_err(|_| Ending::ServerGone)?;
             }
         }
-        if run > 0 {
-            // All that was read, forwarded as it is: it ends the exchange, so it goes out now
-            // from where it lies. A partial frame after it waits for the rest.
-            if run == self.client.buffered_len() {
-                let sent = self.server.send_or_queue(self.client.peeked(run));
-                self.client.consume(run);
-                sent.map_err(|_| Ending::ServerGone)?;
-            } else {
-                self.pass_client_run(run);
-            }
-        }
+        self.pass_client_run(run)?;
         if self.server.has_queued() && !self.client.has_partial_input() {
             self.server.flush().await.map_err(|_| Ending::ServerGone)?;
         }
@@ -411,13 +398,16 @@ impl Session {
         Ok(())
     }
 
-    /// Queues for the server the forwarded frames at the front of the client's input (`run`
-    /// bytes of them) and drops them from it.
-    fn pass_client_run(&mut self, run: usize) {
+    /// Passes the forwarded frames at the front of the client's input (`run` bytes of them)
+    /// to the server: at once, from where they lie, when they are all that was read, else
+    /// queued ahead of what follows ([`Connection::forward_from`]).
+    fn pass_client_run(&mut self, run: usize) -> Result<(), Ending> {
         if run > 0 {
-            self.server.queue(self.client.peeked(run));
-            self.client.consume(run);
+            self.server
+                .forward_from(&mut self.client, run)
+                .map_err(|_| Ending::ServerGone)?;
         }
+        Ok(())
     }
 
     /// Acts on a client frame that is not forwarded as it is (whatever went before it is
