@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::buffer_pool::{self, CHUNK as READ_CHUNK, IDLE_CAP as IDLE_BUFFER_CAP};
 use crate::frame::{Frame, FrameRef, HEADER_LEN};
@@ -350,9 +350,8 @@ impl Connection {
             read_wake,
             ..
         } = self;
-        // A read future made afresh per poll holds no state of its own: dropping it after
-        // Pending loses nothing.
-        let Poll::Ready(n) = read_wake.poll_read(std::pin::pin!(stream.read_buf(read_buf))) else {
+        let read = std::future::poll_fn(|cx| stream.poll_read_into(cx, read_buf));
+        let Poll::Ready(n) = read_wake.poll_read(std::pin::pin!(read)) else {
             if self.read_buf.is_empty() {
                 self.give_back_read_buffer();
             }
@@ -505,7 +504,7 @@ impl Future for WaitFrame<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A connection accepted on loopback, and the peer socket that talks to it.
     async fn connected(max_frame: usize) -> (Connection, tokio::net::TcpStream) {
@@ -540,9 +539,7 @@ mod tests {
         assert!(conn.write_buf.capacity() > IDLE_BUFFER_CAP);
         let reader = tokio::spawn(async move {
             let mut sink = Vec::new();
-            tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut sink)
-                .await
-                .unwrap();
+            peer.read_to_end(&mut sink).await.unwrap();
             sink.len()
         });
         conn.flush().await.unwrap();
@@ -560,9 +557,7 @@ mod tests {
             // Nothing read at first: the socket fills, and the flush must wait for room.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             let mut sink = Vec::new();
-            tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut sink)
-                .await
-                .unwrap();
+            peer.read_to_end(&mut sink).await.unwrap();
             sink
         });
         conn.flush().await.unwrap();

@@ -12,6 +12,7 @@ pub mod backend;
 mod buffer_pool;
 mod connection;
 mod frame;
+mod raw_io;
 mod read_wake;
 mod socket_file;
 pub mod startup;

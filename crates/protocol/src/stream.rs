@@ -2,15 +2,20 @@
 //! towards the upstream) or a Unix socket (either side, on one machine), so the rest of the
 //! proxy handles one type.
 
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
+use bytes::BytesMut;
 use socket2::SockRef;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::{client, server};
+
+use crate::raw_io;
 
 /// The transport of one side of a proxied session.
 pub enum Stream {
@@ -50,9 +55,26 @@ impl Stream {
     /// records are written the async way.
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Stream::Plain(s) => s.try_write(buf),
-            Stream::Unix(s) => s.try_write(buf),
+            Stream::Plain(s) => try_send(s, buf),
+            Stream::Unix(s) => try_send(s, buf),
             Stream::TlsServer(_) | Stream::TlsClient(_) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    /// Reads once into `buf`'s spare room, returning how many bytes came (0 at end of stream);
+    /// Pending, with `cx` registered, while the socket has nothing.
+    pub(crate) fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Plain(s) => poll_recv(s, cx, buf),
+            Stream::Unix(s) => poll_recv(s, cx, buf),
+            // A read future made afresh per poll holds no state of its own.
+            Stream::TlsServer(_) | Stream::TlsClient(_) => {
+                std::pin::pin!(self.read_buf(buf)).as_mut().poll(cx)
+            }
         }
     }
 
@@ -69,6 +91,80 @@ impl Stream {
             _ => None,
         }
     }
+}
+
+/// A plain socket registered with tokio's reactor, read and written by direct system calls
+/// ([`raw_io`]) while tokio keeps its readiness.
+trait Evented: AsRawFd {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn try_io<R>(&self, interest: Interest, io: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+}
+
+macro_rules! evented {
+    ($socket:ty) => {
+        impl Evented for $socket {
+            fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                <$socket>::poll_read_ready(self, cx)
+            }
+            fn try_io<R>(
+                &self,
+                interest: Interest,
+                io: impl FnOnce() -> io::Result<R>,
+            ) -> io::Result<R> {
+                <$socket>::try_io(self, interest, io)
+            }
+        }
+    };
+}
+
+evented!(TcpStream);
+evented!(UnixStream);
+
+/// What tokio's own read does, with the system call made directly: a read only while tokio
+/// says the socket is readable, and readiness cleared when a read finds nothing or comes back
+/// short (a short read emptied the socket, so the next poll waits instead of trying a read
+/// that would find nothing). Clearing goes through `try_io`, against the readiness seen before
+/// the read, so an event that arrives meanwhile is kept.
+fn poll_recv<S: Evented>(
+    socket: &S,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let fd: RawFd = socket.as_raw_fd();
+    if buf.capacity() == buf.len() {
+        // A read into no room would look like the end of the stream.
+        buf.reserve(64);
+    }
+    loop {
+        let spare = buf.spare_capacity_mut();
+        let room = spare.len();
+        let mut short_read = None;
+        let read = socket.try_io(Interest::READABLE, || {
+            let n = raw_io::recv(fd, spare)?;
+            if n > 0 && n < room {
+                short_read = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match (read, short_read) {
+            (_, Some(n)) | (Ok(n), None) => n,
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => {
+                ready!(socket.poll_read_ready(cx))?;
+                continue;
+            }
+            (Err(e), None) => return Poll::Ready(Err(e)),
+        };
+        // SAFETY: the kernel initialised the first `n` bytes of the spare room it was given.
+        unsafe { buf.set_len(buf.len() + n) };
+        return Poll::Ready(Ok(n));
+    }
+}
+
+/// A write of what the socket takes now, by a direct system call (`WouldBlock`, readiness
+/// cleared, when it takes nothing).
+fn try_send<S: Evented>(socket: &S, buf: &[u8]) -> io::Result<usize> {
+    socket.try_io(Interest::WRITABLE, || raw_io::send(socket.as_raw_fd(), buf))
 }
 
 macro_rules! delegate {
