@@ -148,4 +148,39 @@ mod tests {
         assert!(poll(&mut wake, Pin::new(&mut read), &mut cx).is_ready());
         assert_eq!(read.polls, 3);
     }
+
+    #[test]
+    fn every_firing_reaches_the_task_that_polled_last() {
+        let first = Arc::new(Count(AtomicUsize::new(0)));
+        let first_waker = Waker::from(Arc::clone(&first));
+        let mut wake = ReadWake::new();
+        let mut read = Gate {
+            ready: false,
+            polls: 0,
+            waker: None,
+        };
+        for round in 1..=3 {
+            // Quiet polls in between: the socket is not polled and nothing is re-registered.
+            for _ in 0..3 {
+                let mut cx = Context::from_waker(&first_waker);
+                assert!(poll(&mut wake, Pin::new(&mut read), &mut cx).is_pending());
+            }
+            assert_eq!(read.polls, round);
+            read.waker.take().unwrap().wake();
+            assert_eq!(
+                first.0.load(Ordering::SeqCst),
+                round,
+                "firing {round} was lost"
+            );
+        }
+        // Another task polls: the next firing wakes it, not the one before.
+        let second = Arc::new(Count(AtomicUsize::new(0)));
+        let second_waker = Waker::from(Arc::clone(&second));
+        let mut cx = Context::from_waker(&second_waker);
+        assert!(poll(&mut wake, Pin::new(&mut read), &mut cx).is_pending());
+        assert!(poll(&mut wake, Pin::new(&mut read), &mut cx).is_pending());
+        read.waker.take().unwrap().wake();
+        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+        assert_eq!(first.0.load(Ordering::SeqCst), 3);
+    }
 }
