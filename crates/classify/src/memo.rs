@@ -15,17 +15,19 @@ type Map<K, V> = HashMap<Box<K>, V, foldhash::fast::RandomState>;
 /// handful of statements a transaction or an ORM's unit of work repeats with new values.
 const RECENT_TEXTS: usize = 8;
 
-/// Statements remembered for one owner, each with a value (what was decided).
+/// Statements remembered for one owner, each with a value (what was decided). Laid out as
+/// declared (`repr(C)`): what a repeat reads first, the shape index (read on a miss) last.
+#[repr(C)]
 pub struct ShapeMemo<V> {
     /// The texts scanned last, most recent first, each with its shape; the first holds the
     /// shape of the text last looked up when `shaped`. Reused, never shrunk.
     recent: Vec<Recent<V>>,
-    shaped: bool,
     /// Keyed by the text's bytes, so a verbatim repeat is found before it is even decoded.
     exact: Map<[u8], V>,
-    shapes: Map<str, V>,
+    shaped: bool,
     bytes: usize,
     max_bytes: usize,
+    shapes: Map<str, V>,
 }
 
 /// A recently scanned text, and the value `shapes` holds for its shape once looked up (so a

@@ -103,37 +103,26 @@ struct PendingRefusal {
     error: PgError,
 }
 
-/// Who and where, for the audit trail.
+/// Who and where, for the audit trail. `metrics` first: every statement counts itself there.
+#[repr(C)]
 pub(crate) struct SessionContext {
+    pub metrics: Arc<Metrics>,
     pub connection_id: u64,
     pub client_addr: String,
     pub application_name: String,
     pub audit: Arc<AuditLog>,
-    pub metrics: Arc<Metrics>,
 }
 
 /// Bytes of recently allowed shapes a session keeps before starting afresh.
 const RECENT_BYTES_MAX: usize = 16 * 1024;
 
-/// Per-session gate state.
+/// Per-session gate state. Laid out as declared (`repr(C)`), what every statement and
+/// ReadyForQuery touches first (the session's hot state: see [`crate::proxy::Session`]).
+#[repr(C)]
 pub(crate) struct Gate {
-    /// Statements allowed under the policy in force, so a repeat costs one lookup in the
-    /// session's own memo (by exact text when it has no literals, by shape after one scan when
-    /// only the literals changed): no lock, no shared counter, no policy evaluation. Each with
-    /// the kind that decided it, for the statement counters.
-    recent_allowed: ShapeMemo<Kind>,
-    /// Named prepared statements, looked up at every Bind.
-    prepared: PreparedStatements,
-    context: SessionContext,
     store: Arc<PolicyStore>,
     active: Arc<ActivePolicy>,
     generation: u64,
-    subject: Subject,
-    upstream_roles: Vec<String>,
-    unsafe_encoding: Option<String>,
-    marker: Arc<str>,
-    pending: VecDeque<PendingRefusal>,
-    next_number: u64,
     /// Messages forwarded that each produce one ReadyForQuery (Query, Sync, FunctionCall).
     sent_cycles: u64,
     /// ReadyForQuery messages received.
@@ -141,6 +130,20 @@ pub(crate) struct Gate {
     /// Frames forwarded since the last one that ends a cycle: an extended-protocol batch
     /// still waiting for its Sync.
     unsynced: bool,
+    unsafe_encoding: Option<String>,
+    pending: VecDeque<PendingRefusal>,
+    /// Statements allowed under the policy in force, so a repeat costs one lookup in the
+    /// session's own memo (by exact text when it has no literals, by shape after one scan when
+    /// only the literals changed): no lock, no shared counter, no policy evaluation. Each with
+    /// the kind that decided it, for the statement counters.
+    recent_allowed: ShapeMemo<Kind>,
+    context: SessionContext,
+    /// Named prepared statements, looked up at every Bind.
+    prepared: PreparedStatements,
+    subject: Subject,
+    upstream_roles: Vec<String>,
+    marker: Arc<str>,
+    next_number: u64,
     /// Elevations this session knows of, by rule, until they end.
     elevations: HashMap<String, Instant>,
     /// A statement approved for one run also covers its own batch (the Binds up to Sync).
@@ -739,6 +742,14 @@ fn clip(sql: &str, chars: usize) -> &str {
 mod tests {
     use super::*;
     use pgstepup_policy::PolicySource;
+
+    #[test]
+    fn the_fields_every_statement_touches_come_first() {
+        // Up to the statement counters, reached through `context.metrics`, its first field.
+        let hot_end = std::mem::offset_of!(Gate, context) + std::mem::size_of::<Arc<Metrics>>();
+        assert!(hot_end <= 4 * 64, "{hot_end}");
+        assert!(std::mem::offset_of!(Gate, span) > hot_end);
+    }
 
     #[test]
     fn statement_text_is_borrowed_when_utf8_and_decoded_lossily_otherwise() {
