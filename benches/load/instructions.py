@@ -9,6 +9,13 @@ not the kernel.
 
     python3 benches/load/instructions.py                  # simple, extended, prepared
     python3 benches/load/instructions.py --top 25         # plus pgstepup's top functions
+    python3 benches/load/instructions.py --cache-kib 48   # plus first-level cache misses
+
+With `--cache-kib N` callgrind also simulates an N KiB first-level data and instruction cache
+(12-way when N is a multiple of 12, else 8-way; 64-byte lines; a 32 MiB last level) and
+reports read, write and code misses per transaction: with N = 4 they count roughly the
+distinct lines each transaction touches (what costs when PostgreSQL and pgbench run between the
+proxy's wake-ups and evict it), with the host's own size whether a proxy's sessions fit in it.
 
 Writes results/instructions_latest.md and .json.  Needs valgrind.  Stdlib only.
 """
@@ -26,13 +33,25 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as H  # noqa: E402
 
-TOTALS = re.compile(r"^totals:\s+(\d+)", re.M)
+EVENTS = re.compile(r"^events:\s+(.+)$", re.M)
+TOTALS = re.compile(r"^totals:\s+(.+)$", re.M)
+CACHE_EVENTS = {"D1mr": "read misses", "D1mw": "write misses", "I1mr": "code misses"}
+
+
+def parse_totals(text: str) -> dict:
+    """The event totals of a callgrind output file, by event name (Ir, D1mr, ...)."""
+    events, totals = EVENTS.search(text), TOTALS.search(text)
+    if not events or not totals:
+        raise H.HarnessError("no events or totals in callgrind's output")
+    return dict(zip(events.group(1).split(), (int(n) for n in totals.group(1).split())))
 
 
 def parse_args(argv=None):
     def top(p):
         p.add_argument("--top", type=int, default=0,
                        help="also list pgstepup's N most expensive functions (self cost)")
+        p.add_argument("--cache-kib", type=int, default=0,
+                       help="also simulate an N KiB first-level cache and count its misses")
     return H.parse_counting_args(
         "instructions per transaction in pgbouncer and pgstepup (callgrind)", argv, top)
 
@@ -54,7 +73,7 @@ def count(ctx, args, name: str, mode: str) -> dict:
     owner = ctx._proxy_user() if name == "pgbouncer" else None
     out = ctx.pm.mkdtemp(f"pgstepup-bench-callgrind-{name}-", owner=owner) / "callgrind.out"
     wrap = ("valgrind", "--tool=callgrind", "--instr-atstart=no",
-            f"--callgrind-out-file={out}")
+            f"--callgrind-out-file={out}") + cache_args(args.cache_kib)
     t = ctx.start_pgbouncer(wrap=wrap) if name == "pgbouncer" else ctx.start_pgstepup(wrap=wrap)
     try:
         H.counted_pgbench(ctx, t, mode, args.clients, 50)  # connections, plans, caches warm
@@ -63,20 +82,31 @@ def count(ctx, args, name: str, mode: str) -> dict:
         callgrind_control(t, "off")
     finally:
         ctx.pm.stop(t.managed)
-    m = TOTALS.search(out.read_text())
-    if not m:
-        raise H.HarnessError(f"no totals in {out}")
+    totals = parse_totals(out.read_text())
     rec = {"proxy": name, "mode": mode, "clients": args.clients,
-           "transactions": transactions, "instructions": int(m.group(1))}
+           "transactions": transactions, "instructions": totals["Ir"]}
     rec["per_txn"] = rec["instructions"] / transactions
+    for event in CACHE_EVENTS:
+        if event in totals:
+            rec[event] = totals[event] / transactions
     if args.top and name == "pgstepup":
         r = subprocess.run(["callgrind_annotate", "--inclusive=no", str(out)],
                            capture_output=True, text=True)
         rows = [line for line in r.stdout.splitlines() if re.match(r"^\s*[\d,]+ \(", line)]
         rec["top"] = [" ".join(line.split()) for line in rows[1:1 + args.top]]
-    H.log(f"{name:9} {mode:8} {rec['per_txn']:8,.0f} instructions/txn "
+    misses = "".join(f", {rec[e]:.1f} {what}" for e, what in CACHE_EVENTS.items() if e in rec)
+    H.log(f"{name:9} {mode:8} {rec['per_txn']:8,.0f} instructions/txn{misses} "
           f"({transactions} transactions)")
     return rec
+
+
+def cache_args(kib: int) -> tuple:
+    """callgrind's arguments for an N KiB first-level cache (none for 0)."""
+    if not kib:
+        return ()
+    ways = 12 if kib % 12 == 0 else 8
+    level1 = f"{kib * 1024},{ways},64"
+    return ("--cache-sim=yes", f"--D1={level1}", f"--I1={level1}", "--LL=33554432,16,64")
 
 
 def main():
@@ -90,6 +120,12 @@ def main():
     rows = [[m, str(args.clients), H.fmt_num(per[("pgbouncer", m)]),
              H.fmt_num(per[("pgstepup", m)]),
              f"{per[('pgstepup', m)] / per[('pgbouncer', m)]:.2f}"] for m in args.modes]
+    if args.cache_kib:
+        misses = {(r["proxy"], r["mode"]): r for r in records}
+        for event, what in CACHE_EVENTS.items():
+            headers += [f"pgbouncer {what}/txn", f"pgstepup {what}/txn"]
+            for row, m in zip(rows, args.modes):
+                row += [f"{misses[(p, m)][event]:.1f}" for p in ("pgbouncer", "pgstepup")]
     H.save_counts(args, ctx, "instructions", "Instructions per transaction (callgrind)",
                   headers, rows, records)
     for r in records:
