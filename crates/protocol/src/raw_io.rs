@@ -11,47 +11,58 @@ use std::os::fd::RawFd;
 /// recv(2): reads what `fd` holds into `buf`, returning how many bytes the kernel wrote there
 /// (0 at end of stream).
 pub(crate) fn recv(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
-    retry_interrupted(|| {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call and the
-        // kernel writes at most that many; a null address and length ask for no source address.
-        unsafe {
-            libc::syscall(
-                libc::SYS_recvfrom,
-                fd as libc::c_long,
-                buf.as_mut_ptr() as libc::c_long,
-                buf.len() as libc::c_long,
-                0 as libc::c_long,
-                0 as libc::c_long,
-                0 as libc::c_long,
-            )
-        }
-    })
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call, and the kernel
+    // writes at most that many.
+    unsafe {
+        socket_call(
+            libc::SYS_recvfrom,
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            0,
+        )
+    }
 }
 
 /// send(2) with MSG_NOSIGNAL (a closed peer is an error, never a SIGPIPE): returns how many of
 /// `buf`'s bytes the socket took.
 pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    retry_interrupted(|| {
-        // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the whole call; a null
-        // address of length 0 is what send(2) passes for a connected socket.
-        unsafe {
-            libc::syscall(
-                libc::SYS_sendto,
-                fd as libc::c_long,
-                buf.as_ptr() as libc::c_long,
-                buf.len() as libc::c_long,
-                libc::MSG_NOSIGNAL as libc::c_long,
-                0 as libc::c_long,
-                0 as libc::c_long,
-            )
-        }
-    })
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the whole call.
+    unsafe {
+        socket_call(
+            libc::SYS_sendto,
+            fd,
+            buf.as_ptr(),
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    }
 }
 
-/// Makes the call again when a signal interrupted it; maps -1 to the thread's errno.
-fn retry_interrupted(mut call: impl FnMut() -> libc::c_long) -> io::Result<usize> {
+/// recvfrom(2) or sendto(2) on a connected socket (no address: null and 0), made again when a
+/// signal interrupted it; -1 becomes the thread's errno.
+///
+/// # Safety
+/// `bytes` must be valid for `len` bytes, for writes when `call` is recvfrom and for reads when
+/// it is sendto, until the call returns.
+unsafe fn socket_call(
+    call: libc::c_long,
+    fd: RawFd,
+    bytes: *const u8,
+    len: usize,
+    flags: libc::c_int,
+) -> io::Result<usize> {
     loop {
-        let n = call();
+        // Every argument at full register width: syscall(2) is variadic.
+        let n = libc::syscall(
+            call,
+            fd as libc::c_long,
+            bytes as libc::c_long,
+            len as libc::c_long,
+            flags as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        );
         if n >= 0 {
             return Ok(n as usize);
         }
