@@ -222,3 +222,88 @@ impl AsyncWrite for Stream {
         delegate!(self, s => Pin::new(s).poll_shutdown(cx))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::io::Write;
+    use std::task::Waker;
+
+    /// A socket whose readiness the test holds, as tokio's reactor would: `try_io` runs the
+    /// read only while ready and clears readiness when the read says WouldBlock.
+    struct Readiness {
+        socket: std::os::unix::net::UnixStream,
+        ready: Cell<bool>,
+        reads: Cell<usize>,
+    }
+
+    impl AsRawFd for Readiness {
+        fn as_raw_fd(&self) -> RawFd {
+            self.socket.as_raw_fd()
+        }
+    }
+
+    impl Evented for Readiness {
+        fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if self.ready.get() {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+
+        fn try_io<R>(&self, _: Interest, io: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+            if !self.ready.get() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.reads.set(self.reads.get() + 1);
+            let result = io();
+            if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                self.ready.set(false);
+            }
+            result
+        }
+    }
+
+    #[test]
+    fn a_short_read_clears_readiness_and_a_full_one_keeps_it() {
+        let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let socket = Readiness {
+            socket: ours,
+            ready: Cell::new(true),
+            reads: Cell::new(0),
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+
+        // A read that fills the room may have left more behind: readiness stays.
+        peer.write_all(b"0123456789").unwrap();
+        let mut buf = BytesMut::with_capacity(4);
+        let room = buf.capacity();
+        assert!(room < 10);
+        let n = poll_recv(&socket, &mut cx, &mut buf);
+        assert!(matches!(n, Poll::Ready(Ok(n)) if n == room));
+        assert!(socket.ready.get());
+
+        // A read that comes back short emptied the socket: readiness is cleared with it, so
+        // the next poll waits without another read.
+        let mut buf = BytesMut::with_capacity(64);
+        let n = poll_recv(&socket, &mut cx, &mut buf);
+        assert!(matches!(n, Poll::Ready(Ok(n)) if n == 10 - room));
+        assert_eq!(&buf[..], &b"0123456789"[room..]);
+        assert!(!socket.ready.get());
+        let reads = socket.reads.get();
+        assert!(poll_recv(&socket, &mut cx, &mut buf).is_pending());
+        assert_eq!(
+            socket.reads.get(),
+            reads,
+            "a read was tried on an emptied socket"
+        );
+
+        // Readiness back with nothing there: the read finds nothing, and waits.
+        socket.ready.set(true);
+        assert!(poll_recv(&socket, &mut cx, &mut buf).is_pending());
+        assert!(!socket.ready.get());
+    }
+}
