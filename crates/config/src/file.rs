@@ -72,6 +72,13 @@ pub struct ProxyConfig {
     /// wake-ups, CPU per transaction and latency tail there (benches/RESULTS.md, "Session
     /// threads: half the cores").
     pub worker_threads: usize,
+    /// Before a session thread sleeps waiting for its sockets, it offers the CPU once
+    /// (`sched_yield`): the backends and clients it has just written to then answer while it
+    /// is still runnable, so their answers wake no sleeping thread and the next wake-up finds
+    /// more of them ready. A cheap system call when nothing else wants the CPU. Off for hosts
+    /// whose cores the proxy shares with CPU-bound work, which would get a time slice ahead of
+    /// the sessions at every yield (benches/RESULTS.md, "Yield before sleeping").
+    pub yield_before_sleep: bool,
     /// Also listen on a Unix socket in this directory, named `.s.PGSQL.PORT` after the TCP
     /// port as libpq expects (`psql -h DIR -p PORT`), for clients on the same machine.
     pub unix_socket_dir: Option<PathBuf>,
@@ -85,6 +92,7 @@ impl Default for ProxyConfig {
             observe: false,
             shutdown_grace_secs: 30,
             worker_threads: 0,
+            yield_before_sleep: true,
             unix_socket_dir: None,
         }
     }
@@ -665,6 +673,14 @@ mod tests {
         }
         c.proxy.worker_threads = 3;
         assert_eq!(c.worker_threads(), 3);
+    }
+
+    #[test]
+    fn session_threads_yield_before_sleeping_unless_turned_off() {
+        assert!(Config::default().proxy.yield_before_sleep);
+        let f = write("[proxy]\nyield_before_sleep = false\n");
+        let c = Config::load(Some(f.path()), Overrides::default()).unwrap();
+        assert!(!c.proxy.yield_before_sleep);
     }
 
     #[test]

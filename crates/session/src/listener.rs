@@ -198,7 +198,9 @@ impl Proxy {
             next_id: AtomicU64::new(1),
         });
         let session_shared = shared.clone();
-        let workers = Workers::start(shared.config.worker_threads(), move |socket, peer, id| {
+        let threads = shared.config.worker_threads();
+        let yield_before_sleep = shared.config.proxy.yield_before_sleep;
+        let workers = Workers::start(threads, yield_before_sleep, move |socket, peer, id| {
             let span = tracing::info_span!(
                 "conn",
                 id,
