@@ -75,9 +75,9 @@ pub struct ProxyConfig {
     /// Before a session thread sleeps waiting for its sockets, it offers the CPU once
     /// (`sched_yield`): the backends and clients it has just written to then answer while it
     /// is still runnable, so their answers wake no sleeping thread and the next wake-up finds
-    /// more of them ready. A cheap system call when nothing else wants the CPU. Turn it off on hosts
-    /// whose cores the proxy shares with CPU-bound work, which would get a time slice ahead of
-    /// the sessions at every yield (benches/RESULTS.md, "yield before sleeping").
+    /// more of them ready. A cheap system call when nothing else wants the CPU. Turn it off on
+    /// hosts whose cores the proxy shares with CPU-bound work, which would get a time slice
+    /// ahead of the sessions at every yield (benches/RESULTS.md, "yield before sleeping").
     pub yield_before_sleep: bool,
     /// Also listen on a Unix socket in this directory, named `.s.PGSQL.PORT` after the TCP
     /// port as libpq expects (`psql -h DIR -p PORT`), for clients on the same machine.
