@@ -22,6 +22,7 @@ Writes results/instructions_latest.md and .json.  Needs valgrind.  Stdlib only.
 
 from __future__ import annotations
 
+import argparse
 import pwd
 import re
 import shutil
@@ -50,7 +51,7 @@ def parse_args(argv=None):
     def top(p):
         p.add_argument("--top", type=int, default=0,
                        help="also list pgstepup's N most expensive functions (self cost)")
-        p.add_argument("--cache-kib", type=int, default=0,
+        p.add_argument("--cache-kib", type=cache_size, default=0,
                        help="also simulate an N KiB first-level cache and count its misses")
     return H.parse_counting_args(
         "instructions per transaction in pgbouncer and pgstepup (callgrind)", argv, top)
@@ -100,12 +101,33 @@ def count(ctx, args, name: str, mode: str) -> dict:
     return rec
 
 
+def cache_ways(kib: int) -> int:
+    """The simulated cache's associativity: 12-way when the size allows (as these hosts'
+    48 KiB caches are), else 8-way."""
+    return 12 if kib % 12 == 0 else 8
+
+
+def cache_size(text: str) -> int:
+    """`--cache-kib`: 0 (no simulation), or a size callgrind can simulate with `cache_args`'s
+    ways and lines (a power-of-two number of sets)."""
+    kib = int(text)
+    if kib < 0:
+        raise argparse.ArgumentTypeError(f"{kib}: a cache size is at least 0 KiB")
+    if kib:
+        ways = cache_ways(kib)
+        sets = kib * 1024 // (ways * 64)
+        if sets * ways * 64 != kib * 1024 or sets & (sets - 1):
+            raise argparse.ArgumentTypeError(
+                f"{kib} KiB: callgrind needs a power-of-two number of {ways}-way sets of "
+                "64-byte lines (4, 8, 16, 32, 48, 64, 96 KiB ...)")
+    return kib
+
+
 def cache_args(kib: int) -> tuple:
     """callgrind's arguments for an N KiB first-level cache (none for 0)."""
     if not kib:
         return ()
-    ways = 12 if kib % 12 == 0 else 8
-    level1 = f"{kib * 1024},{ways},64"
+    level1 = f"{kib * 1024},{cache_ways(kib)},64"
     return ("--cache-sim=yes", f"--D1={level1}", f"--I1={level1}", "--LL=33554432,16,64")
 
 

@@ -1,5 +1,6 @@
 """Unit tests of how instructions.py reads callgrind's totals and sizes its cache."""
 
+import argparse
 import sys
 import unittest
 from pathlib import Path
@@ -24,6 +25,13 @@ class CallgrindTotals(unittest.TestCase):
     def test_the_cache_is_twelve_way_when_its_size_allows(self):
         self.assertIn("--D1=49152,12,64", instructions.cache_args(48))
         self.assertIn("--I1=4096,8,64", instructions.cache_args(4))
+
+    def test_sizes_callgrind_cannot_simulate_are_refused(self):
+        self.assertEqual(instructions.cache_size("48"), 48)
+        self.assertEqual(instructions.cache_size("0"), 0)
+        for bad in ("40", "-4", "5"):
+            with self.assertRaises(argparse.ArgumentTypeError):
+                instructions.cache_size(bad)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ impl Stream {
             Stream::Unix(s) => poll_recv(s, cx, buf),
             // A read future made afresh per poll holds no state of its own.
             Stream::TlsServer(_) | Stream::TlsClient(_) => {
-                std::pin::pin!(self.read_buf(buf)).as_mut().poll(cx)
+                std::pin::pin!(self.read_buf(buf)).poll(cx)
             }
         }
     }
