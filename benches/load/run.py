@@ -289,12 +289,41 @@ def paired_ratios(runs):
     return out
 
 
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_975(df: int) -> float:
+    """Student's t two-sided 95% quantile; past the table, the first terms of its expansion
+    around the normal quantile (within 0.0005 there)."""
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def ratio_interval(ratios):
+    """Geometric mean of within-round ratios and its 95% confidence interval (Student's t on
+    the logarithms: the rounds are the samples); the interval is None for a single round."""
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(mean), None
+    half = t_975(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), (math.exp(mean - half), math.exp(mean + half))
+
+
 def paired_table(runs, markdown):
     headers = ["mode", "clients", "rounds", "pgstepup/pgbouncer, median of rounds",
-               "min–max", "rounds at or above 1"]
-    rows = [[mode, str(clients), str(len(v)), f"{statistics.median(v):.3f}",
-             f"{min(v):.3f}–{max(v):.3f}", f"{sum(x >= 1 for x in v)}/{len(v)}"]
-            for (mode, clients), v in paired_ratios(runs).items()]
+               "geometric mean", "95% interval", "min–max", "rounds at or above 1"]
+    rows = []
+    for (mode, clients), v in paired_ratios(runs).items():
+        mean, interval = ratio_interval(v)
+        rows.append([mode, str(clients), str(len(v)), f"{statistics.median(v):.3f}",
+                     f"{mean:.3f}", f"{interval[0]:.3f}–{interval[1]:.3f}" if interval else "n/a",
+                     f"{min(v):.3f}–{max(v):.3f}", f"{sum(x >= 1 for x in v)}/{len(v)}"])
     return H.render_table(headers, rows, markdown)
 
 

@@ -34,8 +34,25 @@ class PairedRatios(unittest.TestCase):
             record("pgstepup", 1, 100.0), record("pgstepup", 2, 90.0),
             record("pgstepup", 3, 120.0)]
         row = run.paired_table(runs, markdown=True).splitlines()[-1]
-        self.assertEqual([c.strip() for c in row.strip("|").split("|")],
-                         ["simple", "8", "3", "1.000", "0.900–1.200", "2/3"])
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        self.assertEqual(cells[:4] + cells[6:], ["simple", "8", "3", "1.000", "0.900–1.200", "2/3"])
+        self.assertEqual(cells[4], f"{(0.9 * 1.2) ** (1 / 3):.3f}")
+
+    def test_the_interval_is_students_t_on_the_logarithms_of_the_rounds(self):
+        # ln ratios -0.1 and +0.1: mean 0, standard deviation 0.1414, t(1 df) = 12.706.
+        import math
+        mean, (low, high) = run.ratio_interval([math.exp(-0.1), math.exp(0.1)])
+        self.assertAlmostEqual(mean, 1.0)
+        self.assertAlmostEqual(math.log(high), 12.706 * 0.1414214 / math.sqrt(2), places=4)
+        self.assertAlmostEqual(math.log(low), -math.log(high))
+        # Identical rounds: no spread, the interval is the point.
+        self.assertEqual(run.ratio_interval([1.05] * 5)[1], (1.05, 1.05))
+        self.assertIsNone(run.ratio_interval([0.97])[1], "one round has no interval")
+
+    def test_past_the_table_t_approaches_the_normal_quantile(self):
+        self.assertEqual(run.t_975(30), 2.042)
+        self.assertAlmostEqual(run.t_975(40), 2.021, places=3)
+        self.assertAlmostEqual(run.t_975(120), 1.980, places=3)
 
 
 class Pooling(unittest.TestCase):
