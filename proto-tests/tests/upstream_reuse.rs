@@ -3,7 +3,8 @@
 //! next client of the same login; nothing of the first session shows in the second. A client
 //! that leaves mid-transaction or mid-batch, passthrough auth, and `pool_size = 0` never
 //! leave theirs; a parked backend the server ended, or one that does not answer its check
-//! (frozen), is not handed out; an unused one closes after `pool_idle_timeout_secs`.
+//! (frozen), is not handed out; an unused one closes after `pool_idle_timeout_secs`. The pool
+//! size caps what all session threads keep together.
 
 use std::time::Duration;
 
@@ -141,6 +142,43 @@ async fn the_next_client_gets_the_backend_reset_as_from_a_fresh_login() {
     say_goodbye(second, &web, 1.0).await;
     let other = connect(&proxy, "reuse-other").await;
     assert_ne!(backend_pid(&other).await, pid);
+}
+
+/// `pool_size` counts across the session threads: two clients served by two threads leave one
+/// backend parked, not one per thread.
+#[tokio::test]
+async fn the_pool_size_caps_what_all_session_threads_keep() {
+    app_role().await;
+    let proxy = TestProxy::with(Auth::Scram, false, |c| {
+        c.proxy.worker_threads = 2;
+        // Dealt to the least busy thread: the two clients land on different threads.
+        c.proxy.spill_after_sessions = 0;
+        c.upstream.pool_size = 1;
+    });
+    let web = WebClient::of(&proxy);
+    let first = connect(&proxy, "pool-cap").await;
+    let second = connect(&proxy, "pool-cap").await;
+    let pids = (backend_pid(&first).await, backend_pid(&second).await);
+    drop(first);
+    for _ in 0..100 {
+        if metric(&web, "pgstepup_upstream_idle_connections").await == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    say_goodbye(second, &web, 1.0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        metric(&web, "pgstepup_upstream_idle_connections").await,
+        1.0,
+        "one backend kept across both threads"
+    );
+    let alive = [backend_alive(pids.0).await, backend_alive(pids.1).await];
+    assert_eq!(
+        alive.iter().filter(|&&a| a).count(),
+        1,
+        "the backend over the pool size is closed: {alive:?}"
+    );
 }
 
 #[tokio::test]

@@ -70,8 +70,15 @@ pub struct ProxyConfig {
     /// cores, at least one (Odyssey's `workers "auto"` is half, rounded up): a proxy usually
     /// shares its machine with PostgreSQL or the application, and each further thread adds
     /// wake-ups, CPU per transaction and latency tail there (benches/RESULTS.md, "Session
-    /// threads: half the cores").
+    /// threads: half the cores"). How many of them work depends on `spill_after_sessions`.
     pub worker_threads: usize,
+    /// A session thread takes every new connection until it serves this many; only then does
+    /// the next get any (once all are that full, the one with the fewest takes it). A few
+    /// sessions on one thread keep its latency tail and CPU per transaction low on a machine
+    /// shared with PostgreSQL; many are served faster spread over the cores
+    /// (benches/RESULTS.md, 2026-12-06). 0 = deal every connection to the thread with the
+    /// fewest sessions.
+    pub spill_after_sessions: usize,
     /// Before a session thread sleeps waiting for its sockets, it offers the CPU once
     /// (`sched_yield`): the backends and clients it has just written to then answer while it
     /// is still runnable, so their answers wake no sleeping thread and the next wake-up finds
@@ -92,6 +99,7 @@ impl Default for ProxyConfig {
             observe: false,
             shutdown_grace_secs: 30,
             worker_threads: 0,
+            spill_after_sessions: 16,
             yield_before_sleep: true,
             unix_socket_dir: None,
         }
@@ -664,15 +672,19 @@ mod tests {
     }
 
     #[test]
-    fn worker_threads_are_half_the_cores_unless_set() {
+    fn worker_threads_are_half_the_cores_filled_one_by_one_unless_set() {
         let mut c = Config::default();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(c.worker_threads(), (cores / 2).max(1));
         for (cores, threads) in [(1, 1), (2, 1), (3, 1), (4, 2), (16, 8)] {
             assert_eq!(half_the_cores(cores), threads, "{cores} cores");
         }
+        assert_eq!(c.proxy.spill_after_sessions, 16);
         c.proxy.worker_threads = 3;
         assert_eq!(c.worker_threads(), 3);
+        let f = write("[proxy]\nspill_after_sessions = 0\n");
+        let c = Config::load(Some(f.path()), Overrides::default()).unwrap();
+        assert_eq!(c.proxy.spill_after_sessions, 0);
     }
 
     #[test]

@@ -199,17 +199,23 @@ impl Proxy {
         });
         let session_shared = shared.clone();
         let threads = shared.config.worker_threads();
+        let spill_after = shared.config.proxy.spill_after_sessions;
         let yield_before_sleep = shared.config.proxy.yield_before_sleep;
-        let workers = Workers::start(threads, yield_before_sleep, move |socket, peer, id| {
-            let span = tracing::info_span!(
-                "conn",
-                id,
-                %peer,
-                user = tracing::field::Empty,
-                application_name = tracing::field::Empty
-            );
-            handle_client(session_shared.clone(), socket, peer, id).instrument(span)
-        })
+        let workers = Workers::start(
+            threads,
+            spill_after,
+            yield_before_sleep,
+            move |socket, peer, id| {
+                let span = tracing::info_span!(
+                    "conn",
+                    id,
+                    %peer,
+                    user = tracing::field::Empty,
+                    application_name = tracing::field::Empty
+                );
+                handle_client(session_shared.clone(), socket, peer, id).instrument(span)
+            },
+        )
         .map_err(ProxyError::Workers)?;
         Ok(Proxy {
             shared,

@@ -9,12 +9,14 @@
 //! passthrough every client must prove itself to PostgreSQL, so its connection is its own.
 //!
 //! Each session thread keeps its own connections (they are registered with the runtime that
-//! opened them). A connection is not reused once it has been idle past
+//! opened them), up to `upstream.pool_size` across the instance: one count shared by the
+//! threads, so a thread serving most sessions may keep most of the pool. A connection is not reused once it has been idle past
 //! `upstream.pool_idle_timeout_secs` or open past `upstream.pool_lifetime_secs`, nor when the
 //! server sent anything while it was parked (a FATAL, or a close), nor when, parked longer
 //! than `upstream.pool_check_delay_secs`, it does not answer an empty query in time.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,7 +56,10 @@ thread_local! {
 
 /// The instance's reuse settings; the connections themselves are per session thread.
 pub(crate) struct UpstreamPool {
-    per_thread: usize,
+    /// At most this many parked across the instance (`upstream.pool_size`).
+    size: usize,
+    /// How many are parked now, on all session threads.
+    parked: AtomicUsize,
     idle_timeout: Duration,
     lifetime: Duration,
     check_delay: Duration,
@@ -70,7 +75,8 @@ impl UpstreamPool {
             return None;
         }
         Some(UpstreamPool {
-            per_thread: size.div_ceil(config.worker_threads()),
+            size,
+            parked: AtomicUsize::new(0),
             idle_timeout: Duration::from_secs(config.upstream.pool_idle_timeout_secs),
             lifetime: Duration::from_secs(config.upstream.pool_lifetime_secs),
             check_delay: Duration::from_secs(config.upstream.pool_check_delay_secs),
@@ -129,8 +135,8 @@ impl UpstreamPool {
     }
 
     /// Resets `upstream` for the next client with `startup` and keeps it; closes it instead
-    /// when it is too old, the reset fails, or this thread keeps enough already (the oldest
-    /// goes first). Expired connections are closed on the way.
+    /// when it is too old or the reset fails. When the instance then keeps more than its pool
+    /// size, this thread's oldest goes. Expired connections are closed on the way.
     pub(crate) async fn put_back(&self, startup: Bytes, mut upstream: IdleUpstream) {
         let now = Instant::now();
         self.close_expired(now).await;
@@ -148,13 +154,14 @@ impl UpstreamPool {
                 return upstream.server.terminate().await;
             }
         }
+        let total = self.parked.fetch_add(1, Ordering::Relaxed) + 1;
         let evicted = PARKED.with_borrow_mut(|parked| {
             parked.push(Parked {
                 key: startup,
                 upstream,
                 since: now,
             });
-            (parked.len() > self.per_thread).then(|| parked.remove(0))
+            (total > self.size).then(|| parked.remove(0))
         });
         self.metrics.upstream_connections.inc();
         self.metrics.upstream_idle_connections.inc();
@@ -204,6 +211,7 @@ impl UpstreamPool {
     }
 
     fn count_unparked(&self) {
+        self.parked.fetch_sub(1, Ordering::Relaxed);
         self.metrics.upstream_connections.dec();
         self.metrics.upstream_idle_connections.dec();
     }

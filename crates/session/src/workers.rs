@@ -1,6 +1,8 @@
 //! Session threads: each runs its own single-threaded runtime, and the listener hands every
-//! accepted connection to the one with the fewest live sessions (in turn among equals, so
-//! connections closing unevenly do not leave one thread with most of the load). A session
+//! accepted connection to the first thread serving fewer than `proxy.spill_after_sessions`,
+//! else to the one with the fewest live sessions (in turn among equals, so connections
+//! closing unevenly do not leave one thread with most of the load). A few sessions thus share
+//! one thread and its wake-ups, and many spread over the cores. A session
 //! lives its whole life on one thread (its sockets registered with that thread's reactor, its
 //! timers on that thread's clock), so no message costs a cross-thread wake-up or a
 //! work-stealing scheduler's bookkeeping, while a machine with spare cores still gets more
@@ -26,6 +28,8 @@ struct Accepted {
 /// The session threads of one proxy.
 pub(crate) struct Workers {
     threads: Vec<SessionThread>,
+    /// Sessions a thread takes before the next gets any (0: none, the least busy gets each).
+    spill_after: usize,
     /// Where the search for the least busy thread starts.
     next: usize,
 }
@@ -48,9 +52,11 @@ impl Drop for LiveSession {
 }
 
 impl Workers {
-    /// Starts `count` threads (at least one); `session` runs each connection handed to them.
+    /// Starts `count` threads (at least one), each filled to `spill_after` sessions before the
+    /// next gets any; `session` runs each connection handed to them.
     pub(crate) fn start<F, Fut>(
         count: usize,
+        spill_after: usize,
         yield_before_sleep: bool,
         session: F,
     ) -> std::io::Result<Self>
@@ -60,6 +66,7 @@ impl Workers {
     {
         let mut workers = Workers {
             threads: Vec::new(),
+            spill_after,
             next: 0,
         };
         for index in 0..count.max(1) {
@@ -111,8 +118,9 @@ impl Workers {
         Ok(workers)
     }
 
-    /// Hands an accepted connection to the thread with the fewest live sessions (the first
-    /// such from the one after the last chosen, so equal loads take turns).
+    /// Hands an accepted connection to the first thread not yet serving `spill_after`
+    /// sessions, else to the one with the fewest live sessions (the first such from the one
+    /// after the last chosen, so equal loads take turns).
     pub(crate) fn assign(&mut self, socket: ClientSocket, peer: ClientAddr, id: u64) {
         let socket = match socket.detach() {
             Ok(socket) => socket,
@@ -122,9 +130,14 @@ impl Workers {
             }
         };
         let count = self.threads.len();
+        let live = |index: usize| self.threads[index].live.load(Ordering::Relaxed);
         let chosen = (0..count)
-            .map(|offset| (self.next + offset) % count)
-            .min_by_key(|&index| self.threads[index].live.load(Ordering::Relaxed))
+            .find(|&index| live(index) < self.spill_after)
+            .or_else(|| {
+                (0..count)
+                    .map(|offset| (self.next + offset) % count)
+                    .min_by_key(|&index| live(index))
+            })
             .unwrap_or(0);
         self.next = (chosen + 1) % count;
         let thread = &self.threads[chosen];
@@ -199,7 +212,7 @@ mod tests {
     #[tokio::test]
     async fn connections_are_dealt_to_the_threads_in_turn() {
         let (seen, mut sessions) = mpsc::unbounded_channel();
-        let mut workers = Workers::start(2, true, move |socket, _peer, id| {
+        let mut workers = Workers::start(2, 0, true, move |socket, _peer, id| {
             let seen = seen.clone();
             let mut tcp = into_tcp(socket);
             async move {
@@ -228,7 +241,7 @@ mod tests {
     #[tokio::test]
     async fn connections_go_to_the_thread_with_fewest_sessions() {
         let (seen, mut sessions) = mpsc::unbounded_channel();
-        let mut workers = Workers::start(2, true, move |socket, _peer, _id| {
+        let mut workers = Workers::start(2, 0, true, move |socket, _peer, _id| {
             let seen = seen.clone();
             let mut tcp = into_tcp(socket);
             async move {
@@ -265,6 +278,58 @@ mod tests {
             );
             open.push((client, first.clone()));
         }
+        drop(open);
+        workers.stop().await;
+    }
+
+    /// With a spill threshold, a thread is filled to it before the next gets a connection;
+    /// once all are that full, the least busy takes each; a thread that drops below it again
+    /// is filled first.
+    #[tokio::test]
+    async fn a_thread_is_filled_before_the_next_gets_a_connection() {
+        let (seen, mut sessions) = mpsc::unbounded_channel();
+        let mut workers = Workers::start(2, 2, true, move |socket, _peer, _id| {
+            let seen = seen.clone();
+            let mut tcp = into_tcp(socket);
+            async move {
+                seen.send(thread_name()).unwrap();
+                // Lives until the client hangs up.
+                let _ = tcp.read_u8().await;
+            }
+        })
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut open = Vec::new();
+        for id in 0..6 {
+            let client = hand_over(&listener, &mut workers, id).await;
+            open.push((client, sessions.recv().await.unwrap()));
+        }
+        let threads: Vec<_> = open.iter().map(|(_, t)| t.clone().unwrap()).collect();
+        assert_eq!(
+            threads,
+            [
+                "sessions-0",
+                "sessions-0",
+                "sessions-1",
+                "sessions-1",
+                "sessions-0",
+                "sessions-1"
+            ]
+        );
+        // Two of the first thread's three sessions end: it is below the threshold again.
+        let first = Some("sessions-0".to_owned());
+        let mut ended = 0;
+        open.retain(|(_, thread)| {
+            let end = *thread == first && ended < 2;
+            ended += usize::from(end);
+            !end
+        });
+        while workers.threads[0].live.load(Ordering::Relaxed) > 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let client = hand_over(&listener, &mut workers, 6).await;
+        assert_eq!(sessions.recv().await.unwrap(), first);
+        open.push((client, first));
         drop(open);
         workers.stop().await;
     }
