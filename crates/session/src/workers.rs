@@ -207,6 +207,37 @@ mod tests {
         std::thread::current().name().map(str::to_owned)
     }
 
+    /// Threads whose sessions report the thread they run on, then live until the client
+    /// hangs up.
+    fn reporting_workers(spill_after: usize) -> (Workers, mpsc::UnboundedReceiver<Option<String>>) {
+        let (seen, sessions) = mpsc::unbounded_channel();
+        let workers = Workers::start(2, spill_after, true, move |socket, _peer, _id| {
+            let seen = seen.clone();
+            let mut tcp = into_tcp(socket);
+            async move {
+                seen.send(thread_name()).unwrap();
+                let _ = tcp.read_u8().await;
+            }
+        })
+        .unwrap();
+        (workers, sessions)
+    }
+
+    /// Hands over a connection per id; each with the thread its session reported.
+    async fn open_sessions(
+        listener: &TcpListener,
+        workers: &mut Workers,
+        sessions: &mut mpsc::UnboundedReceiver<Option<String>>,
+        ids: std::ops::Range<u64>,
+    ) -> Vec<(TcpStream, Option<String>)> {
+        let mut open = Vec::new();
+        for id in ids {
+            let client = hand_over(listener, workers, id).await;
+            open.push((client, sessions.recv().await.unwrap()));
+        }
+        open
+    }
+
     /// Connections go to the threads in turn, and each session runs on its thread's own
     /// single-threaded runtime, its socket served there.
     #[tokio::test]
@@ -240,23 +271,9 @@ mod tests {
     /// When sessions end unevenly, new connections go where fewer sessions live.
     #[tokio::test]
     async fn connections_go_to_the_thread_with_fewest_sessions() {
-        let (seen, mut sessions) = mpsc::unbounded_channel();
-        let mut workers = Workers::start(2, 0, true, move |socket, _peer, _id| {
-            let seen = seen.clone();
-            let mut tcp = into_tcp(socket);
-            async move {
-                seen.send(thread_name()).unwrap();
-                // Lives until the client hangs up.
-                let _ = tcp.read_u8().await;
-            }
-        })
-        .unwrap();
+        let (mut workers, mut sessions) = reporting_workers(0);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut open = Vec::new();
-        for id in 0..4 {
-            let client = hand_over(&listener, &mut workers, id).await;
-            open.push((client, sessions.recv().await.unwrap()));
-        }
+        let mut open = open_sessions(&listener, &mut workers, &mut sessions, 0..4).await;
         let first = Some("sessions-0".to_owned());
         let threads: Vec<_> = open.iter().map(|(_, thread)| thread.clone()).collect();
         let second = Some("sessions-1".to_owned());
@@ -287,23 +304,9 @@ mod tests {
     /// is filled first.
     #[tokio::test]
     async fn a_thread_is_filled_before_the_next_gets_a_connection() {
-        let (seen, mut sessions) = mpsc::unbounded_channel();
-        let mut workers = Workers::start(2, 2, true, move |socket, _peer, _id| {
-            let seen = seen.clone();
-            let mut tcp = into_tcp(socket);
-            async move {
-                seen.send(thread_name()).unwrap();
-                // Lives until the client hangs up.
-                let _ = tcp.read_u8().await;
-            }
-        })
-        .unwrap();
+        let (mut workers, mut sessions) = reporting_workers(2);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut open = Vec::new();
-        for id in 0..6 {
-            let client = hand_over(&listener, &mut workers, id).await;
-            open.push((client, sessions.recv().await.unwrap()));
-        }
+        let mut open = open_sessions(&listener, &mut workers, &mut sessions, 0..6).await;
         let threads: Vec<_> = open.iter().map(|(_, t)| t.clone().unwrap()).collect();
         assert_eq!(
             threads,
