@@ -44,15 +44,22 @@ async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
 /// dealt with its upstream connection: parked it, or closed it.
 async fn say_goodbye(client: tokio_postgres::Client, web: &WebClient, parked: f64) {
     drop(client);
+    settle(web, parked, 0.0).await;
+}
+
+/// Waits until the proxy keeps `parked` idle upstream connections and serves `clients`.
+async fn settle(web: &WebClient, parked: f64, clients: f64) {
     for _ in 0..100 {
         if metric(web, "pgstepup_upstream_idle_connections").await == parked
-            && metric(web, "pgstepup_client_connections").await == 0.0
+            && metric(web, "pgstepup_client_connections").await == clients
         {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the proxy did not settle with {parked} idle upstream connections");
+    panic!(
+        "the proxy did not settle with {parked} idle upstream connections and {clients} clients"
+    );
 }
 
 async fn metric(web: &WebClient, name: &str) -> f64 {
@@ -160,12 +167,7 @@ async fn the_pool_size_caps_what_all_session_threads_keep() {
     let second = connect(&proxy, "pool-cap").await;
     let pids = (backend_pid(&first).await, backend_pid(&second).await);
     drop(first);
-    for _ in 0..100 {
-        if metric(&web, "pgstepup_upstream_idle_connections").await == 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    settle(&web, 1.0, 1.0).await;
     say_goodbye(second, &web, 1.0).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(

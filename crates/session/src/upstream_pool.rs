@@ -10,10 +10,11 @@
 //!
 //! Each session thread keeps its own connections (they are registered with the runtime that
 //! opened them), up to `upstream.pool_size` across the instance: one count shared by the
-//! threads, so a thread serving most sessions may keep most of the pool. A connection is not reused once it has been idle past
-//! `upstream.pool_idle_timeout_secs` or open past `upstream.pool_lifetime_secs`, nor when the
-//! server sent anything while it was parked (a FATAL, or a close), nor when, parked longer
-//! than `upstream.pool_check_delay_secs`, it does not answer an empty query in time.
+//! threads, so a thread serving most sessions may keep most of the pool. A connection is not
+//! reused once it has been idle past `upstream.pool_idle_timeout_secs` or open past
+//! `upstream.pool_lifetime_secs`, nor when the server sent anything while it was parked (a
+//! FATAL, or a close), nor when, parked longer than `upstream.pool_check_delay_secs`, it does
+//! not answer an empty query in time.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
