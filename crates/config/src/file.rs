@@ -67,10 +67,13 @@ pub struct ProxyConfig {
     /// their sessions are closed (57P01).
     pub shutdown_grace_secs: u64,
     /// Session threads, each running its own runtime (a session stays on one); 0 = half the
-    /// cores, at least one (Odyssey's `workers "auto"` is half, rounded up): a proxy usually
-    /// shares its machine with PostgreSQL or the application, and each further thread adds
-    /// wake-ups, CPU per transaction and latency tail there (benches/RESULTS.md, "Session
-    /// threads: half the cores"). How many of them work depends on `spill_after_sessions`.
+    /// cores, at least two where there are two (Odyssey's `workers "auto"` is half, rounded
+    /// up): a proxy usually shares its machine with PostgreSQL or the application, and each
+    /// further busy thread adds wake-ups, CPU per transaction and latency tail there
+    /// (benches/RESULTS.md, "Session threads: half the cores"). How many of them work depends
+    /// on `spill_after_sessions`: the second of two gets sessions only past that many, when
+    /// one thread is always runnable and its one share of the CPU caps throughput
+    /// (benches/RESULTS.md, 2026-12-06 on a Zen 2 host).
     pub worker_threads: usize,
     /// A session thread takes every new connection until it serves this many; only then does
     /// the next get any (once all are that full, the one with the fewest takes it). A few
@@ -572,7 +575,9 @@ impl Config {
     /// How many session threads serve connections (see [`ProxyConfig::worker_threads`]).
     pub fn worker_threads(&self) -> usize {
         match self.proxy.worker_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| half_the_cores(n.get())),
+            0 => {
+                std::thread::available_parallelism().map_or(1, |n| default_session_threads(n.get()))
+            }
             n => n,
         }
     }
@@ -631,9 +636,11 @@ fn check_host_port(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The default number of session threads on a machine with `cores` cores.
-fn half_the_cores(cores: usize) -> usize {
-    (cores / 2).max(1)
+/// The default number of session threads on a machine with `cores` cores: half of them, but
+/// two where there are two, so a load past `spill_after_sessions` is not held to one core's
+/// fair share.
+fn default_session_threads(cores: usize) -> usize {
+    (cores / 2).max(cores.min(2))
 }
 
 #[cfg(test)]
@@ -672,12 +679,12 @@ mod tests {
     }
 
     #[test]
-    fn worker_threads_are_half_the_cores_filled_one_by_one_unless_set() {
+    fn worker_threads_are_half_the_cores_but_two_filled_one_by_one_unless_set() {
         let mut c = Config::default();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(c.worker_threads(), (cores / 2).max(1));
-        for (cores, threads) in [(1, 1), (2, 1), (3, 1), (4, 2), (16, 8)] {
-            assert_eq!(half_the_cores(cores), threads, "{cores} cores");
+        assert_eq!(c.worker_threads(), default_session_threads(cores));
+        for (cores, threads) in [(1, 1), (2, 2), (3, 2), (4, 2), (6, 3), (16, 8)] {
+            assert_eq!(default_session_threads(cores), threads, "{cores} cores");
         }
         assert_eq!(c.proxy.spill_after_sessions, 16);
         c.proxy.worker_threads = 3;
