@@ -327,9 +327,14 @@ mod tests {
             ended += usize::from(end);
             !end
         });
-        while workers.threads[0].live.load(Ordering::Relaxed) > 1 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let first_thread_drained = async {
+            while workers.threads[0].live.load(Ordering::Relaxed) > 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), first_thread_drained)
+            .await
+            .expect("the first thread's two ended sessions were not counted out within 5 s");
         let client = hand_over(&listener, &mut workers, 6).await;
         assert_eq!(sessions.recv().await.unwrap(), first);
         open.push((client, first));
