@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Writes the link order of pgstepup's hot code: the functions a relayed transaction runs.
 
-The release build links them first and together (`crates/pgstepup/build.rs`, with ld.lld):
+The release build links them first and together (`crates/pgstepup/build.rs`, with LLD):
 left where the compiler puts them, the few dozen functions a session's wake-up runs lie on
-about 70 pages spread over 12 MiB of code, and every wake-up after PostgreSQL and pgbench had
+about 40 pages spread over 12 MiB of code, and every wake-up after PostgreSQL and pgbench had
 the core fetches their lines and page translations again.
 
 pgstepup runs under `valgrind --tool=callgrind` (symbols left mangled, as the linker names

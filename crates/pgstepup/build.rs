@@ -1,5 +1,5 @@
 //! Release builds on Linux link the relay's hot functions (`hot-functions.txt`) first and
-//! together, with LLD's symbol ordering: otherwise a session's wake-up runs code from about 70
+//! together, with LLD's symbol ordering: otherwise a session's wake-up runs code from about 40
 //! pages spread over the binary, and fetches their lines and translations again every time
 //! PostgreSQL and the clients have had the core (benches/RESULTS.md has what it saves). On
 //! x86_64-unknown-linux-gnu rustc links with its own LLD (since 1.90); elsewhere an ld.lld on
