@@ -62,12 +62,14 @@ def parse_annotated(text: str) -> tuple[Counter, int]:
     return costs, int(total.group(1).replace(",", "")) if total else sum(costs.values())
 
 
-def defined_functions(binary: str) -> set[str]:
-    """The code symbols `binary` itself defines (what its linker can order)."""
-    out = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True,
-                         check=True).stdout
-    return {p[2] for p in (line.split() for line in out.splitlines())
-            if len(p) == 3 and p[1] in "tTwW"}
+def code_extents(binary: str) -> dict[str, tuple[int, int]]:
+    """The code symbols `binary` itself defines (what its linker can order), with each one's
+    address and size."""
+    out = subprocess.run(["nm", "--defined-only", "--print-size", binary], capture_output=True,
+                         text=True, check=True).stdout
+    return {p[3]: (int(p[0], 16), int(p[1], 16))
+            for p in (line.split() for line in out.splitlines())
+            if len(p) == 4 and p[2] in "tTwW"}
 
 
 def hot_order(costs: Counter, total: int, defined: set[str], min_share: float) -> list[str]:
@@ -84,15 +86,10 @@ def listed_functions(path: Path) -> list[str]:
             if line.strip() and not line.lstrip().startswith("#")]
 
 
-def code_span(binary: str, names: list[str]) -> tuple[int, int]:
-    """How many of `names` `binary` defines, and how many 4 KiB pages their code covers."""
-    out = subprocess.run(["nm", "--defined-only", "--print-size", binary], capture_output=True,
-                         text=True, check=True).stdout
-    extent = {}
-    for p in (line.split() for line in out.splitlines()):
-        if len(p) == 4 and p[2] in "tTwW":
-            extent[p[3]] = (int(p[0], 16), int(p[1], 16))
-    found = [extent[n] for n in names if n in extent]
+def code_span(extents: dict[str, tuple[int, int]], names: list[str]) -> tuple[int, int]:
+    """How many of `names` a binary with these `extents` defines, and how many 4 KiB pages
+    their code covers."""
+    found = [extents[n] for n in names if n in extents]
     pages = {page for start, size in found
              for page in range(start >> 12, ((start + max(size, 1) - 1) >> 12) + 1)}
     return len(found), len(pages)
@@ -129,23 +126,26 @@ def profile(ctx, args, out: Path) -> str:
 
 def check(binary: str, order_file: Path) -> None:
     names = listed_functions(order_file)
-    found, pages = code_span(binary, names)
+    found, pages = code_span(code_extents(binary), names)
     print(f"{binary}: {found} of the {len(names)} listed functions, on {pages} pages of code")
 
 
 def main():
-    if len(sys.argv) == 3 and sys.argv[1] == "--check":
-        check(sys.argv[2], ORDER_FILE)
-        return
-
     def extra(p):
+        p.add_argument("--check", metavar="BINARY",
+                       help="profile nothing: count the listed functions BINARY holds and the "
+                            "pages they span")
         p.add_argument("--settle", type=int, default=10,
                        help="seconds of each run before counting (the logins)")
         p.add_argument("--window", type=int, default=8, help="seconds counted in each run")
         p.add_argument("--min-share", type=float, default=0.001,
                        help="smallest share of all instructions a listed function takes")
-        p.add_argument("--write", type=Path, default=ORDER_FILE)
+        p.add_argument("--write", type=Path, default=ORDER_FILE,
+                       help="the order file to write (or, with --check, to read)")
     args = H.parse_counting_args("pgstepup's hot functions, for the link order", None, extra)
+    if args.check:
+        check(args.check, args.write)
+        return
     ctx = H.Ctx(args)
     if not ctx.pgstepup:
         raise H.HarnessError("needs a pgstepup binary (--pgstepup)")
@@ -157,7 +157,7 @@ def main():
     finally:
         ctx.pm.stop_all()
     costs, total = parse_annotated(listing)
-    order = hot_order(costs, total, defined_functions(ctx.pgstepup), args.min_share)
+    order = hot_order(costs, total, set(code_extents(ctx.pgstepup)), args.min_share)
     if not order:
         raise H.HarnessError("no function of the binary took the minimum share")
     args.write.write_text(HEADER + "".join(f"{s}\n" for s in order))

@@ -48,6 +48,13 @@ class Selection(unittest.TestCase):
         self.assertEqual(hot_functions.hot_order(costs, 40, {"a", "b", "c"}, 0.0), ["c", "a", "b"])
 
 
+class Span(unittest.TestCase):
+    def test_pages_are_counted_once_and_missing_names_are_not_found(self):
+        extents = {"a": (0x1000, 0x10), "b": (0x1ff0, 0x20), "c": (0x9000, 0x3000)}
+        # a and b share page 1; b reaches into page 2; c covers pages 9, 10 and 11.
+        self.assertEqual(hot_functions.code_span(extents, ["a", "b", "c", "gone"]), (3, 5))
+
+
 class CommittedOrder(unittest.TestCase):
     def test_the_order_starts_with_the_relays_own_loop_and_framing(self):
         lines = [line for line in hot_functions.ORDER_FILE.read_text().splitlines()

@@ -265,3 +265,78 @@ fn instance_name(listen: &str) -> String {
     let tag: u32 = rand::rng().random();
     format!("{host}:{port}:{tag:08x}")
 }
+
+/// The build script's hot-code layout decision, compiled here too so its cases are tested.
+#[cfg(test)]
+#[path = "../build/link_order.rs"]
+mod link_order;
+
+#[cfg(test)]
+mod link_order_tests {
+    use super::link_order::{layout, Build, Layout};
+
+    fn release_x86_64() -> Build<'static> {
+        Build {
+            profile: "release",
+            target_os: "linux",
+            target: "x86_64-unknown-linux-gnu",
+            opt_out: None,
+            lld_on_path: false,
+            order_file: "/src/crates/pgstepup/hot-functions.txt",
+        }
+    }
+
+    #[test]
+    fn release_builds_on_x86_64_linux_order_with_rustcs_own_lld() {
+        assert_eq!(
+            layout(&release_x86_64()),
+            Layout::Ordered(vec![
+                "-Wl,--symbol-ordering-file=/src/crates/pgstepup/hot-functions.txt".into(),
+                "-Wl,--no-warn-symbol-ordering".into(),
+            ])
+        );
+    }
+
+    #[test]
+    fn other_linux_targets_ask_for_an_lld_on_path_or_say_why_not() {
+        let aarch64 = Build {
+            target: "aarch64-unknown-linux-gnu",
+            ..release_x86_64()
+        };
+        assert!(matches!(layout(&aarch64), Layout::NoLinker(why) if why.contains("ld.lld")));
+        let with_lld = Build {
+            lld_on_path: true,
+            ..aarch64
+        };
+        let Layout::Ordered(args) = layout(&with_lld) else {
+            panic!("an ld.lld on PATH orders the layout");
+        };
+        assert_eq!(args[0], "-fuse-ld=lld");
+        assert!(args[1].starts_with("-Wl,--symbol-ordering-file="));
+    }
+
+    #[test]
+    fn debug_builds_other_systems_and_the_opt_out_link_as_usual() {
+        for build in [
+            Build {
+                profile: "debug",
+                ..release_x86_64()
+            },
+            Build {
+                target_os: "macos",
+                ..release_x86_64()
+            },
+            Build {
+                opt_out: Some("0"),
+                ..release_x86_64()
+            },
+        ] {
+            assert_eq!(layout(&build), Layout::Unordered);
+        }
+        let opted_in = Build {
+            opt_out: Some("1"),
+            ..release_x86_64()
+        };
+        assert!(matches!(layout(&opted_in), Layout::Ordered(_)));
+    }
+}
