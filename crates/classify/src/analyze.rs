@@ -6,11 +6,12 @@ use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    CopySource, CopyTarget, Expr, FromTable, ObjectName, ObjectType, Query, Set, SetExpr,
-    SetSessionAuthorizationParamKind, Statement, TableFactor, TableObject, UtilityOption, Visit,
-    Visitor,
+    BinaryOperator, CopySource, CopyTarget, Expr, FromTable, ObjectName, ObjectType, Query, Set,
+    SetExpr, SetSessionAuthorizationParamKind, Statement, TableFactor, TableObject, UtilityOption,
+    Visit, Visitor,
 };
 
+use crate::functions::{self, TablesRead};
 use crate::kind::Kind;
 use crate::table::{fold, function_name, TableName};
 use crate::Facet;
@@ -379,16 +380,110 @@ impl Visitor for Collector {
             // A plain EXPLAIN plans calls, it does not make them.
             return ControlFlow::Continue(());
         }
-        if let Expr::Function(function) = expr {
-            let name = function_name(&function.name);
-            match setting_of_set_config(&name, function) {
-                // set_config with a literal name is a SET of that setting (pgAdmin sends
-                // `set_config('bytea_output', 'hex', false)` on connect).
-                Some(setting) => self.set_variable(&setting),
-                None => self.findings.functions.push(name),
+        match expr {
+            Expr::Function(function) => {
+                let name = function_name(&function.name);
+                if let Some(tables) = functions::tables_read_by(&name) {
+                    self.table_reading_call(&name, tables, function);
+                } else if let Some(setting) = setting_of_set_config(&name, function) {
+                    // set_config with a literal name is a SET of that setting (pgAdmin sends
+                    // `set_config('bytea_output', 'hex', false)` on connect).
+                    self.set_variable(&setting);
+                } else {
+                    self.findings.functions.push(name);
+                }
             }
+            Expr::BinaryOp { op, .. } => self.operator(op),
+            _ => {}
         }
         ControlFlow::Continue(())
+    }
+}
+
+impl Collector {
+    /// A built-in that reads the rows of tables its arguments name: a read of the table when
+    /// the name is written out, otherwise unknown (which tables is decided at run time).
+    fn table_reading_call(
+        &mut self,
+        name: &str,
+        tables: TablesRead,
+        function: &sqlparser::ast::Function,
+    ) {
+        let named = match tables {
+            TablesRead::FirstArgument => first_argument_table(function),
+            TablesRead::Many => None,
+        };
+        match named {
+            Some(table) => self.findings.facets.push(read(table)),
+            None => {
+                self.findings.facets.push(Facet {
+                    kind: Kind::Unknown,
+                    table: None,
+                });
+                self.findings
+                    .reasons
+                    .push(format!("{name}() reads tables chosen when it runs"));
+            }
+        }
+    }
+
+    /// An operator that is not PostgreSQL's own runs someone's function, which may write.
+    fn operator(&mut self, op: &BinaryOperator) {
+        let (schema, symbol) = match op {
+            BinaryOperator::Custom(symbol) => (None, symbol.as_str()),
+            BinaryOperator::PGCustomBinaryOperator(parts) => match parts.as_slice() {
+                [symbol] => (None, symbol.as_str()),
+                [schema, symbol] => (Some(schema.as_str()), symbol.as_str()),
+                _ => (Some(""), ""),
+            },
+            _ => return,
+        };
+        let schema = schema.map(str::to_ascii_lowercase);
+        if !functions::is_built_in_operator(schema.as_deref(), symbol) {
+            self.findings.facets.push(Facet {
+                kind: Kind::Write,
+                table: None,
+            });
+            self.findings.reasons.push(format!(
+                "uses operator {op}, which is not PostgreSQL's own and may write"
+            ));
+        }
+    }
+}
+
+/// The table a call's first argument names, when it is written out: `'orders'`,
+/// `'orders'::regclass` or `CAST('orders' AS regclass)` (or the `tbl =>` argument).
+fn first_argument_table(function: &sqlparser::ast::Function) -> Option<TableName> {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments, Value};
+    let FunctionArguments::List(list) = &function.args else {
+        return None;
+    };
+    let argument = match list.args.first()? {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => expr,
+        FunctionArg::Named {
+            name,
+            arg: FunctionArgExpr::Expr(expr),
+            ..
+        } if name.value.eq_ignore_ascii_case("tbl") => expr,
+        _ => return None,
+    };
+    let mut expr = argument;
+    loop {
+        match expr {
+            Expr::Cast { expr: inner, .. } | Expr::Nested(inner) => expr = inner,
+            Expr::Value(value) => {
+                return match &value.value {
+                    Value::SingleQuotedString(text)
+                    | Value::EscapedStringLiteral(text)
+                    | Value::NationalStringLiteral(text) => TableName::from_regclass_text(text),
+                    Value::DollarQuotedString(quoted) => {
+                        TableName::from_regclass_text(&quoted.value)
+                    }
+                    _ => None,
+                };
+            }
+            _ => return None,
+        }
     }
 }
 

@@ -76,6 +76,9 @@ const VOLATILE_BUT_READ_ONLY: &[&str] = &[
 
 /// Declared stable but with an effect worth a step-up, or dangerous whatever the declaration.
 const NEVER_READ_ONLY: &[&str] = &[
+    // `ts_rewrite(tsquery, text)` runs the query in its text (the three-tsquery form is pure,
+    // but only the name is seen here).
+    "ts_rewrite",
     "txid_current",
     "pg_current_xact_id",
     "set_config",
@@ -152,6 +155,47 @@ fn read_only_set() -> &'static HashSet<&'static str> {
     })
 }
 
+/// Which tables a built-in reads the rows of, when they are named by its arguments rather than
+/// in a FROM list (a sensitive table read this way must still meet its rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TablesRead {
+    /// The table named by the first argument (a `regclass`).
+    FirstArgument,
+    /// Every table of a schema, or of the database.
+    Many,
+}
+
+/// The [`TablesRead`] of a call of `name` (folded, `pg_catalog.` kept when written), if it
+/// reads table rows named by its arguments.
+pub(crate) fn tables_read_by(name: &str) -> Option<TablesRead> {
+    let bare = name.strip_prefix("pg_catalog.").unwrap_or(name);
+    match bare {
+        "table_to_xml" | "table_to_xml_and_xmlschema" => Some(TablesRead::FirstArgument),
+        "schema_to_xml"
+        | "schema_to_xml_and_xmlschema"
+        | "database_to_xml"
+        | "database_to_xml_and_xmlschema" => Some(TablesRead::Many),
+        _ => None,
+    }
+}
+
+/// PostgreSQL's own operator names (`pg_operator` in `pg_catalog`). None of their functions is
+/// volatile; any other operator is someone's function, which may write.
+const BUILT_IN_OPERATORS: &[&str] = &[
+    "!!", "!~", "!~*", "!~~", "!~~*", "#", "##", "#-", "#>", "#>>", "%", "&", "&&", "&<", "&<|",
+    "&>", "*", "*<", "*<=", "*<>", "*=", "*>", "*>=", "+", "-", "->", "->>", "-|-", "/", "<",
+    "<->", "<<", "<<=", "<<|", "<=", "<>", "<@", "<^", "=", ">", ">=", ">>", ">>=", ">^", "?",
+    "?#", "?&", "?-", "?-|", "?|", "?||", "@", "@-@", "@>", "@?", "@@", "@@@", "^", "^@", "|",
+    "|&>", "|/", "|>>", "||", "||/", "~", "~*", "~<=~", "~<~", "~=", "~>=~", "~>~", "~~", "~~*",
+    // Spellings the grammar turns into built-in operators.
+    "!=", "!",
+];
+
+/// Whether an operator, written `name` or `OPERATOR(schema.name)`, is PostgreSQL's own.
+pub(crate) fn is_built_in_operator(schema: Option<&str>, name: &str) -> bool {
+    matches!(schema, None | Some("pg_catalog")) && BUILT_IN_OPERATORS.contains(&name)
+}
+
 /// information_schema's helpers (pgJDBC's metadata queries call `_pg_expandarray`).
 const INFORMATION_SCHEMA_READ_ONLY: &[&str] = &[
     "_pg_expandarray",
@@ -212,6 +256,7 @@ mod tests {
             "pg_read_file",
             "txid_current",
             "query_to_xml",
+            "ts_rewrite",
             "myschema.count",
             "do_stuff",
             "pg_advisory_lock",
@@ -219,5 +264,34 @@ mod tests {
             assert!(!is_read_only(name, &[]), "{name}");
         }
         assert!(is_read_only("app.safe", &["app.safe".to_owned()]));
+    }
+
+    #[test]
+    fn knows_which_built_ins_read_tables_named_by_argument() {
+        assert_eq!(
+            tables_read_by("table_to_xml"),
+            Some(TablesRead::FirstArgument)
+        );
+        assert_eq!(
+            tables_read_by("pg_catalog.database_to_xml"),
+            Some(TablesRead::Many)
+        );
+        assert_eq!(
+            tables_read_by("schema_to_xml_and_xmlschema"),
+            Some(TablesRead::Many)
+        );
+        // A user's function of the same name is not PostgreSQL's (and not read-only).
+        assert_eq!(tables_read_by("app.table_to_xml"), None);
+        assert_eq!(tables_read_by("table_to_xmlschema"), None);
+    }
+
+    #[test]
+    fn knows_postgresqls_own_operators() {
+        for op in ["+", "||", "->>", "@>", "~~*", "<->", "?|"] {
+            assert!(is_built_in_operator(None, op), "{op}");
+            assert!(is_built_in_operator(Some("pg_catalog"), op), "{op}");
+        }
+        assert!(!is_built_in_operator(None, "###"));
+        assert!(!is_built_in_operator(Some("public"), "+"));
     }
 }

@@ -356,7 +356,12 @@ const LITERAL_FREE_LEADERS: &[&str] = &[
 ];
 
 /// Names whose literal arguments do change the decision.
-const LITERAL_SENSITIVE_NAMES: &[&str] = &["set_config"];
+const LITERAL_SENSITIVE_NAMES: &[&str] = &[
+    "set_config",
+    // Read the table their first argument names.
+    "table_to_xml",
+    "table_to_xml_and_xmlschema",
+];
 
 /// The statement shape of a whole query text: tokens with comments and spacing dropped,
 /// unquoted words case-folded, and literals replaced by `?` where they cannot matter.
@@ -1037,6 +1042,10 @@ mod tests {
             shape("SELECT set_config('c', 'd', false)").unwrap()
         );
         assert_ne!(
+            shape("SELECT table_to_xml('orders', true, true, '')").unwrap(),
+            shape("SELECT pg_catalog.TABLE_TO_XML('customers', true, true, '')").unwrap()
+        );
+        assert_ne!(
             shape("SELECT 1; SET x = 1").unwrap(),
             shape("SELECT 1; SET x = 2").unwrap()
         );
@@ -1079,6 +1088,7 @@ mod tests {
         "show",
         "set_config",
         "\"set_config\"",
+        "table_to_xml",
         "\"a\"\"b\"",
         "t",
         "e",

@@ -371,6 +371,54 @@ mod tests {
     }
 
     #[test]
+    fn built_ins_that_read_a_named_table_read_it() {
+        for sql in [
+            "SELECT table_to_xml('Billing.Invoices', true, false, '')",
+            "SELECT pg_catalog.table_to_xml_and_xmlschema('billing.invoices'::regclass, true, false, '')",
+            "SELECT table_to_xml(CAST('billing.invoices' AS regclass), true, false, '')",
+        ] {
+            let c = classify(sql, &[]);
+            assert_eq!(c.kinds, KindSet::from_iter([Kind::Read]), "{sql}");
+            let reads: Vec<String> = c.reads().iter().map(|t| t.to_string()).collect();
+            assert_eq!(reads, ["billing.invoices"], "{sql}");
+        }
+        // Which tables is decided when the call runs: unknown, never a plain read.
+        for sql in [
+            "SELECT table_to_xml(relname::regclass, true, false, '') FROM pg_class",
+            "SELECT table_to_xml(16384, true, false, '')",
+            "SELECT schema_to_xml('billing', true, false, '')",
+            "SELECT database_to_xml(true, false, '')",
+        ] {
+            let c = classify(sql, &[]);
+            assert!(c.kinds.contains(Kind::Unknown), "{sql}: {c:?}");
+            assert!(
+                c.reasons.iter().any(|r| r.contains("reads tables")),
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn operators_not_postgresqls_own_count_as_writes() {
+        for sql in [
+            "SELECT 1 ### 2",
+            "SELECT a FROM t WHERE a OPERATOR(app.===) 1",
+            "SELECT 1 OPERATOR(public.+) 2",
+        ] {
+            let c = classify(sql, &[]);
+            assert!(c.kinds.contains(Kind::Write), "{sql}: {c:?}");
+        }
+        for sql in [
+            "SELECT 1 + 2, 'a' || 'b', '{}'::jsonb ->> 'k', 'x' ~~* 'X'",
+            "SELECT 1 OPERATOR(pg_catalog.+) 2",
+            "SELECT box '((0,0),(1,1))' &<| box '((0,0),(2,2))'",
+        ] {
+            let c = classify(sql, &[]);
+            assert_eq!(c.kinds, KindSet::from_iter([Kind::Read]), "{sql}: {c:?}");
+        }
+    }
+
+    #[test]
     fn pinned_settings_are_checked_unless_the_text_only_reads() {
         let declared = ["set_config".to_owned()];
         for sql in [

@@ -30,6 +30,52 @@ impl TableName {
     }
 }
 
+impl TableName {
+    /// Reads a table name the way `regclass` input does (`orders`, `Sales.Orders`,
+    /// `"Odd"."Name"`): unquoted parts folded, `db.schema.table` keeping the last two. `None` for
+    /// an OID or anything that is not a name.
+    pub(crate) fn from_regclass_text(text: &str) -> Option<Self> {
+        let mut parts: Vec<String> = Vec::new();
+        let mut chars = text.chars().peekable();
+        loop {
+            while chars.next_if(|c| c.is_whitespace()).is_some() {}
+            let mut part = String::new();
+            if chars.next_if_eq(&'"').is_some() {
+                loop {
+                    match chars.next()? {
+                        '"' if chars.next_if_eq(&'"').is_some() => part.push('"'),
+                        '"' => break,
+                        c => part.push(c),
+                    }
+                }
+            } else {
+                while let Some(c) = chars.next_if(|c| *c != '.' && !c.is_whitespace()) {
+                    if c == '"' {
+                        return None;
+                    }
+                    part.push(c.to_ascii_lowercase());
+                }
+                if part.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+            }
+            if part.is_empty() {
+                return None;
+            }
+            parts.push(part);
+            while chars.next_if(|c| c.is_whitespace()).is_some() {}
+            match chars.next() {
+                None => break,
+                Some('.') => continue,
+                Some(_) => return None,
+            }
+        }
+        let name = parts.pop()?;
+        let schema = parts.pop();
+        (parts.len() <= 1).then_some(TableName { schema, name })
+    }
+}
+
 impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.schema {
@@ -57,4 +103,25 @@ pub(crate) fn function_name(name: &ObjectName) -> String {
         })
         .collect::<Vec<_>>()
         .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_regclass_text_as_postgresql_does() {
+        let name = |text: &str| TableName::from_regclass_text(text).map(|t| t.to_string());
+        assert_eq!(name("Customers").as_deref(), Some("customers"));
+        assert_eq!(
+            name(" Billing . Invoices ").as_deref(),
+            Some("billing.invoices")
+        );
+        assert_eq!(name(r#""Odd ""x"".y""#).as_deref(), Some(r#"Odd "x".y"#));
+        assert_eq!(name(r#"app."Mixed""#).as_deref(), Some("app.Mixed"));
+        assert_eq!(name("db.s.t").as_deref(), Some("s.t"));
+        for not_a_name in ["16384", "", "a..b", "a.b.c.d", r#""open"#, "a b", r#"a"b""#] {
+            assert_eq!(name(not_a_name), None, "{not_a_name}");
+        }
+    }
 }
