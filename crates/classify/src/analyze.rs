@@ -409,6 +409,8 @@ impl Collector {
         tables: TablesRead,
         function: &sqlparser::ast::Function,
     ) {
+        // Listed like any call (it is read-only in itself); the facet carries the decision.
+        self.findings.functions.push(name.to_owned());
         let named = match tables {
             TablesRead::FirstArgument => first_argument_table(function),
             TablesRead::Many => None,

@@ -381,6 +381,7 @@ mod tests {
             assert_eq!(c.kinds, KindSet::from_iter([Kind::Read]), "{sql}");
             let reads: Vec<String> = c.reads().iter().map(|t| t.to_string()).collect();
             assert_eq!(reads, ["billing.invoices"], "{sql}");
+            assert!(c.functions.iter().any(|f| f.contains("table_to_xml")), "{sql}");
         }
         // Which tables is decided when the call runs: unknown, never a plain read.
         for sql in [
