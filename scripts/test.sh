@@ -3,7 +3,7 @@
 #   1. checks for (and, saying so, installs with apt/pip/npm) what the tests need;
 #   2. starts PostgreSQL (127.0.0.1:5432, trust for loopback) and Redis (127.0.0.1:6379) if down;
 #   3. runs cargo fmt --check, clippy with warnings as errors, and every test in the workspace
-#      (unit tests, tokio-postgres/wire/SCRAM-upstream tests, psql, psycopg, pgJDBC and
+#      (unit tests, tokio-postgres/wire/SCRAM-upstream tests, psql, psycopg, asyncpg, pgJDBC and
 #      node-postgres through a real pgstepup, step-up approvals with a software passkey and in
 #      headless Chromium, and two instances sharing a real Redis), after checking deploy/ with
 #      real validators (deploy/validate.py) and running the Compose topology as processes, and
@@ -38,6 +38,10 @@ fi
 if ! python3 -c 'import psycopg' 2>/dev/null; then
   say "installing with pip: psycopg[binary] (psycopg 3)"
   python3 -m pip install --quiet 'psycopg[binary]'
+fi
+if ! python3 -c 'import asyncpg' 2>/dev/null; then
+  say "installing with pip: asyncpg"
+  python3 -m pip install --quiet 'asyncpg>=0.30'
 fi
 if ! python3 -c 'import kubernetes_validate, check_jsonschema, dockerfile, yaml, jsonschema' 2>/dev/null; then
   say "installing with pip: kubernetes-validate, check-jsonschema, dockerfile, PyYAML, jsonschema (deploy/validate.py)"

@@ -1,19 +1,22 @@
-//! psql, psycopg 3, pgJDBC and node-postgres, run as real programs through a real pgstepup
+//! psql, psycopg 3, asyncpg, pgJDBC and node-postgres, run as real programs through a real pgstepup
 //! (TLS with certificate verification, SCRAM) against the real PostgreSQL. Each script checks
 //! real values and exits non-zero on any failed check (see proto-tests/clients/README.md).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use proto_tests::{app_role, TestProxy};
+use proto_tests::{app_role, use_policy_file, write_policy, Auth, TestProxy};
 
 fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("clients")
 }
 
 async fn run_client(program: &str, args: &[&str]) {
+    run_client_through(TestProxy::start(), program, args).await;
+}
+
+async fn run_client_through(proxy: TestProxy, program: &str, args: &[&str]) {
     app_role().await;
-    let proxy = TestProxy::start();
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)
@@ -45,6 +48,16 @@ async fn psql() {
 #[tokio::test]
 async fn psycopg3() {
     run_client("python3", &["python/psycopg_client.py"]).await;
+}
+
+/// asyncpg under the built-in default policy (no test allowances), every step-up refused at
+/// once: its pool's reset and type introspection must pass as the reads they are.
+#[tokio::test]
+async fn asyncpg() {
+    let proxy = TestProxy::with(Auth::Scram, true, |config| {
+        use_policy_file(config, &write_policy(""));
+    });
+    run_client_through(proxy, "python3", &["python/asyncpg_client.py"]).await;
 }
 
 #[tokio::test]

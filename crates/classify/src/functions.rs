@@ -19,6 +19,12 @@ const VOLATILE_BUT_READ_ONLY: &[&str] = &[
     "pg_sleep",
     "pg_sleep_for",
     "pg_sleep_until",
+    // Release advisory locks this session holds, and only those (asyncpg's pool runs
+    // `SELECT pg_advisory_unlock_all()` each time it takes a connection back). Taking one
+    // stays a write: it can stall another session's work.
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
     "current_query",
     "pg_blocking_pids",
     "pg_safe_snapshot_blocking_pids",
@@ -240,6 +246,8 @@ mod tests {
             "pg_get_expr",
             "pg_sleep",
             "md5",
+            "pg_advisory_unlock_all",
+            "pg_catalog.pg_advisory_unlock",
         ] {
             assert!(is_read_only(name, &[]), "{name}");
         }
@@ -260,6 +268,7 @@ mod tests {
             "myschema.count",
             "do_stuff",
             "pg_advisory_lock",
+            "pg_try_advisory_xact_lock",
         ] {
             assert!(!is_read_only(name, &[]), "{name}");
         }
