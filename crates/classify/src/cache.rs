@@ -364,6 +364,30 @@ mod tests {
     }
 
     #[test]
+    fn texts_whose_literals_name_a_table_are_never_taken_for_each_other() {
+        let classifier = Classifier::new(64, Vec::new());
+        let mut template = ShapeTemplate::default();
+        let reads = |sql: &str, template: &mut ShapeTemplate| -> Vec<String> {
+            let classified = classifier.classify(sql, template);
+            classified.reads().iter().map(|t| t.to_string()).collect()
+        };
+        for _ in 0..2 {
+            for table in ["orders", "customers", "billing.invoices"] {
+                let sql = format!("SELECT table_to_xml('{table}', true, false, '')");
+                assert_eq!(reads(&sql, &mut template), [table], "{sql}");
+            }
+        }
+        let mut memo = crate::ShapeMemo::new(4096);
+        memo.get("SELECT table_to_xml('orders', true, false, '')")
+            .unwrap();
+        memo.remember("SELECT table_to_xml('orders', true, false, '')", 1u8);
+        assert_eq!(
+            memo.get("SELECT table_to_xml('customers', true, false, '')"),
+            Ok(None)
+        );
+    }
+
+    #[test]
     fn a_full_map_lets_only_its_oldest_entry_go() {
         let mut map = Bounded::default();
         for key in 1..=3 {
