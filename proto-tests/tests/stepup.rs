@@ -126,6 +126,52 @@ async fn held_delete_runs_after_approval_and_the_elevation_lasts() {
     assert_eq!(pgstepup_audit::verify(&audit).unwrap(), events.len());
 }
 
+/// COPY FROM STDIN is held at its Query, before the server asks for data: the client waits for
+/// CopyInResponse, so nothing is buffered meanwhile, and after approval the data streams in.
+#[tokio::test]
+async fn a_held_copy_from_stdin_streams_its_rows_after_approval() {
+    use futures_util::SinkExt;
+    app_role().await;
+    let orders = table_of_three("stepup_copy").await;
+    let proxy = stepup_proxy("30s", |_| {});
+    let web = WebClient::of(&proxy);
+    let mut key = enrolled(&proxy, &web, APP_USER).await;
+    let (client, mut notices) = connect_noticed(&proxy, "psql").await;
+
+    let copy = format!("COPY public.{orders} (v) FROM STDIN");
+    let held = tokio::spawn(async move {
+        let sink = client.copy_in(copy.as_str()).await?;
+        futures_util::pin_mut!(sink);
+        let rows: String = (10..1010).map(|v| format!("{v}\n")).collect();
+        sink.send(bytes::Bytes::from(rows)).await?;
+        let copied = sink.finish().await?;
+        Ok::<_, tokio_postgres::Error>((client, copied))
+    });
+    let link = notices.next_link().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&orders).await, 3, "nothing is copied while held");
+    assert!(
+        !held.is_finished(),
+        "the client waits for the server's CopyInResponse"
+    );
+
+    let (_, status, reply) = web.approve(&link, &mut key).await;
+    assert_reply(status, &reply, 200, "approved");
+    let (client, copied) = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held COPY runs after approval")
+        .unwrap()
+        .expect("COPY succeeds");
+    assert_eq!(copied, 1000);
+    assert_eq!(count(&orders).await, 1003);
+    // The session goes on, in step with the server.
+    let rows = client
+        .query(&format!("SELECT count(*) FROM public.{orders}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, i64>(0), 1003);
+}
+
 #[tokio::test]
 async fn denial_inside_a_transaction_fails_the_servers_transaction_too() {
     app_role().await;
