@@ -358,8 +358,14 @@ impl Visitor for Collector {
     }
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
-        if let TableFactor::Table { args: Some(_), .. } = factor {
-            self.next_relation_is_function = true;
+        match factor {
+            TableFactor::Table { args: Some(_), .. } => self.next_relation_is_function = true,
+            // `LATERAL f(...)`: sqlparser gives the call its own variant, whose name is not
+            // visited as a relation, so it is recorded here.
+            TableFactor::Function { name, .. } if self.explain_depth == 0 => {
+                self.findings.functions.push(function_name(name));
+            }
+            _ => {}
         }
         ControlFlow::Continue(())
     }

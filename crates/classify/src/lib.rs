@@ -400,6 +400,27 @@ mod tests {
     }
 
     #[test]
+    fn functions_called_lateral_in_from_are_checked_like_any_call() {
+        for sql in [
+            "SELECT * FROM t, LATERAL nextval('s') AS n",
+            "SELECT * FROM t CROSS JOIN LATERAL app.fill(t.id)",
+            "SELECT * FROM t JOIN LATERAL setval('s', t.id) v ON true",
+        ] {
+            let c = classify(sql, &[]);
+            assert!(c.kinds.contains(Kind::Write), "{sql}: {c:?}");
+        }
+        let c = classify(
+            "SELECT * FROM t LEFT JOIN LATERAL generate_series(1, t.x) g ON true",
+            &[],
+        );
+        assert_eq!(c.kinds, KindSet::from_iter([Kind::Read]));
+        assert_eq!(c.functions, ["generate_series"]);
+        // A plain EXPLAIN plans the call, it does not make it.
+        let c = classify("EXPLAIN SELECT * FROM t, LATERAL nextval('s')", &[]);
+        assert_eq!(c.kinds, KindSet::from_iter([Kind::Read]), "{c:?}");
+    }
+
+    #[test]
     fn operators_not_postgresqls_own_count_as_writes() {
         for sql in [
             "SELECT 1 ### 2",
