@@ -2,7 +2,6 @@
 //! statement node (nested ones included: data-modifying CTEs, EXPLAIN ANALYZE, PREPARE bodies),
 //! what it does and to which tables, plus every function it calls.
 
-use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
@@ -20,7 +19,7 @@ use crate::Facet;
 #[derive(Default)]
 pub(crate) struct Findings {
     pub facets: Vec<Facet>,
-    /// Tables read, as facets: kept apart from `facets` until the CTE names are known, and
+    /// Tables read (names that mean a CTE left out), as facets: kept apart from `facets`, and
     /// facets already so that the common read-only text's list becomes the facet list whole.
     pub relations: Vec<Facet>,
     pub functions: Vec<String>,
@@ -30,23 +29,7 @@ pub(crate) struct Findings {
 pub(crate) fn analyze(statement: &Statement) -> Findings {
     let mut visitor = Collector::default();
     let _ = statement.visit(&mut visitor);
-    let Collector {
-        mut findings,
-        cte_names,
-        ..
-    } = visitor;
-    // A CTE shadows a table of its name when read; DML targets are always real tables.
-    let Findings {
-        facets, relations, ..
-    } = &mut findings;
-    relations.retain(|read| {
-        read.table.as_ref().is_some_and(|t| {
-            t.schema.is_some()
-                || !cte_names.contains(&t.name)
-                || facets.iter().any(|f| f.table.as_ref() == Some(t))
-        })
-    });
-    findings
+    visitor.findings
 }
 
 fn read(table: TableName) -> Facet {
@@ -56,10 +39,24 @@ fn read(table: TableName) -> Facet {
     }
 }
 
+/// The CTEs of one WITH clause, and how many of them a name read at this point can mean.
+struct CteScope {
+    /// The query the WITH clause belongs to.
+    query: *const Query,
+    /// Folded names, in the clause's order, with the query each defines.
+    ctes: Vec<(String, *const Query)>,
+    recursive: bool,
+    /// Names visible now: those before the CTE being defined (all of them in the query's body,
+    /// and everywhere under RECURSIVE). A CTE's body cannot see itself or later CTEs, so a
+    /// name there means the table.
+    visible: usize,
+}
+
 #[derive(Default)]
 struct Collector {
     findings: Findings,
-    cte_names: HashSet<String>,
+    /// WITH clauses around the node being visited, innermost last.
+    cte_scopes: Vec<CteScope>,
     /// Inside a plain EXPLAIN: statements are planned, not run.
     explain_depth: usize,
     /// The next relation visited is a table function's name.
@@ -341,10 +338,26 @@ impl Visitor for Collector {
     }
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
-        if let Some(with) = &query.with {
-            for cte in &with.cte_tables {
-                self.cte_names.insert(fold(&cte.alias.name));
+        // A CTE's body sees the CTEs before it.
+        if let Some(scope) = self.cte_scopes.last_mut() {
+            if let Some(at) = scope.ctes.iter().position(|(_, q)| std::ptr::eq(*q, query)) {
+                if !scope.recursive {
+                    scope.visible = at;
+                }
             }
+        }
+        if let Some(with) = &query.with {
+            let ctes: Vec<(String, *const Query)> = with
+                .cte_tables
+                .iter()
+                .map(|cte| (fold(&cte.alias.name), &*cte.query as *const Query))
+                .collect();
+            self.cte_scopes.push(CteScope {
+                query,
+                visible: if with.recursive { ctes.len() } else { 0 },
+                ctes,
+                recursive: with.recursive,
+            });
         }
         // Any SELECT, nested or not, that locks rows.
         if !query.locks.is_empty() {
@@ -370,13 +383,35 @@ impl Visitor for Collector {
         ControlFlow::Continue(())
     }
 
+    fn post_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if self
+            .cte_scopes
+            .last()
+            .is_some_and(|scope| std::ptr::eq(scope.query, query))
+        {
+            self.cte_scopes.pop();
+        }
+        // After a CTE's body, the next CTE (or the query's body) sees it too.
+        if let Some(scope) = self.cte_scopes.last_mut() {
+            if let Some(at) = scope.ctes.iter().position(|(_, q)| std::ptr::eq(*q, query)) {
+                if !scope.recursive {
+                    scope.visible = at + 1;
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
         if std::mem::take(&mut self.next_relation_is_function) {
             if self.explain_depth == 0 {
                 self.findings.functions.push(function_name(relation));
             }
         } else if let Some(table) = TableName::from_object_name(relation) {
-            self.findings.relations.push(read(table));
+            // DML targets are real tables whatever their name; they are facets already.
+            if !self.names_a_cte(&table) {
+                self.findings.relations.push(read(table));
+            }
         }
         ControlFlow::Continue(())
     }
@@ -407,6 +442,17 @@ impl Visitor for Collector {
 }
 
 impl Collector {
+    /// Whether an unqualified name read here means a CTE of an enclosing WITH clause (as
+    /// PostgreSQL resolves it: the innermost clause first, only the CTEs visible at this point).
+    fn names_a_cte(&self, table: &TableName) -> bool {
+        table.schema.is_none()
+            && self.cte_scopes.iter().any(|scope| {
+                scope.ctes[..scope.visible]
+                    .iter()
+                    .any(|(name, _)| *name == table.name)
+            })
+    }
+
     /// A built-in that reads the rows of tables its arguments name: a read of the table when
     /// the name is written out, otherwise unknown (which tables is decided at run time).
     fn table_reading_call(

@@ -400,6 +400,55 @@ mod tests {
     }
 
     #[test]
+    fn a_name_means_a_cte_only_where_postgresql_would_see_it() {
+        let reads = |sql: &str| -> Vec<String> {
+            classify(sql, &[])
+                .reads()
+                .iter()
+                .map(|t| t.to_string())
+                .collect()
+        };
+        // A CTE's own body, and CTEs before a later one, see the table of that name.
+        assert_eq!(
+            reads("WITH customers AS (SELECT * FROM customers) SELECT * FROM customers"),
+            ["customers"]
+        );
+        assert_eq!(
+            reads("WITH x AS (SELECT * FROM customers), customers AS (SELECT 1) SELECT * FROM x"),
+            ["customers"]
+        );
+        // A WITH clause's names end with its query.
+        assert_eq!(
+            reads(
+                "SELECT * FROM (WITH customers AS (SELECT 1) SELECT * FROM customers) a, customers"
+            ),
+            ["customers"]
+        );
+        // Where the CTE is visible, the name is the CTE: no table is read.
+        assert!(reads("WITH customers AS (SELECT 1) SELECT * FROM customers").is_empty());
+        assert!(reads("WITH a AS (SELECT 1), b AS (SELECT * FROM a) SELECT * FROM b").is_empty());
+        assert!(reads(
+            "WITH a AS (SELECT 1) SELECT * FROM (WITH b AS (SELECT * FROM a) SELECT * FROM b) s"
+        )
+        .is_empty());
+        assert!(reads(
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) \
+             SELECT * FROM r"
+        )
+        .is_empty());
+        // RECURSIVE lets a CTE see the ones after it.
+        assert!(
+            reads("WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a")
+                .is_empty()
+        );
+        // A schema-qualified name is always the table.
+        assert_eq!(
+            reads("WITH customers AS (SELECT 1) SELECT * FROM public.customers"),
+            ["public.customers"]
+        );
+    }
+
+    #[test]
     fn functions_called_lateral_in_from_are_checked_like_any_call() {
         for sql in [
             "SELECT * FROM t, LATERAL nextval('s') AS n",

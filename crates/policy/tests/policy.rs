@@ -117,6 +117,31 @@ fn most_specific_rule_wins_per_facet_and_strictest_facet_wins() {
         (action, rule.as_str()),
         (Action::StepUp, "sensitive-customers")
     );
+    // However a sensitive table is reached: through a CTE of its own name, a built-in that
+    // names it, or a CTE whose scope has ended.
+    for sql in [
+        "WITH customers AS (SELECT * FROM customers) SELECT * FROM customers",
+        "WITH x AS (SELECT * FROM customers), customers AS (SELECT 1) SELECT * FROM x",
+        "SELECT * FROM (WITH customers AS (SELECT 1) SELECT * FROM customers) a, customers",
+        "SELECT table_to_xml('public.customers', true, false, '')",
+    ] {
+        assert_eq!(
+            decide(&p, "bob", &[], sql),
+            (Action::StepUp, "sensitive-customers".into()),
+            "{sql}"
+        );
+    }
+    // A CTE that shadows the name reads nothing sensitive.
+    assert_eq!(
+        decide(
+            &p,
+            "bob",
+            &[],
+            "WITH customers AS (SELECT 1) SELECT * FROM customers"
+        )
+        .0,
+        Action::Allow
+    );
     // Exact table beats glob beats no table.
     assert_eq!(
         decide(&p, "bob", &[], "DROP TABLE billing.invoices"),
