@@ -384,6 +384,8 @@ impl Visitor for Collector {
     }
 
     fn post_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        // `TABLE name` in the body, where the query's own CTEs are all visible.
+        self.table_commands(&query.body);
         if self
             .cte_scopes
             .last()
@@ -451,6 +453,30 @@ impl Collector {
                     .iter()
                     .any(|(name, _)| *name == table.name)
             })
+    }
+
+    /// Reads by `TABLE name` in a query body, alone or in a set operation. sqlparser keeps
+    /// such a name as two identifiers, not as a relation, so the visitor never reports it. A
+    /// parenthesized query in the operation is a query of its own, visited on its own.
+    fn table_commands(&mut self, body: &SetExpr) {
+        match body {
+            SetExpr::Table(table) => {
+                if let Some(name) = &table.table_name {
+                    let table = TableName {
+                        schema: table.schema_name.as_ref().map(fold),
+                        name: fold(name),
+                    };
+                    if !self.names_a_cte(&table) {
+                        self.findings.relations.push(read(table));
+                    }
+                }
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                self.table_commands(left);
+                self.table_commands(right);
+            }
+            _ => {}
+        }
     }
 
     /// A built-in that reads the rows of tables its arguments name: a read of the table when

@@ -441,6 +441,21 @@ mod tests {
             reads("WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a")
                 .is_empty()
         );
+        // `TABLE name` is a read wherever it stands (sqlparser does not report it as a
+        // relation), and means a CTE where one is visible.
+        for sql in [
+            "SELECT 1 UNION TABLE customers",
+            "SELECT * FROM t WHERE a IN (TABLE customers) AND false",
+            "SELECT ARRAY(TABLE customers)",
+            "COPY (TABLE customers) TO STDOUT",
+            "DECLARE c CURSOR FOR TABLE customers",
+            "WITH c AS MATERIALIZED (TABLE customers) SELECT * FROM c",
+            "SELECT 1 UNION (TABLE customers EXCEPT TABLE customers)",
+        ] {
+            assert!(reads(sql).contains(&"customers".to_owned()), "{sql}");
+        }
+        assert_eq!(reads("TABLE \"Customers\""), ["Customers"]);
+        assert!(reads("WITH customers AS (SELECT 1) TABLE customers").is_empty());
         // A schema-qualified name is always the table.
         assert_eq!(
             reads("WITH customers AS (SELECT 1) SELECT * FROM public.customers"),

@@ -124,6 +124,8 @@ fn most_specific_rule_wins_per_facet_and_strictest_facet_wins() {
         "WITH x AS (SELECT * FROM customers), customers AS (SELECT 1) SELECT * FROM x",
         "SELECT * FROM (WITH customers AS (SELECT 1) SELECT * FROM customers) a, customers",
         "SELECT table_to_xml('public.customers', true, false, '')",
+        "SELECT 1 UNION TABLE customers",
+        "COPY (TABLE public.customers) TO STDOUT",
     ] {
         assert_eq!(
             decide(&p, "bob", &[], sql),
