@@ -2,12 +2,13 @@
 //! statement node (nested ones included: data-modifying CTEs, EXPLAIN ANALYZE, PREPARE bodies),
 //! what it does and to which tables, plus every function it calls.
 
+use std::fmt;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, CopySource, CopyTarget, Expr, FromTable, ObjectName, ObjectType, Query, Set,
-    SetExpr, SetSessionAuthorizationParamKind, Statement, TableFactor, TableObject, UtilityOption,
-    Visit, Visitor,
+    BinaryOperator, CopySource, CopyTarget, Expr, FromTable, ObjectName, ObjectNamePart,
+    ObjectType, OrderByExpr, OrderBySort, Query, Set, SetExpr, SetSessionAuthorizationParamKind,
+    Statement, TableFactor, TableObject, UtilityOption, Visit, Visitor,
 };
 
 use crate::functions::{self, TablesRead};
@@ -404,6 +405,13 @@ impl Visitor for Collector {
         ControlFlow::Continue(())
     }
 
+    fn pre_visit_order_by_expr(&mut self, order_by: &OrderByExpr) -> ControlFlow<()> {
+        if let (Some(OrderBySort::Using(op)), 0) = (&order_by.options.sort, self.explain_depth) {
+            self.sort_operator(op);
+        }
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
         if std::mem::take(&mut self.next_relation_is_function) {
             if self.explain_depth == 0 {
@@ -507,7 +515,7 @@ impl Collector {
         }
     }
 
-    /// An operator that is not PostgreSQL's own runs someone's function, which may write.
+    /// A binary operator: one that is not PostgreSQL's own runs someone's function.
     fn operator(&mut self, op: &BinaryOperator) {
         let (schema, symbol) = match op {
             BinaryOperator::Custom(symbol) => (None, symbol.as_str()),
@@ -518,6 +526,28 @@ impl Collector {
             },
             _ => return,
         };
+        self.check_operator(schema, symbol, op);
+    }
+
+    /// `ORDER BY x USING op` sorts with the operator's function.
+    fn sort_operator(&mut self, op: &ObjectName) {
+        let parts: Vec<&str> =
+            op.0.iter()
+                .map(|part| match part {
+                    ObjectNamePart::Identifier(ident) => ident.value.as_str(),
+                    ObjectNamePart::Function(_) => "",
+                })
+                .collect();
+        let (schema, symbol) = match parts.as_slice() {
+            [symbol] => (None, *symbol),
+            [schema, symbol] => (Some(*schema), *symbol),
+            _ => (Some(""), ""),
+        };
+        self.check_operator(schema, symbol, op);
+    }
+
+    /// An operator that is not PostgreSQL's own runs someone's function, which may write.
+    fn check_operator(&mut self, schema: Option<&str>, symbol: &str, written: &dyn fmt::Display) {
         let schema = schema.map(str::to_ascii_lowercase);
         if !functions::is_built_in_operator(schema.as_deref(), symbol) {
             self.findings.facets.push(Facet {
@@ -525,7 +555,7 @@ impl Collector {
                 table: None,
             });
             self.findings.reasons.push(format!(
-                "uses operator {op}, which is not PostgreSQL's own and may write"
+                "uses operator {written}, which is not PostgreSQL's own and may write"
             ));
         }
     }

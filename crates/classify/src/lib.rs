@@ -490,6 +490,8 @@ mod tests {
             "SELECT 1 ### 2",
             "SELECT a FROM t WHERE a OPERATOR(app.===) 1",
             "SELECT 1 OPERATOR(public.+) 2",
+            "SELECT a FROM t ORDER BY a USING ###",
+            "SELECT array_agg(a ORDER BY a USING OPERATOR(app.<)) FROM t",
         ] {
             let c = classify(sql, &[]);
             assert!(c.kinds.contains(Kind::Write), "{sql}: {c:?}");
@@ -497,6 +499,8 @@ mod tests {
         for sql in [
             "SELECT 1 + 2, 'a' || 'b', '{}'::jsonb ->> 'k', 'x' ~~* 'X'",
             "SELECT 1 OPERATOR(pg_catalog.+) 2",
+            "SELECT a FROM t ORDER BY a USING <",
+            "SELECT a FROM t ORDER BY a USING OPERATOR(pg_catalog.>)",
             "SELECT box '((0,0),(1,1))' &<| box '((0,0),(2,2))'",
         ] {
             let c = classify(sql, &[]);
