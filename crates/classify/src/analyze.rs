@@ -2,6 +2,7 @@
 //! statement node (nested ones included: data-modifying CTEs, EXPLAIN ANALYZE, PREPARE bodies),
 //! what it does and to which tables, plus every function it calls.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::ops::ControlFlow;
 
@@ -40,17 +41,19 @@ fn read(table: TableName) -> Facet {
     }
 }
 
-/// The CTEs of one WITH clause, and how many of them a name read at this point can mean.
+/// The CTEs of one WITH clause, and which of them a name read at this point can mean.
 struct CteScope {
     /// The query the WITH clause belongs to.
     query: *const Query,
     /// Folded names, in the clause's order, with the query each defines.
     ctes: Vec<(String, *const Query)>,
+    /// The CTE whose body the visitor reaches next (it visits them in order).
+    next: usize,
     recursive: bool,
-    /// Names visible now: those before the CTE being defined (all of them in the query's body,
-    /// and everywhere under RECURSIVE). A CTE's body cannot see itself or later CTEs, so a
-    /// name there means the table.
-    visible: usize,
+    /// Names visible now: those of the CTEs before the one being defined (all of them in the
+    /// query's body, and everywhere under RECURSIVE). A CTE's body cannot see itself or later
+    /// CTEs, so a name there means the table.
+    visible: HashSet<String>,
 }
 
 #[derive(Default)]
@@ -339,25 +342,22 @@ impl Visitor for Collector {
     }
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
-        // A CTE's body sees the CTEs before it.
-        if let Some(scope) = self.cte_scopes.last_mut() {
-            if let Some(at) = scope.ctes.iter().position(|(_, q)| std::ptr::eq(*q, query)) {
-                if !scope.recursive {
-                    scope.visible = at;
-                }
-            }
-        }
         if let Some(with) = &query.with {
             let ctes: Vec<(String, *const Query)> = with
                 .cte_tables
                 .iter()
                 .map(|cte| (fold(&cte.alias.name), &*cte.query as *const Query))
                 .collect();
+            let visible = match with.recursive {
+                true => ctes.iter().map(|(name, _)| name.clone()).collect(),
+                false => HashSet::new(),
+            };
             self.cte_scopes.push(CteScope {
                 query,
-                visible: if with.recursive { ctes.len() } else { 0 },
                 ctes,
+                next: 0,
                 recursive: with.recursive,
+                visible,
             });
         }
         // Any SELECT, nested or not, that locks rows.
@@ -396,10 +396,15 @@ impl Visitor for Collector {
         }
         // After a CTE's body, the next CTE (or the query's body) sees it too.
         if let Some(scope) = self.cte_scopes.last_mut() {
-            if let Some(at) = scope.ctes.iter().position(|(_, q)| std::ptr::eq(*q, query)) {
+            if let Some((name, _)) = scope
+                .ctes
+                .get(scope.next)
+                .filter(|(_, body)| std::ptr::eq(*body, query))
+            {
                 if !scope.recursive {
-                    scope.visible = at + 1;
+                    scope.visible.insert(name.clone());
                 }
+                scope.next += 1;
             }
         }
         ControlFlow::Continue(())
@@ -456,11 +461,10 @@ impl Collector {
     /// PostgreSQL resolves it: the innermost clause first, only the CTEs visible at this point).
     fn names_a_cte(&self, table: &TableName) -> bool {
         table.schema.is_none()
-            && self.cte_scopes.iter().any(|scope| {
-                scope.ctes[..scope.visible]
-                    .iter()
-                    .any(|(name, _)| *name == table.name)
-            })
+            && self
+                .cte_scopes
+                .iter()
+                .any(|scope| scope.visible.contains(&table.name))
     }
 
     /// Reads by `TABLE name` in a query body, alone or in a set operation. sqlparser keeps

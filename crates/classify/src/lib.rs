@@ -441,6 +441,15 @@ mod tests {
             reads("WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a")
                 .is_empty()
         );
+        // A long chain, each CTE reading the one before it: only the first reads a table.
+        let chain: Vec<String> = (1..300)
+            .map(|i| format!("c{i} AS (SELECT * FROM c{})", i - 1))
+            .collect();
+        let sql = format!(
+            "WITH c0 AS (SELECT * FROM c1), {} SELECT * FROM c299",
+            chain.join(", ")
+        );
+        assert_eq!(reads(&sql), ["c1"]);
         // `TABLE name` is a read wherever it stands (sqlparser does not report it as a
         // relation), and means a CTE where one is visible.
         for sql in [
