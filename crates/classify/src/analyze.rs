@@ -281,8 +281,31 @@ impl Collector {
                 self.add(Kind::SessionPrivilege, None, None)
             }
             Set::SetTransaction { .. } => self.add(Kind::Transaction, None, None),
-            Set::SingleAssignment { variable, .. } => self.set_variable(&function_name(variable)),
+            Set::SingleAssignment {
+                variable, values, ..
+            } => {
+                let name = function_name(variable);
+                if name == "search_path" {
+                    self.search_path(search_path_entries(values));
+                } else {
+                    self.set_variable(&name);
+                }
+            }
             _ => self.add(Kind::Utility, None, None),
+        }
+    }
+
+    /// A new search_path (`None`: not known until it runs). Listing a schema before
+    /// `pg_catalog` lets that schema's functions and operators take the built-ins' names, so
+    /// the names this classifier trusts could run someone's code: admin, not housekeeping.
+    fn search_path(&mut self, entries: Option<Vec<String>>) {
+        match entries {
+            Some(entries) if !hides_the_catalog(&entries) => self.add(Kind::Utility, None, None),
+            _ => self.add(
+                Kind::Admin,
+                None,
+                Some("a search_path that may put schemas before pg_catalog, where built-in names could mean other functions"),
+            ),
         }
     }
 
@@ -444,7 +467,12 @@ impl Visitor for Collector {
                 } else if let Some(setting) = setting_of_set_config(&name, function) {
                     // set_config with a literal name is a SET of that setting (pgAdmin sends
                     // `set_config('bytea_output', 'hex', false)` on connect).
-                    self.set_variable(&setting);
+                    if setting == "search_path" {
+                        let value = nth_argument(function, 1).and_then(string_literal);
+                        self.search_path(value.map(|v| split_search_path(&v)));
+                    } else {
+                        self.set_variable(&setting);
+                    }
                 } else {
                     self.findings.functions.push(name);
                 }
@@ -618,6 +646,69 @@ fn setting_of_set_config(name: &str, function: &sqlparser::ast::Function) -> Opt
         },
         _ => None,
     }
+}
+
+/// A call's `n`th positional argument.
+fn nth_argument(function: &sqlparser::ast::Function, n: usize) -> Option<&Expr> {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
+    let FunctionArguments::List(list) = &function.args else {
+        return None;
+    };
+    match list.args.get(n)? {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => Some(expr),
+        _ => None,
+    }
+}
+
+/// A plain string literal's text.
+fn string_literal(expr: &Expr) -> Option<String> {
+    use sqlparser::ast::Value;
+    match expr {
+        Expr::Value(value) => match &value.value {
+            Value::SingleQuotedString(text) | Value::EscapedStringLiteral(text) => {
+                Some(text.clone())
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The schemas a `SET search_path` lists, folded; `None` when a value is not a name or string.
+fn search_path_entries(values: &[Expr]) -> Option<Vec<String>> {
+    let mut entries = Vec::new();
+    for value in values {
+        match value {
+            Expr::Identifier(ident) => entries.push(fold(ident)),
+            other => entries.extend(split_search_path(&string_literal(other)?)),
+        }
+    }
+    Some(entries)
+}
+
+/// A search_path string's schemas (`'app, "Odd", pg_catalog'`), folded as names are.
+fn split_search_path(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(
+            |entry| match entry.strip_prefix('"').and_then(|e| e.strip_suffix('"')) {
+                Some(quoted) => quoted.replace("\"\"", "\""),
+                None => entry.to_ascii_lowercase(),
+            },
+        )
+        .collect()
+}
+
+/// Whether a schema comes before `pg_catalog` (which is searched first when not listed;
+/// `pg_temp` is never searched for functions or operators).
+fn hides_the_catalog(entries: &[String]) -> bool {
+    entries
+        .iter()
+        .take_while(|entry| *entry != "pg_catalog")
+        .any(|entry| entry != "pg_temp" && !entry.starts_with("pg_temp_"))
+        && entries.iter().any(|entry| entry == "pg_catalog")
 }
 
 /// Whether an EXPLAIN executes its statement: `ANALYZE`, or `(ANALYZE [true|on|1])`.

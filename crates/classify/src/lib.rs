@@ -518,6 +518,32 @@ mod tests {
     }
 
     #[test]
+    fn a_search_path_that_puts_schemas_before_pg_catalog_is_admin() {
+        for sql in [
+            "SET search_path = public, pg_catalog",
+            "SET LOCAL search_path TO \"$user\", app, pg_catalog",
+            "SET search_path = 'app, pg_catalog'",
+            "SELECT set_config('search_path', 'app,pg_catalog', false)",
+            "SELECT pg_catalog.set_config('search_path', current_setting('x'), false)",
+        ] {
+            let c = classify(sql, &[]);
+            assert!(c.kinds.contains(Kind::Admin), "{sql}: {c:?}");
+        }
+        for sql in [
+            "SET search_path = public",
+            "SET search_path TO \"$user\", public",
+            "SET search_path = pg_catalog, public",
+            "SET search_path = pg_temp, pg_catalog, app",
+            "SET search_path TO DEFAULT",
+            "SELECT pg_catalog.set_config('search_path', '', false)",
+            "SELECT set_config('search_path', 'app, public', false)",
+        ] {
+            let c = classify(sql, &[]);
+            assert!(!c.kinds.contains(Kind::Admin), "{sql}: {c:?}");
+        }
+    }
+
+    #[test]
     fn pinned_settings_are_checked_unless_the_text_only_reads() {
         let declared = ["set_config".to_owned()];
         for sql in [
