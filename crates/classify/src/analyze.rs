@@ -549,16 +549,14 @@ impl Collector {
 
     /// A binary operator: one that is not PostgreSQL's own runs someone's function.
     fn operator(&mut self, op: &BinaryOperator) {
-        let (schema, symbol) = match op {
-            BinaryOperator::Custom(symbol) => (None, symbol.as_str()),
-            BinaryOperator::PGCustomBinaryOperator(parts) => match parts.as_slice() {
-                [symbol] => (None, symbol.as_str()),
-                [schema, symbol] => (Some(schema.as_str()), symbol.as_str()),
-                _ => (Some(""), ""),
-            },
-            _ => return,
-        };
-        self.check_operator(schema, symbol, op);
+        match op {
+            BinaryOperator::Custom(symbol) => self.check_operator(&[symbol], op),
+            BinaryOperator::PGCustomBinaryOperator(parts) => {
+                let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+                self.check_operator(&parts, op);
+            }
+            _ => {}
+        }
     }
 
     /// `ORDER BY x USING op` sorts with the operator's function.
@@ -570,18 +568,20 @@ impl Collector {
                     ObjectNamePart::Function(_) => "",
                 })
                 .collect();
-        let (schema, symbol) = match parts.as_slice() {
-            [symbol] => (None, *symbol),
-            [schema, symbol] => (Some(*schema), *symbol),
-            _ => (Some(""), ""),
-        };
-        self.check_operator(schema, symbol, op);
+        self.check_operator(&parts, op);
     }
 
-    /// An operator that is not PostgreSQL's own runs someone's function, which may write.
-    fn check_operator(&mut self, schema: Option<&str>, symbol: &str, written: &dyn fmt::Display) {
-        let schema = schema.map(str::to_ascii_lowercase);
-        if !functions::is_built_in_operator(schema.as_deref(), symbol) {
+    /// An operator (`symbol` or `schema.symbol`) that is not PostgreSQL's own runs someone's
+    /// function, which may write.
+    fn check_operator(&mut self, parts: &[&str], written: &dyn fmt::Display) {
+        let built_in = match parts {
+            [symbol] => functions::is_built_in_operator(None, symbol),
+            [schema, symbol] => {
+                functions::is_built_in_operator(Some(&schema.to_ascii_lowercase()), symbol)
+            }
+            _ => false,
+        };
+        if !built_in {
             self.findings.facets.push(Facet {
                 kind: Kind::Write,
                 table: None,
@@ -632,15 +632,12 @@ fn first_argument_table(function: &sqlparser::ast::Function) -> Option<TableName
 /// The setting a `set_config(...)` call assigns, when its first argument is a plain string
 /// literal (lower-cased, as setting names are case-insensitive).
 fn setting_of_set_config(name: &str, function: &sqlparser::ast::Function) -> Option<String> {
-    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments, Value};
+    use sqlparser::ast::Value;
     if name != "set_config" && name != "pg_catalog.set_config" {
         return None;
     }
-    let FunctionArguments::List(list) = &function.args else {
-        return None;
-    };
-    match list.args.first()? {
-        FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(value))) => match &value.value {
+    match nth_argument(function, 0)? {
+        Expr::Value(value) => match &value.value {
             Value::SingleQuotedString(setting) => Some(setting.to_ascii_lowercase()),
             _ => None,
         },
@@ -706,9 +703,12 @@ fn split_search_path(value: &str) -> Vec<String> {
 fn hides_the_catalog(entries: &[String]) -> bool {
     entries
         .iter()
-        .take_while(|entry| *entry != "pg_catalog")
-        .any(|entry| entry != "pg_temp" && !entry.starts_with("pg_temp_"))
-        && entries.iter().any(|entry| entry == "pg_catalog")
+        .position(|entry| entry == "pg_catalog")
+        .is_some_and(|at| {
+            entries[..at]
+                .iter()
+                .any(|entry| entry != "pg_temp" && !entry.starts_with("pg_temp_"))
+        })
 }
 
 /// Whether an EXPLAIN executes its statement: `ANALYZE`, or `(ANALYZE [true|on|1])`.
