@@ -73,6 +73,26 @@ async fn pgjdbc() {
     .await;
 }
 
+/// DBeaver's and DataGrip's connect and refresh queries through pgJDBC under the built-in
+/// default policy, every step-up refused at once: DataGrip's `txid_current()` probe included.
+#[tokio::test]
+async fn pgjdbc_ide_introspection() {
+    let proxy = TestProxy::with(Auth::Scram, true, |config| {
+        use_policy_file(config, &write_policy(""));
+    });
+    run_client_through(
+        proxy,
+        "java",
+        &[
+            "-cp",
+            "/usr/share/java/postgresql.jar",
+            "java/JdbcClient.java",
+            "ide-introspection",
+        ],
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn node_postgres() {
     run_client("node", &["node/pg_client.js"]).await;

@@ -22,6 +22,7 @@ import java.sql.ResultSet;
 import java.sql.SQLException;
 import java.sql.Savepoint;
 import java.sql.Statement;
+import java.sql.Types;
 import java.time.OffsetDateTime;
 import java.time.ZoneOffset;
 import java.util.ArrayList;
@@ -626,6 +627,71 @@ public class JdbcClient {
         }
     }
 
+    // What DBeaver and DataGrip send on connect and on every schema refresh, as they send it
+    // (pgJDBC, parameters bound), run under the built-in policy with every step-up refused at
+    // once: introspection must pass as the reads it is, a write must not.
+    static void checkIdeIntrospection() throws Exception {
+        try (Connection c = connect(); Statement st = c.createStatement()) {
+            try (ResultSet rs = st.executeQuery("select current_schema(),session_user")) {
+                rs.next();
+                expect("DBeaver current_schema", "public", rs.getString(1));
+                expect("DBeaver session_user", env("PGUSER", System.getProperty("user.name")), rs.getString(2));
+            }
+            List<String> namespaces = new ArrayList<>();
+            try (ResultSet rs = st.executeQuery("SELECT n.oid,n.*,d.description FROM pg_catalog.pg_namespace n "
+                    + "LEFT OUTER JOIN pg_catalog.pg_description d ON d.objoid=n.oid AND d.objsubid=0 "
+                    + "AND d.classoid='pg_namespace'::regclass ORDER BY nspname")) {
+                while (rs.next()) namespaces.add(rs.getString("nspname"));
+            }
+            if (!namespaces.contains("public")) throw new CheckFailed("DBeaver namespaces lack public: " + namespaces);
+            String keywords = (String) one(c, "select string_agg(word, ',') from pg_catalog.pg_get_keywords() "
+                + "where word <> ALL ('{a,abs,absolute,action}'::text[])");
+            if (keywords == null || !keywords.contains("select")) throw new CheckFailed("DBeaver keywords: " + keywords);
+
+            // DataGrip's transaction-id probe: a parameter for the standby case, txid_current() otherwise.
+            try (PreparedStatement ps = c.prepareStatement("select case\n  when pg_catalog.pg_is_in_recovery()\n"
+                    + "    then ?\n  else\n    pg_catalog.txid_current()::varchar::bigint\n  end as current_txid")) {
+                ps.setNull(1, Types.BIGINT);
+                try (ResultSet rs = ps.executeQuery()) {
+                    rs.next();
+                    if (rs.getLong(1) <= 0) throw new CheckFailed("DataGrip current_txid " + rs.getLong(1));
+                }
+            }
+            one(c, "select L.transactionid::varchar::bigint as transaction_id\nfrom pg_catalog.pg_locks L\n"
+                + "where L.transactionid is not null\norder by pg_catalog.age(L.transactionid) desc\nlimit 1");
+            String db = env("PGDATABASE", env("PGUSER", System.getProperty("user.name")));
+            List<String> databases = new ArrayList<>();
+            try (ResultSet rs = st.executeQuery("select N.oid::bigint as id, datname as name, D.description, "
+                    + "datistemplate as is_template, datallowconn as allow_connections, "
+                    + "pg_catalog.pg_get_userbyid(N.datdba) as \"owner\" from pg_catalog.pg_database N "
+                    + "left join pg_catalog.pg_shdescription D on N.oid = D.objoid order by case when datname = "
+                    + "pg_catalog.current_database() then -1::bigint else N.oid::bigint end")) {
+                while (rs.next()) databases.add(rs.getString("name"));
+            }
+            expect("DataGrip lists the current database first", db, databases.isEmpty() ? null : databases.get(0));
+            try (PreparedStatement ps = c.prepareStatement("select xmin::varchar::bigint as state_number, nspname "
+                    + "from pg_catalog.pg_namespace where nspname = ?")) {
+                ps.setString(1, "public");
+                try (ResultSet rs = ps.executeQuery()) {
+                    if (!rs.next() || rs.getLong(1) <= 0) throw new CheckFailed("DataGrip namespace state number");
+                }
+            }
+            if (one(c, "select pg_catalog.pg_postmaster_start_time()") == null) {
+                throw new CheckFailed("pg_postmaster_start_time");
+            }
+            List<String> columns = new ArrayList<>();
+            try (ResultSet rs = c.getMetaData().getColumns(null, "pg_catalog", "pg_namespace", "%")) {
+                while (rs.next()) columns.add(rs.getString("COLUMN_NAME"));
+            }
+            if (!columns.contains("nspname")) throw new CheckFailed("getColumns(pg_namespace): " + columns);
+
+            SQLException refused = expectError("a write is refused at once", "42501",
+                () -> st.execute("create temp table " + T + "_refused (a int)"));
+            if (!refused.getMessage().contains("pgstepup")) throw new CheckFailed("refusal: " + refused.getMessage());
+            expect("the session goes on", 7, one(c, "select 7"));
+        }
+    }
+
     public static void main(String[] args) {
         long start = System.nanoTime();
         Thread watchdog = new Thread(() -> {
@@ -654,6 +720,11 @@ public class JdbcClient {
             {"application_name_unicode", (Check) JdbcClient::checkApplicationName},
             {"database_metadata", (Check) JdbcClient::checkMetadata},
         };
+        // Under the built-in policy nothing may be created, so nothing is cleaned up either.
+        boolean ideOnly = args.length == 1 && args[0].equals("ide-introspection");
+        if (ideOnly) {
+            checks = new Object[][] {{"ide_introspection", (Check) JdbcClient::checkIdeIntrospection}};
+        }
         boolean connected = check("connect", JdbcClient::checkConnect);
         try {
             for (Object[] ch : checks) {
@@ -664,7 +735,7 @@ public class JdbcClient {
                 }
             }
         } finally {
-            if (connected) cleanup();
+            if (connected && !ideOnly) cleanup();
         }
         System.out.printf("# java client: %.1f s%n", (System.nanoTime() - start) / 1e9);
         System.out.flush();
