@@ -542,3 +542,89 @@ async fn local_clients_reach_the_unix_socket_under_the_same_policy() {
     assert!(!socket.exists(), "the socket file goes with the proxy");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A sensitive schema's tables read by unqualified names: after `SET search_path`, through a
+/// statement prepared before it, in the same text as the SET, and with the search_path in the
+/// startup packet. The same name resolves to an ordinary table while the session keeps the
+/// default path.
+#[tokio::test]
+async fn unqualified_names_follow_the_sessions_search_path() {
+    app_role().await;
+    let id = std::process::id();
+    let (vault, ledger) = (format!("sp_vault_{id}"), format!("sp_ledger_{id}"));
+    admin_in(
+        APP_DB,
+        &format!(
+            "DROP SCHEMA IF EXISTS {vault} CASCADE; CREATE SCHEMA {vault} AUTHORIZATION {APP_USER};
+             CREATE TABLE {vault}.{ledger} (v int); INSERT INTO {vault}.{ledger} VALUES (1), (2);
+             ALTER TABLE {vault}.{ledger} OWNER TO {APP_USER};
+             DROP TABLE IF EXISTS public.{ledger}; CREATE TABLE public.{ledger} (v int);
+             ALTER TABLE public.{ledger} OWNER TO {APP_USER};"
+        ),
+    )
+    .await;
+    let proxy = proxy_with(&format!(
+        "[[rule]]\nname = \"vault\"\ntables = [\"{vault}.*\"]\nkinds = [\"read\"]\naction = \"deny\"\n"
+    ));
+    let read = format!("SELECT count(*) FROM {ledger}");
+    let denied = |result: Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>| {
+        let error = result.expect_err("the vault's table was read");
+        let message = error
+            .as_db_error()
+            .expect("a server error")
+            .message()
+            .to_owned();
+        assert!(message.contains("\"vault\""), "{message}");
+    };
+
+    let (client, _c) = proxy.connect_app().await;
+    let prepared = client.prepare(&read).await.unwrap();
+    let public: i64 = client.query_one(&prepared, &[]).await.unwrap().get(0);
+    assert_eq!(public, 0, "the default path reads public's table");
+    client
+        .batch_execute(&format!("SET search_path = {vault}, public"))
+        .await
+        .unwrap();
+    denied(client.simple_query(&read).await);
+    let error = client.query_one(&prepared, &[]).await.unwrap_err();
+    assert_eq!(
+        error.code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+        "{error}"
+    );
+    // Going back does not narrow what the session may mean (a SET LOCAL's end, or a SET that
+    // failed, is not seen).
+    client
+        .batch_execute("SET search_path = public")
+        .await
+        .unwrap();
+    denied(client.simple_query(&read).await);
+    assert_eq!(
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+
+    let (client, _c) = proxy.connect_app().await;
+    assert!(
+        client.simple_query(&read).await.is_ok(),
+        "default path: allowed"
+    );
+    denied(
+        client
+            .simple_query(&format!(
+                "SELECT set_config('search_path', '{vault}', false); {read}"
+            ))
+            .await,
+    );
+
+    let options = format!(
+        "{} options='-c search_path={vault}'",
+        proxy.conn_str(APP_USER, proto_tests::APP_PASSWORD, APP_DB, "require")
+    );
+    let (client, _c) = proxy.connect_with(&options).await.unwrap();
+    denied(client.simple_query(&read).await);
+}

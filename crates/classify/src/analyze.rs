@@ -14,6 +14,7 @@ use sqlparser::ast::{
 
 use crate::functions::{self, TablesRead};
 use crate::kind::Kind;
+use crate::search_path::{self, SearchPath};
 use crate::table::{fold, function_name, TableName};
 use crate::Facet;
 
@@ -26,6 +27,8 @@ pub(crate) struct Findings {
     pub relations: Vec<Facet>,
     pub functions: Vec<String>,
     pub reasons: Vec<String>,
+    /// Schemas the statement puts on the search_path.
+    pub search_path: Option<SearchPath>,
 }
 
 pub(crate) fn analyze(statement: &Statement) -> Findings {
@@ -299,6 +302,11 @@ impl Collector {
     /// `pg_catalog` lets that schema's functions and operators take the built-ins' names, so
     /// the names this classifier trusts could run someone's code: admin, not housekeeping.
     fn search_path(&mut self, entries: Option<Vec<String>>) {
+        let change = match &entries {
+            Some(entries) => SearchPath::Schemas(entries.clone()),
+            None => SearchPath::Unknown,
+        };
+        change.add_to(&mut self.findings.search_path);
         match entries {
             Some(entries) if !hides_the_catalog(&entries) => self.add(Kind::Utility, None, None),
             _ => self.add(
@@ -469,7 +477,7 @@ impl Visitor for Collector {
                     // `set_config('bytea_output', 'hex', false)` on connect).
                     if setting == "search_path" {
                         let value = nth_argument(function, 1).and_then(string_literal);
-                        self.search_path(value.map(|v| split_search_path(&v)));
+                        self.search_path(value.map(|v| search_path::split(&v)));
                     } else {
                         self.set_variable(&setting);
                     }
@@ -677,25 +685,10 @@ fn search_path_entries(values: &[Expr]) -> Option<Vec<String>> {
     for value in values {
         match value {
             Expr::Identifier(ident) => entries.push(fold(ident)),
-            other => entries.extend(split_search_path(&string_literal(other)?)),
+            other => entries.extend(search_path::split(&string_literal(other)?)),
         }
     }
     Some(entries)
-}
-
-/// A search_path string's schemas (`'app, "Odd", pg_catalog'`), folded as names are.
-fn split_search_path(value: &str) -> Vec<String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .map(
-            |entry| match entry.strip_prefix('"').and_then(|e| e.strip_suffix('"')) {
-                Some(quoted) => quoted.replace("\"\"", "\""),
-                None => entry.to_ascii_lowercase(),
-            },
-        )
-        .collect()
 }
 
 /// Whether a schema comes before `pg_catalog` (which is searched first when not listed;

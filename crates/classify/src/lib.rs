@@ -17,6 +17,7 @@ mod kind;
 pub mod lexer;
 mod memo;
 mod pinned;
+mod search_path;
 mod table;
 
 use std::cell::Cell;
@@ -31,6 +32,7 @@ pub use kind::{Kind, KindSet};
 pub use lexer::LexError;
 pub use memo::ShapeMemo;
 pub use pinned::safe_value as pinned_setting_is_safe;
+pub use search_path::SearchPath;
 pub use table::TableName;
 
 /// One thing a statement does: a kind, and the table it does it to when there is one.
@@ -55,6 +57,9 @@ pub struct Classification {
     pub pinned_violation: Option<String>,
     /// Whether sqlparser parsed every statement (otherwise keywords decided, or nothing did).
     pub fully_parsed: bool,
+    /// Schemas the text puts on the session's search_path, where unqualified table names (its
+    /// own later ones, and the session's from then on) may be found.
+    pub search_path: Option<SearchPath>,
 }
 
 impl Classification {
@@ -146,7 +151,29 @@ pub fn classify(sql: &str, read_only_functions: &[String]) -> Classification {
     if !out.cannot_change_settings() {
         out.pinned_violation = pinned::violation(sql);
     }
+    if may_set_the_search_path_unseen(&out, sql) {
+        out.search_path = Some(SearchPath::Unknown);
+    }
     out
+}
+
+/// Text that names `search_path` and could set it where the analysis cannot see the value:
+/// not fully parsed, or running code (DO, CALL, functions not known to be read-only), DDL or
+/// role changes. Reads, SHOW, RESET and the SETs the analysis reads cannot (nor does admin
+/// work such as ALTER SYSTEM: a server default, like a role's, is not the session's to see).
+fn may_set_the_search_path_unseen(out: &Classification, sql: &str) -> bool {
+    let understood = out.fully_parsed
+        && out.kinds.iter().all(|kind| {
+            matches!(
+                kind,
+                Kind::Read | Kind::Utility | Kind::Transaction | Kind::Admin
+            )
+        });
+    !understood
+        && sql
+            .as_bytes()
+            .windows(b"search_path".len())
+            .any(|window| window.eq_ignore_ascii_case(b"search_path"))
 }
 
 fn parse(sql: &str) -> Option<Vec<sqlparser::ast::Statement>> {
@@ -206,6 +233,9 @@ impl Builder {
         append(&mut self.relations, findings.relations);
         append(&mut self.out.functions, findings.functions);
         append(&mut self.out.reasons, findings.reasons);
+        if let Some(change) = &findings.search_path {
+            change.add_to(&mut self.out.search_path);
+        }
     }
 
     fn finish(mut self, read_only_functions: &[String]) -> Classification {
@@ -514,6 +544,49 @@ mod tests {
         ] {
             let c = classify(sql, &[]);
             assert_eq!(c.kinds, KindSet::from_iter([Kind::Read]), "{sql}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn the_schemas_a_text_puts_on_the_search_path_are_reported() {
+        let listed = |list: &[&str]| {
+            Some(SearchPath::Schemas(
+                list.iter().map(|s| s.to_string()).collect(),
+            ))
+        };
+        for (sql, expected) in [
+            ("SET search_path = billing", listed(&["billing"])),
+            (
+                "SET LOCAL search_path TO \"$user\", \"Sales\", public",
+                listed(&["$user", "Sales", "public"]),
+            ),
+            ("SET search_path = 'hr, public'", listed(&["hr", "public"])),
+            (
+                "SET search_path = app, pg_catalog",
+                listed(&["app", "pg_catalog"]),
+            ),
+            (
+                "SELECT set_config('search_path', 'billing', false); SET search_path = hr",
+                listed(&["billing", "hr"]),
+            ),
+            (
+                "SELECT set_config('search_path', current_setting('x'), false)",
+                Some(SearchPath::Unknown),
+            ),
+            (
+                "DO $$ BEGIN PERFORM set_config('search_path', 'billing', false); END $$",
+                Some(SearchPath::Unknown),
+            ),
+            (
+                "SELECT a FROM t WHERE a BETWEEN SYMMETRIC 1 AND 2; SET search_path = x",
+                Some(SearchPath::Unknown),
+            ),
+            ("SHOW search_path", None),
+            ("RESET search_path", None),
+            ("SELECT current_setting('search_path')", None),
+            ("SELECT * FROM t", None),
+        ] {
+            assert_eq!(classify(sql, &[]).search_path, expected, "{sql}");
         }
     }
 

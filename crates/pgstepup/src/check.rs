@@ -44,10 +44,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
     if args.lint {
         return lint(&policy, &source);
     }
-    let subject = Subject {
-        roles: policy.roles_of(&args.user, &[]),
-        user: args.user,
-    };
+    let subject = Subject::new(args.user.clone(), policy.roles_of(&args.user, &[]));
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.jsonl {

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use pgstepup_classify::{Classification, Facet, Kind, KindSet, TableName};
+use pgstepup_classify::{Classification, Facet, Kind, KindSet, SearchPath, TableName};
 
 use crate::glob;
 
@@ -76,6 +76,20 @@ pub struct Subject {
     pub user: String,
     /// Policy roles the user holds.
     pub roles: Vec<String>,
+    /// Schemas the session has put on its search_path besides the default path's
+    /// (`pg_catalog`, the user's own, `public`); `None` while it has not changed it.
+    pub search_path: Option<SearchPath>,
+}
+
+impl Subject {
+    /// A user with these roles whose session keeps the default search_path.
+    pub fn new(user: String, roles: Vec<String>) -> Self {
+        Subject {
+            user,
+            roles,
+            search_path: None,
+        }
+    }
 }
 
 /// A role definition.
@@ -234,9 +248,13 @@ impl Policy {
                 why: Why::Pinned(violation),
             };
         }
+        let search_path = Schemas {
+            session: subject.search_path.as_ref(),
+            text: classification.search_path.as_ref(),
+        };
         let mut best: Option<(&Rule, &Facet)> = None;
         for facet in &classification.facets {
-            let Some(rule) = self.rule_for(facet, subject) else {
+            let Some(rule) = self.rule_for(facet, subject, search_path) else {
                 continue;
             };
             if best.is_none_or(|(b, _)| rule.action > b.action) {
@@ -280,10 +298,10 @@ impl Policy {
         }
     }
 
-    fn rule_for(&self, facet: &Facet, subject: &Subject) -> Option<&Rule> {
+    fn rule_for(&self, facet: &Facet, subject: &Subject, search_path: Schemas) -> Option<&Rule> {
         let mut best: Option<(Specificity, &Rule)> = None;
         for rule in &self.rules {
-            let Some(this) = specificity(rule, facet, subject) else {
+            let Some(this) = specificity(rule, facet, subject, search_path) else {
                 continue;
             };
             // Strictly greater: the earliest of equally specific rules wins.
@@ -295,7 +313,12 @@ impl Policy {
     }
 }
 
-fn specificity(rule: &Rule, facet: &Facet, subject: &Subject) -> Option<Specificity> {
+fn specificity(
+    rule: &Rule,
+    facet: &Facet,
+    subject: &Subject,
+    search_path: Schemas,
+) -> Option<Specificity> {
     if !rule.kinds.is_empty() && !rule.kinds.contains(facet.kind) {
         return None;
     }
@@ -308,7 +331,7 @@ fn specificity(rule: &Rule, facet: &Facet, subject: &Subject) -> Option<Specific
         let table = facet.table.as_ref()?;
         rule.tables
             .iter()
-            .filter_map(|pattern| table_match(pattern, table, rule.action, &subject.user))
+            .filter_map(|pattern| table_match(pattern, table, rule.action, subject, search_path))
             .max()?
     };
     Some(Specificity {
@@ -320,11 +343,38 @@ fn specificity(rule: &Rule, facet: &Facet, subject: &Subject) -> Option<Specific
     })
 }
 
+/// The search_path changes a decision must assume: the session's so far, and the text's own.
+#[derive(Clone, Copy)]
+struct Schemas<'a> {
+    session: Option<&'a SearchPath>,
+    text: Option<&'a SearchPath>,
+}
+
+impl Schemas<'_> {
+    /// Whether an unqualified table may be in a schema `pattern` matches: one of the default
+    /// path's (`pg_catalog`, searched first; the user's own; `public`), or one the session or
+    /// the text itself has put on its search_path.
+    fn may_hold(self, pattern: &str, user: &str) -> bool {
+        let matches = |schema: &str| glob::matches(pattern, schema);
+        ["pg_catalog", "public", user].into_iter().any(matches)
+            || [self.session, self.text]
+                .into_iter()
+                .flatten()
+                .any(|path| path.may_list(user, matches))
+    }
+}
+
 /// 3 for an exact match, 2 for a glob match. An unqualified table resolves through the
-/// search_path, which pgstepup does not see: for rules that restrict it is taken to be in any
-/// schema of the default path (`"$user", public`), so it cannot escape a step-up; rules that
-/// allow need the schema written, so a changed search_path cannot widen them.
-fn table_match(pattern: &str, table: &TableName, action: Action, user: &str) -> Option<u8> {
+/// search_path, which pgstepup knows only as the union of the schemas the session listed:
+/// for rules that restrict it is taken to be in any of them, so it cannot escape a step-up;
+/// rules that allow need the schema written, so a changed search_path cannot widen them.
+fn table_match(
+    pattern: &str,
+    table: &TableName,
+    action: Action,
+    subject: &Subject,
+    search_path: Schemas,
+) -> Option<u8> {
     let rank = if glob::is_glob(pattern) { 2 } else { 3 };
     let matched = match (pattern.rsplit_once('.'), &table.schema) {
         (Some((schema, name)), Some(table_schema)) => {
@@ -332,8 +382,8 @@ fn table_match(pattern: &str, table: &TableName, action: Action, user: &str) -> 
         }
         (Some((schema, name)), None) => {
             action != Action::Allow
-                && (glob::matches(schema, "public") || glob::matches(schema, user))
                 && glob::matches(name, &table.name)
+                && search_path.may_hold(schema, &subject.user)
         }
         (None, _) => glob::matches(pattern, &table.name),
     };

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use pgstepup_classify::classify;
+use pgstepup_classify::{classify, SearchPath};
 use pgstepup_policy::{Action, Mode, Policy, PolicyError, Subject};
 
 fn policy(text: &str) -> Policy {
@@ -28,10 +28,7 @@ fn write(text: &str) -> std::path::PathBuf {
 }
 
 fn decide(policy: &Policy, user: &str, roles: &[&str], sql: &str) -> (Action, String) {
-    let subject = Subject {
-        user: user.into(),
-        roles: roles.iter().map(|r| r.to_string()).collect(),
-    };
+    let subject = Subject::new(user.into(), roles.iter().map(|r| r.to_string()).collect());
     let classification = classify(sql, &policy.read_only_functions);
     let d = policy.evaluate(&classification, &subject);
     (d.action, d.rule.to_string())
@@ -187,10 +184,7 @@ fn roles_select_rules_and_can_bar_elevation() {
     let update = classify("UPDATE orders SET x = 1", &[]);
     let d = p.evaluate(
         &update,
-        &Subject {
-            user: "alice".into(),
-            roles: vec!["oncall".into()],
-        },
+        &Subject::new("alice".into(), vec!["oncall".into()]),
     );
     assert_eq!(
         (d.action, d.rule, d.lifetime),
@@ -366,10 +360,7 @@ timeout = "45s"
 refuse_at_once = ["DBeaver*", "PostgreSQL JDBC Driver"]
 "#,
     );
-    let subject = Subject {
-        user: "alice".into(),
-        roles: Vec::new(),
-    };
+    let subject = Subject::new("alice".into(), Vec::new());
     let held = classify("DELETE FROM orders", &[]);
     assert_eq!(
         p.evaluate(&held, &subject).hold_timeout,
@@ -394,5 +385,81 @@ refuse_at_once = ["DBeaver*", "PostgreSQL JDBC Driver"]
     assert!(
         matches!(&err, PolicyError::Invalid { line: 2, .. }) && err.to_string().contains("timeout"),
         "{err}"
+    );
+}
+
+#[test]
+fn unqualified_names_may_be_in_any_schema_the_search_path_lists() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "billing"
+tables = ["billing.*"]
+kinds = ["read"]
+action = "step_up"
+
+[[rule]]
+name = "passwords"
+tables = ["pg_catalog.pg_authid"]
+action = "deny"
+
+[[rule]]
+name = "scratch"
+tables = ["scratch.*"]
+action = "allow"
+"#,
+    );
+    let decide_as = |search_path: Option<SearchPath>, sql: &str| {
+        let subject = Subject {
+            search_path,
+            ..Subject::new("dave".into(), Vec::new())
+        };
+        let classification = classify(sql, &[]);
+        let decision = p.evaluate(&classification, &subject);
+        (decision.action, decision.rule.to_owned())
+    };
+    let listed = |schemas: &[&str]| {
+        Some(SearchPath::Schemas(
+            schemas.iter().map(|s| s.to_string()).collect(),
+        ))
+    };
+    let read = "SELECT * FROM invoices";
+    assert_eq!(
+        decide_as(None, read),
+        (Action::Allow, "default-read".into())
+    );
+    for path in [
+        listed(&["billing", "public"]),
+        listed(&["Billing", "billing"]),
+        Some(SearchPath::Unknown),
+    ] {
+        assert_eq!(
+            decide_as(path.clone(), read),
+            (Action::StepUp, "billing".into()),
+            "{path:?}"
+        );
+    }
+    assert_eq!(
+        decide_as(listed(&["hr"]), read),
+        (Action::Allow, "default-read".into())
+    );
+    // The text's own SET counts for its later statements.
+    assert_eq!(
+        decide_as(None, "SET search_path = billing; SELECT * FROM invoices"),
+        (Action::StepUp, "billing".into())
+    );
+    // pg_catalog is searched first whatever the path says.
+    assert_eq!(
+        decide_as(None, "SELECT * FROM pg_authid"),
+        (Action::Deny, "passwords".into())
+    );
+    // A rule that allows still needs its schema written.
+    assert_eq!(
+        decide_as(listed(&["scratch"]), "INSERT INTO notes VALUES (1)"),
+        (Action::StepUp, "default-write".into())
+    );
+    assert_eq!(
+        decide_as(None, "INSERT INTO scratch.notes VALUES (1)"),
+        (Action::Allow, "scratch".into())
     );
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use pgstepup_audit::{AuditLog, Record};
-use pgstepup_classify::{Classification, Facet, Kind, Recall, ShapeMemo};
+use pgstepup_classify::{Classification, Facet, Kind, Recall, SearchPath, ShapeMemo};
 use pgstepup_metrics::Metrics;
 use pgstepup_policy::{Action, Decision, Scope, Subject};
 use pgstepup_protocol::backend::{sqlstate, PgError};
@@ -172,7 +172,7 @@ impl Gate {
             store,
             active,
             generation,
-            subject: Subject { user, roles },
+            subject: Subject::new(user, roles),
             upstream_roles,
             unsafe_encoding: None,
             marker,
@@ -304,6 +304,9 @@ impl Gate {
             if !name.is_empty() {
                 self.prepared.remove(name);
             }
+        }
+        if let Some(change) = &classification.search_path {
+            self.widen_search_path(change);
         }
         let decision = self.active.policy.evaluate(&classification, &self.subject);
         let kind = decision.kind().unwrap_or(Kind::Read);
@@ -527,6 +530,16 @@ impl Gate {
         };
         if let Err(error) = self.context.audit.record(&record) {
             tracing::error!(parent: &self.span, %error, "cannot write the audit trail");
+        }
+    }
+
+    /// The session lists more schemas on its search_path (pgstepup keeps the union: it does
+    /// not see which SET ran, nor when a SET LOCAL ended): what was allowed may now read a
+    /// table a rule restricts through an unqualified name, so it is decided again.
+    pub(crate) fn widen_search_path(&mut self, change: &SearchPath) {
+        if change.add_to(&mut self.subject.search_path) {
+            self.forget_recent();
+            self.prepared.decide_again();
         }
     }
 

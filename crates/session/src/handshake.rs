@@ -5,6 +5,7 @@
 
 use tokio::net::TcpStream;
 
+use pgstepup_classify::SearchPath;
 use pgstepup_protocol::backend::{sqlstate, PgError};
 use pgstepup_protocol::startup::{StartupMessage, StartupPacket, TLS_HANDSHAKE_BYTE};
 use pgstepup_protocol::{Connection, Stream};
@@ -182,30 +183,116 @@ fn check_startup(
 /// A setting in the startup packet, directly or as `-c name=value` / `--name=value` in
 /// `options`, that would unpin how pgstepup reads SQL.
 fn unpinning_startup_setting(startup: &StartupMessage) -> Option<String> {
-    let unsafe_pair = |name: &str, value: &str| {
-        (pgstepup_classify::pinned_setting_is_safe(name, value) == Some(false))
-            .then(|| name.to_owned())
-    };
-    for (name, value) in startup.params() {
-        if let Some(setting) = unsafe_pair(name, value) {
-            return Some(setting);
+    startup_settings(startup).find_map(|(name, value)| {
+        (pgstepup_classify::pinned_setting_is_safe(&name, &value) == Some(false)).then_some(name)
+    })
+}
+
+/// The schemas the startup packet puts on the session's search_path (pgJDBC's
+/// `currentSchema`, libpq's `options=-c search_path=...`), if it sets one.
+pub(crate) fn startup_search_path(startup: &StartupMessage) -> Option<SearchPath> {
+    let mut path = None;
+    for (name, value) in startup_settings(startup) {
+        if name.eq_ignore_ascii_case("search_path") {
+            SearchPath::from_value(&value).add_to(&mut path);
         }
     }
-    let options = startup.param("options")?;
-    let mut words = options.split_whitespace();
+    path
+}
+
+/// Every setting the startup packet makes: its parameters, then the `-c name=value` and
+/// `--name=value` assignments in `options`, read as the server reads them.
+fn startup_settings(startup: &StartupMessage) -> impl Iterator<Item = (String, String)> + '_ {
+    let direct = startup
+        .params()
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()));
+    let mut words = option_words(startup.param("options").unwrap_or_default()).into_iter();
+    let mut from_options = Vec::new();
     while let Some(word) = words.next() {
-        let assignment = match word {
+        let assignment = match word.as_str() {
             "-c" => words.next().unwrap_or_default(),
             w => w
                 .strip_prefix("--")
                 .or_else(|| w.strip_prefix("-c"))
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .to_owned(),
         };
         if let Some((name, value)) = assignment.split_once('=') {
-            if let Some(setting) = unsafe_pair(name, value) {
-                return Some(setting);
-            }
+            // The server takes `-` in an option's name for `_`.
+            from_options.push((name.replace('-', "_"), value.to_owned()));
         }
     }
-    None
+    direct.chain(from_options)
+}
+
+/// `options` split into words as the server splits it: at whitespace, a backslash taking the
+/// next character as it is (`-c search_path=a,\ b` is one word).
+fn option_words(options: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn startup(params: &[(&str, &str)]) -> StartupMessage {
+        StartupMessage::build(0, params)
+    }
+
+    #[test]
+    fn options_split_as_the_server_splits_them() {
+        assert_eq!(
+            option_words(r"  -c search_path=a,\ b  --work-mem=4MB -cx=y\\z "),
+            ["-c", "search_path=a, b", "--work-mem=4MB", r"-cx=y\z"]
+        );
+    }
+
+    #[test]
+    fn the_startup_search_path_comes_from_parameters_and_options() {
+        let path = |params| startup_search_path(&startup(params));
+        assert_eq!(path(&[("user", "dave")]), None);
+        assert_eq!(
+            path(&[("user", "dave"), ("search_path", "billing")]),
+            Some(SearchPath::Schemas(vec!["billing".into()]))
+        );
+        assert_eq!(
+            path(&[(
+                "options",
+                r"-c search_path=billing,\ Sales --search-path=hr"
+            )]),
+            Some(SearchPath::Schemas(vec![
+                "billing".into(),
+                "sales".into(),
+                "hr".into()
+            ]))
+        );
+    }
+
+    #[test]
+    fn an_escaped_unsafe_value_in_options_is_still_refused() {
+        let setting = |options| unpinning_startup_setting(&startup(&[("options", options)]));
+        assert_eq!(
+            setting(r"-c standard_conforming_strings=of\f").as_deref(),
+            Some("standard_conforming_strings")
+        );
+        assert_eq!(setting("-c standard_conforming_strings=on"), None);
+    }
 }

@@ -28,7 +28,7 @@ use crate::cancel::{CancelRegistry, CancelTarget};
 use crate::client_auth::{authenticate, Refusal};
 use crate::client_socket::{ClientAddr, ClientSocket};
 use crate::gate::{Gate, SessionContext};
-use crate::handshake::{open, Opening};
+use crate::handshake::{open, startup_search_path, Opening};
 use crate::lifecycle::Lifecycle;
 use crate::policy_store::PolicyStore;
 use crate::proxy::{Session, SessionParts};
@@ -498,13 +498,16 @@ async fn establish(
         audit: shared.audit.clone(),
         metrics: shared.metrics.clone(),
     };
-    let gate = Gate::new(
+    let mut gate = Gate::new(
         shared.policy.clone(),
         user,
         upstream_roles,
         shared.refusal_marker.clone(),
         context,
     );
+    if let Some(path) = startup_search_path(&startup) {
+        gate.widen_search_path(&path);
+    }
     tracing::info!(
         database = startup.database().unwrap_or_default(),
         tls = client.stream().is_tls(),

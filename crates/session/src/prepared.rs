@@ -109,6 +109,16 @@ impl PreparedStatements {
         self.map.clear();
     }
 
+    /// Makes every statement be decided again at its next Bind (the session's search_path
+    /// grew: an unqualified name in one may now mean a table a rule restricts).
+    pub(crate) fn decide_again(&mut self) {
+        self.forget_last_allowed();
+        for prepared in self.map.values_mut() {
+            // A generation no policy has.
+            prepared.generation = u64::MAX;
+        }
+    }
+
     fn forget_last_allowed(&mut self) {
         self.last_allowed.len = 0;
     }
