@@ -56,6 +56,8 @@ impl SearchPath {
     pub fn add_to(&self, path: &mut Option<SearchPath>) -> bool {
         match path {
             Some(path) => path.widen(self),
+            // An empty path (pg_dump's `set_config('search_path', '', false)`) adds nothing.
+            None if *self == SearchPath::Schemas(Vec::new()) => false,
             None => {
                 *path = Some(self.clone());
                 true
@@ -98,6 +100,8 @@ mod tests {
         assert_eq!(path, SearchPath::Unknown);
 
         let mut none = None;
+        assert!(!schemas(&[]).add_to(&mut none));
+        assert_eq!(none, None);
         assert!(schemas(&["app"]).add_to(&mut none));
         assert!(!schemas(&["app"]).add_to(&mut none));
     }

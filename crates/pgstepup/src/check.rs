@@ -4,7 +4,7 @@ use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
-use pgstepup_classify::{classify, Classification};
+use pgstepup_classify::{classify, Classification, SearchPath};
 use pgstepup_config::{Config, Overrides};
 use pgstepup_policy::{Decision, Policy, PolicySource, Subject};
 
@@ -19,6 +19,10 @@ pub struct CheckArgs {
     /// Decide as this user (their policy roles apply; upstream roles are not looked up here).
     #[arg(long, value_name = "NAME", default_value = "")]
     user: String,
+    /// Decide as a session that has put these schemas on its search_path (`billing, public`):
+    /// its unqualified table names may then be in any of them.
+    #[arg(long, value_name = "SCHEMAS")]
+    search_path: Option<String>,
     /// Read one JSON string per stdin line (one query text each); print one JSON object per line.
     #[arg(long, conflicts_with = "sql")]
     jsonl: bool,
@@ -44,7 +48,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
     if args.lint {
         return lint(&policy, &source);
     }
-    let subject = Subject::new(args.user.clone(), policy.roles_of(&args.user, &[]));
+    let subject = Subject {
+        search_path: args.search_path.as_deref().map(SearchPath::from_value),
+        ..Subject::new(args.user.clone(), policy.roles_of(&args.user, &[]))
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.jsonl {

@@ -183,6 +183,32 @@ fn check_uses_the_configured_policy_and_the_users_roles() {
 }
 
 #[test]
+fn check_decides_as_a_session_with_the_search_path_given() {
+    let policy = temp_file(
+        "billing-policy.toml",
+        "[[rule]]\nname = \"billing\"\ntables = [\"billing.*\"]\nkinds = [\"read\"]\naction = \"deny\"\n",
+    );
+    let policy = policy.display().to_string();
+    let read = "SELECT * FROM invoices";
+    let (_, out) = check(&["--policy", &policy, read], "");
+    assert!(out.contains("decision:  allow"), "{out}");
+    let (_, out) = check(
+        &[
+            "--policy",
+            &policy,
+            "--search-path",
+            "billing, public",
+            read,
+        ],
+        "",
+    );
+    assert!(
+        out.contains("decision:  deny") && out.contains("billing"),
+        "{out}"
+    );
+}
+
+#[test]
 fn lint_reports_problems_and_refuses_invalid_files() {
     let good = temp_file(
         "good-policy.toml",

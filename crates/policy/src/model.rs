@@ -331,7 +331,9 @@ fn specificity(
         let table = facet.table.as_ref()?;
         rule.tables
             .iter()
-            .filter_map(|pattern| table_match(pattern, table, rule.action, subject, search_path))
+            .filter_map(|pattern| {
+                table_match(pattern, table, rule.action, &subject.user, search_path)
+            })
             .max()?
     };
     Some(Specificity {
@@ -372,7 +374,7 @@ fn table_match(
     pattern: &str,
     table: &TableName,
     action: Action,
-    subject: &Subject,
+    user: &str,
     search_path: Schemas,
 ) -> Option<u8> {
     let rank = if glob::is_glob(pattern) { 2 } else { 3 };
@@ -383,7 +385,7 @@ fn table_match(
         (Some((schema, name)), None) => {
             action != Action::Allow
                 && glob::matches(name, &table.name)
-                && search_path.may_hold(schema, &subject.user)
+                && search_path.may_hold(schema, user)
         }
         (None, _) => glob::matches(pattern, &table.name),
     };
