@@ -544,9 +544,9 @@ async fn local_clients_reach_the_unix_socket_under_the_same_policy() {
 }
 
 /// A sensitive schema's tables read by unqualified names: after `SET search_path`, through a
-/// statement prepared before it, in the same text as the SET, and with the search_path in the
-/// startup packet. The same name resolves to an ordinary table while the session keeps the
-/// default path.
+/// statement prepared before it, in the same text as the SET, with the search_path in the
+/// startup packet, and in a database whose default search_path lists the schema. The same
+/// name resolves to an ordinary table while the session keeps the default path.
 #[tokio::test]
 async fn unqualified_names_follow_the_sessions_search_path() {
     app_role().await;
@@ -627,4 +627,25 @@ async fn unqualified_names_follow_the_sessions_search_path() {
     );
     let (client, _c) = proxy.connect_with(&options).await.unwrap();
     denied(client.simple_query(&read).await);
+
+    // A default set on the server (ALTER DATABASE ... SET search_path), which no SQL of the
+    // session shows.
+    let database = format!("sp_db_{id}");
+    admin(&format!("DROP DATABASE IF EXISTS {database}")).await;
+    admin(&format!("CREATE DATABASE {database} OWNER {APP_USER}")).await;
+    admin_in(
+        &database,
+        &format!(
+            "CREATE SCHEMA {vault} AUTHORIZATION {APP_USER};
+             CREATE TABLE {vault}.{ledger} (v int); ALTER TABLE {vault}.{ledger} OWNER TO {APP_USER};
+             ALTER DATABASE {database} SET search_path = {vault}, public;"
+        ),
+    )
+    .await;
+    let in_database = proxy.conn_str(APP_USER, proto_tests::APP_PASSWORD, &database, "require");
+    let (client, connection) = proxy.connect_with(&in_database).await.unwrap();
+    denied(client.simple_query(&read).await);
+    drop(client);
+    let _ = connection.await;
+    admin(&format!("DROP DATABASE {database} WITH (FORCE)")).await;
 }

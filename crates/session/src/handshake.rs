@@ -5,7 +5,6 @@
 
 use tokio::net::TcpStream;
 
-use pgstepup_classify::SearchPath;
 use pgstepup_protocol::backend::{sqlstate, PgError};
 use pgstepup_protocol::startup::{StartupMessage, StartupPacket, TLS_HANDSHAKE_BYTE};
 use pgstepup_protocol::{Connection, Stream};
@@ -188,18 +187,6 @@ fn unpinning_startup_setting(startup: &StartupMessage) -> Option<String> {
     })
 }
 
-/// The schemas the startup packet puts on the session's search_path (pgJDBC's
-/// `currentSchema`, libpq's `options=-c search_path=...`), if it sets one.
-pub(crate) fn startup_search_path(startup: &StartupMessage) -> Option<SearchPath> {
-    let mut path = None;
-    for (name, value) in startup_settings(startup) {
-        if name.eq_ignore_ascii_case("search_path") {
-            SearchPath::from_value(&value).add_to(&mut path);
-        }
-    }
-    path
-}
-
 /// Every setting the startup packet makes: its parameters, then the `-c name=value` and
 /// `--name=value` assignments in `options`, read as the server reads them.
 fn startup_settings(startup: &StartupMessage) -> impl Iterator<Item = (String, String)> + '_ {
@@ -262,27 +249,6 @@ mod tests {
         assert_eq!(
             option_words(r"  -c search_path=a,\ b  --work-mem=4MB -cx=y\\z "),
             ["-c", "search_path=a, b", "--work-mem=4MB", r"-cx=y\z"]
-        );
-    }
-
-    #[test]
-    fn the_startup_search_path_comes_from_parameters_and_options() {
-        let path = |params| startup_search_path(&startup(params));
-        assert_eq!(path(&[("user", "dave")]), None);
-        assert_eq!(
-            path(&[("user", "dave"), ("search_path", "billing")]),
-            Some(SearchPath::Schemas(vec!["billing".into()]))
-        );
-        assert_eq!(
-            path(&[(
-                "options",
-                r"-c search_path=billing,\ Sales --search-path=hr"
-            )]),
-            Some(SearchPath::Schemas(vec![
-                "billing".into(),
-                "sales".into(),
-                "hr".into()
-            ]))
         );
     }
 

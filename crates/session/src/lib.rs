@@ -26,6 +26,7 @@ mod listener;
 mod policy_store;
 mod prepared;
 mod proxy;
+mod server_query;
 mod statement;
 mod tls;
 mod upstream_pool;

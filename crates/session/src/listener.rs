@@ -20,18 +20,20 @@ use pgstepup_protocol::{Connection, SocketFile};
 use pgstepup_upstream::{UpstreamError, UpstreamSettings, VerifierSource};
 
 use pgstepup_audit::{AuditLog, Record};
+use pgstepup_classify::SearchPath;
 use pgstepup_metrics::{IntGauge, Metrics, Rejection};
 use pgstepup_protocol::backend::{sqlstate, PgError};
 use pgstepup_stepup::StepUp;
 
 use crate::cancel::{CancelRegistry, CancelTarget};
-use crate::client_auth::{authenticate, Refusal};
+use crate::client_auth::{authenticate, LoggedIn, Refusal};
 use crate::client_socket::{ClientAddr, ClientSocket};
 use crate::gate::{Gate, SessionContext};
-use crate::handshake::{open, startup_search_path, Opening};
+use crate::handshake::{open, Opening};
 use crate::lifecycle::Lifecycle;
 use crate::policy_store::PolicyStore;
 use crate::proxy::{Session, SessionParts};
+use crate::server_query::exchange;
 use crate::tls::{self, ClientTls};
 use crate::upstream_pool::{IdleUpstream, UpstreamPool};
 use crate::workers::Workers;
@@ -472,13 +474,17 @@ async fn establish(
         refuse(shared, client, &Refusal::Error(error)).await;
         return None;
     }
-    let logged_in = match authenticate(shared, &mut client, &startup).await {
+    let mut logged_in = match authenticate(shared, &mut client, &startup).await {
         Ok(l) => l,
         Err(refusal) => {
             refuse(shared, client, &refusal).await;
             return None;
         }
     };
+    if let Err(error) = learn_search_path(&mut logged_in).await {
+        refuse(shared, client, &Refusal::Error(error)).await;
+        return None;
+    }
     let minor = logged_in
         .reply
         .negotiated_minor
@@ -505,8 +511,8 @@ async fn establish(
         shared.refusal_marker.clone(),
         context,
     );
-    if let Some(path) = startup_search_path(&startup) {
-        gate.widen_search_path(&path);
+    if let Some(path) = &logged_in.reply.search_path {
+        gate.widen_search_path(&SearchPath::from_value(path));
     }
     tracing::info!(
         database = startup.database().unwrap_or_default(),
@@ -633,4 +639,30 @@ fn cancel_locally(shared: &Shared, request: &CancelRequest) -> bool {
         }
     });
     true
+}
+
+/// Asks a newly logged-in upstream connection for its search_path (the role's and database's
+/// defaults and the startup options have set it by now), unless its login already did: where
+/// the session's unqualified table names may be found before it changes the path itself.
+async fn learn_search_path(logged_in: &mut LoggedIn) -> Result<(), PgError> {
+    if logged_in.reply.search_path.is_some() {
+        return Ok(());
+    }
+    let value = exchange(
+        &mut logged_in.upstream,
+        &mut logged_in.reply,
+        "SHOW search_path",
+    )
+    .await
+    .map_err(|reason| {
+        PgError::fatal(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!(
+                "pgstepup cannot read the session's search_path from the upstream server: {reason}"
+            ),
+        )
+    })?;
+    logged_in.reply.search_path =
+        Some(String::from_utf8_lossy(&value.unwrap_or_default()).into_owned());
+    Ok(())
 }

@@ -25,8 +25,10 @@ use bytes::Bytes;
 
 use pgstepup_config::Config;
 use pgstepup_metrics::Metrics;
-use pgstepup_protocol::{tag, Connection, Frame};
+use pgstepup_protocol::Connection;
 use pgstepup_upstream::LoginReply;
+
+use crate::server_query::exchange;
 
 /// What resets a connection for its next client: everything a session can leave behind.
 const RESET: &str = "DISCARD ALL";
@@ -119,8 +121,13 @@ impl UpstreamPool {
     /// connection parked a while may have died without a word (a frozen backend, a network
     /// that dropped it), which a peek at the socket cannot tell.
     async fn answers(&self, upstream: &mut IdleUpstream) -> bool {
-        match tokio::time::timeout(self.check_timeout, exchange(upstream, "")).await {
-            Ok(Ok(())) => true,
+        match tokio::time::timeout(
+            self.check_timeout,
+            exchange(&mut upstream.server, &mut upstream.login, ""),
+        )
+        .await
+        {
+            Ok(Ok(_)) => true,
             Ok(Err(reason)) => {
                 tracing::info!(
                     reason,
@@ -144,8 +151,13 @@ impl UpstreamPool {
         if now.duration_since(upstream.opened) >= self.lifetime {
             return upstream.server.terminate().await;
         }
-        match tokio::time::timeout(RESET_TIMEOUT, exchange(&mut upstream, RESET)).await {
-            Ok(Ok(())) => {}
+        match tokio::time::timeout(
+            RESET_TIMEOUT,
+            exchange(&mut upstream.server, &mut upstream.login, RESET),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
             Ok(Err(reason)) => {
                 tracing::info!(reason, "upstream connection not reused");
                 return upstream.server.terminate().await;
@@ -215,84 +227,5 @@ impl UpstreamPool {
         self.parked.fetch_sub(1, Ordering::Relaxed);
         self.metrics.upstream_connections.dec();
         self.metrics.upstream_idle_connections.dec();
-    }
-}
-
-/// Runs `sql` as a simple query and reads its answer, which must end idle and without an
-/// error; the parameters the server reports on the way replace those of the login, so the
-/// next client is told the values it will really have.
-async fn exchange(upstream: &mut IdleUpstream, sql: &str) -> Result<(), &'static str> {
-    let server = &mut upstream.server;
-    let mut query = Vec::with_capacity(sql.len() + 1);
-    query.extend_from_slice(sql.as_bytes());
-    query.push(0);
-    server.queue_frame(&Frame::new(tag::QUERY, &query));
-    server.flush().await.map_err(|_| "the server went away")?;
-    let mut failed = false;
-    loop {
-        let frame = server
-            .read_frame()
-            .await
-            .map_err(|_| "the server went away")?;
-        match frame.tag() {
-            tag::ERROR_RESPONSE => failed = true,
-            tag::PARAMETER_STATUS => replace_parameter(&mut upstream.login.relay, frame),
-            tag::READY_FOR_QUERY => {
-                return match (failed, frame.body().first()) {
-                    (false, Some(b'I')) => Ok(()),
-                    (true, _) => Err("the query failed"),
-                    _ => Err("the server is not idle after it"),
-                };
-            }
-            // CommandComplete, EmptyQueryResponse, notices, notifications still pending
-            // before UNLISTEN.
-            _ => {}
-        }
-    }
-}
-
-/// Puts `status` in place of the login's ParameterStatus of the same name (or adds it).
-fn replace_parameter(relay: &mut Vec<Frame>, status: Frame) {
-    let name = |f: &Frame| f.cstr_at(0).map(|(name, _)| name.to_vec());
-    let new_name = name(&status);
-    match relay
-        .iter_mut()
-        .find(|f| f.tag() == tag::PARAMETER_STATUS && name(f) == new_name)
-    {
-        Some(old) => *old = status,
-        None => relay.push(status),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn status(name: &str, value: &str) -> Frame {
-        Frame::new(
-            tag::PARAMETER_STATUS,
-            format!("{name}\0{value}\0").as_bytes(),
-        )
-    }
-
-    #[test]
-    fn reported_parameters_replace_the_logins_by_name() {
-        let notice = Frame::new(tag::NOTICE_RESPONSE, b"SNOTICE\0\0");
-        let mut relay = vec![
-            status("in_hot_standby", "on"),
-            notice.clone(),
-            status("TimeZone", "UTC"),
-        ];
-        replace_parameter(&mut relay, status("in_hot_standby", "off"));
-        replace_parameter(&mut relay, status("application_name", "app"));
-        assert_eq!(
-            relay,
-            [
-                status("in_hot_standby", "off"),
-                notice,
-                status("TimeZone", "UTC"),
-                status("application_name", "app"),
-            ]
-        );
     }
 }

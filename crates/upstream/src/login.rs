@@ -34,6 +34,9 @@ pub struct LoginReply {
     /// The protocol minor version the server settled on when it sent NegotiateProtocolVersion
     /// (which carries the full version number, major in the high 16 bits).
     pub negotiated_minor: Option<u16>,
+    /// The session's search_path after login (the role's and database's defaults, startup
+    /// options), once asked for (`SHOW search_path`); the same after `DISCARD ALL`.
+    pub search_path: Option<String>,
 }
 
 /// Sends `startup` and authenticates with `credential`, then reads up to ReadyForQuery.
@@ -182,6 +185,7 @@ pub async fn read_until_ready(
                     backend_key,
                     ready_status,
                     negotiated_minor,
+                    search_path: None,
                 });
             }
             tag::BACKEND_KEY_DATA => {
