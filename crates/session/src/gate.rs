@@ -704,10 +704,14 @@ fn decode(sql: &[u8]) -> Cow<'_, str> {
 }
 
 fn function_call(oid: u32) -> Classification {
-    single_facet(
-        Kind::Write,
-        format!("fast-path call of function OID {oid}: any function, no SQL to inspect"),
-    )
+    Classification {
+        // set_config among them: once it runs, where names resolve is not known.
+        search_path: Some(SearchPath::Unknown),
+        ..single_facet(
+            Kind::Write,
+            format!("fast-path call of function OID {oid}: any function, no SQL to inspect"),
+        )
+    }
 }
 
 /// A classification pgstepup makes without parsing: one kind, one reason.
@@ -773,6 +777,59 @@ mod tests {
         assert_eq!(decode(b"SELECT 'caf\xe9'"), "SELECT 'caf\u{fffd}'");
     }
 
+    /// A gate deciding for user `app` under `policy` (a policy file's text); with the
+    /// directory holding its files, to remove.
+    fn gate_with(policy: &str) -> (Gate, std::path::PathBuf) {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pgstepup-gate-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy.toml");
+        std::fs::write(&path, policy).unwrap();
+        let audit = Arc::new(AuditLog::open(&dir.join("audit.jsonl"), "test".into()).unwrap());
+        let metrics = Arc::new(Metrics::new("test"));
+        let source = PolicySource::File {
+            path,
+            embedded: false,
+        };
+        let store =
+            Arc::new(PolicyStore::load(source, 64, false, audit.clone(), metrics.clone()).unwrap());
+        let context = SessionContext {
+            connection_id: 1,
+            client_addr: "127.0.0.1:1".into(),
+            application_name: String::new(),
+            audit,
+            metrics,
+        };
+        let gate = Gate::new(
+            store,
+            "app".into(),
+            Vec::new(),
+            "pgstepup-test".into(),
+            context,
+        );
+        (gate, dir)
+    }
+
+    #[test]
+    fn after_a_fast_path_call_unqualified_names_may_be_in_any_schema() {
+        let (mut gate, dir) =
+            gate_with("[[rule]]\nname = \"vault\"\ntables = [\"vault.*\"]\nkinds = [\"read\"]\naction = \"deny\"\n");
+        let read = Frame::new(tag::QUERY, b"SELECT * FROM ledger\0");
+        let check_read =
+            |gate: &mut Gate| gate.check(Statement::from_frame(read.view()).unwrap().unwrap());
+        assert!(matches!(check_read(&mut gate), Verdict::Forward));
+        // A call of function 2078 (set_config), no arguments, text result.
+        let call = Frame::new(tag::FUNCTION_CALL, &[0, 0, 8, 30, 0, 0, 0, 0, 0, 0]);
+        let statement = Statement::from_frame(call.view()).unwrap().unwrap();
+        assert!(matches!(gate.check(statement), Verdict::StepUp(_)));
+        assert!(matches!(check_read(&mut gate), Verdict::Substitute(_)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// Records the name of each event's parent span (explicit, else the current one).
     struct Parents(Arc<std::sync::Mutex<Vec<Option<String>>>>);
 
@@ -798,38 +855,8 @@ mod tests {
         let parents = Arc::new(std::sync::Mutex::new(Vec::new()));
         let subscriber = tracing_subscriber::registry().with(Parents(parents.clone()));
         tracing::subscriber::with_default(subscriber, || {
-            let dir =
-                std::env::temp_dir().join(format!("pgstepup-gate-span-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let audit = Arc::new(AuditLog::open(&dir.join("audit.jsonl"), "test".into()).unwrap());
-            let metrics = Arc::new(Metrics::new("test"));
-            let store = Arc::new(
-                PolicyStore::load(
-                    PolicySource::Builtin,
-                    64,
-                    false,
-                    audit.clone(),
-                    metrics.clone(),
-                )
-                .unwrap(),
-            );
-            let context = SessionContext {
-                connection_id: 1,
-                client_addr: "127.0.0.1:1".into(),
-                application_name: String::new(),
-                audit,
-                metrics,
-            };
             let conn = tracing::info_span!("conn", id = 1);
-            let mut gate = conn.in_scope(|| {
-                Gate::new(
-                    store,
-                    "app".into(),
-                    Vec::new(),
-                    "pgstepup-test".into(),
-                    context,
-                )
-            });
+            let (mut gate, dir) = conn.in_scope(|| gate_with(""));
             let query = Frame::new(tag::QUERY, b"SELECT 1\0");
             let statement = Statement::from_frame(query.view()).unwrap().unwrap();
             assert!(matches!(gate.check(statement), Verdict::Forward));
