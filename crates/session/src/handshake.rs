@@ -253,12 +253,14 @@ mod tests {
     }
 
     #[test]
-    fn an_escaped_unsafe_value_in_options_is_still_refused() {
+    fn escaped_values_in_options_are_read_as_the_server_reads_them() {
         let setting = |options| unpinning_startup_setting(&startup(&[("options", options)]));
         assert_eq!(
             setting(r"-c standard_conforming_strings=of\f").as_deref(),
             Some("standard_conforming_strings")
         );
         assert_eq!(setting("-c standard_conforming_strings=on"), None);
+        // `on`, escaped as the server reads it.
+        assert_eq!(setting(r"-c standard_conforming_strings=o\n"), None);
     }
 }
