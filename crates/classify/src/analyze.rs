@@ -302,19 +302,18 @@ impl Collector {
     /// `pg_catalog` lets that schema's functions and operators take the built-ins' names, so
     /// the names this classifier trusts could run someone's code: admin, not housekeeping.
     fn search_path(&mut self, entries: Option<Vec<String>>) {
-        let change = match &entries {
-            Some(entries) => SearchPath::Schemas(entries.clone()),
-            None => SearchPath::Unknown,
-        };
-        change.add_to(&mut self.findings.search_path);
-        match entries {
-            Some(entries) if !hides_the_catalog(&entries) => self.add(Kind::Utility, None, None),
-            _ => self.add(
+        if entries.as_deref().is_none_or(hides_the_catalog) {
+            self.add(
                 Kind::Admin,
                 None,
                 Some("a search_path that may put schemas before pg_catalog, where built-in names could mean other functions"),
-            ),
+            );
+        } else {
+            self.add(Kind::Utility, None, None);
         }
+        entries
+            .map_or(SearchPath::Unknown, SearchPath::Schemas)
+            .add_to(&mut self.findings.search_path);
     }
 
     /// `SET name = ...` (or `set_config('name', ...)`), by what the setting governs.

@@ -20,7 +20,7 @@ impl SearchPath {
     }
 
     /// Adds what `other` lists; whether anything new was added.
-    pub fn widen(&mut self, other: &SearchPath) -> bool {
+    fn widen(&mut self, other: &SearchPath) -> bool {
         match (&mut *self, other) {
             (SearchPath::Unknown, _) => false,
             (this, SearchPath::Unknown) => {
