@@ -72,15 +72,15 @@ pub struct ProxyConfig {
     /// further busy thread adds wake-ups, CPU per transaction and latency tail there
     /// (benches/RESULTS.md, "Session threads: half the cores"). How many of them work depends
     /// on `spill_after_sessions`: the second of two gets sessions only past that many, when
-    /// one thread is always runnable and its one share of the CPU caps throughput
-    /// (benches/RESULTS.md, 2026-12-06 on a Zen 2 host).
+    /// one thread would cap throughput (benches/RESULTS.md, 2026-12-06).
     pub worker_threads: usize,
     /// A session thread takes every new connection until it serves this many; only then does
     /// the next get any (once all are that full, the one with the fewest takes it). A few
     /// sessions on one thread keep its latency tail and CPU per transaction low on a machine
-    /// shared with PostgreSQL; many are served faster spread over the cores
-    /// (benches/RESULTS.md, 2026-12-06). 0 = deal every connection to the thread with the
-    /// fewest sessions.
+    /// shared with PostgreSQL; from about eight busy ones on two cores, one thread becomes
+    /// the chain every transaction waits in while a core idles, and two serve more
+    /// (benches/RESULTS.md, 2026-12-06, "two session threads from five sessions"). 0 = deal
+    /// every connection to the thread with the fewest sessions.
     pub spill_after_sessions: usize,
     /// Before a session thread sleeps waiting for its sockets, it offers the CPU once
     /// (`sched_yield`): the backends and clients it has just written to then answer while it
@@ -102,7 +102,7 @@ impl Default for ProxyConfig {
             observe: false,
             shutdown_grace_secs: 30,
             worker_threads: 0,
-            spill_after_sessions: 16,
+            spill_after_sessions: 4,
             yield_before_sleep: true,
             unix_socket_dir: None,
         }
@@ -686,7 +686,7 @@ mod tests {
         for (cores, threads) in [(1, 1), (2, 2), (3, 2), (4, 2), (6, 3), (16, 8)] {
             assert_eq!(default_session_threads(cores), threads, "{cores} cores");
         }
-        assert_eq!(c.proxy.spill_after_sessions, 16);
+        assert_eq!(c.proxy.spill_after_sessions, 4);
         c.proxy.worker_threads = 3;
         assert_eq!(c.worker_threads(), 3);
         let f = write("[proxy]\nspill_after_sessions = 0\n");
