@@ -48,16 +48,14 @@ impl SearchPath {
                 .any(|schema| matches(if schema == "$user" { user } else { schema })),
         }
     }
-}
 
-impl SearchPath {
     /// Widens `path` by what this lists, starting it when there is none yet; whether anything
     /// was added.
     pub fn add_to(&self, path: &mut Option<SearchPath>) -> bool {
         match path {
             Some(path) => path.widen(self),
             // An empty path (pg_dump's `set_config('search_path', '', false)`) adds nothing.
-            None if *self == SearchPath::Schemas(Vec::new()) => false,
+            None if matches!(self, SearchPath::Schemas(schemas) if schemas.is_empty()) => false,
             None => {
                 *path = Some(self.clone());
                 true

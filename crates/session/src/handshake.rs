@@ -180,37 +180,37 @@ fn check_startup(
 }
 
 /// A setting in the startup packet, directly or as `-c name=value` / `--name=value` in
-/// `options`, that would unpin how pgstepup reads SQL.
+/// `options` (read as the server reads them), that would unpin how pgstepup reads SQL.
 fn unpinning_startup_setting(startup: &StartupMessage) -> Option<String> {
-    startup_settings(startup).find_map(|(name, value)| {
-        (pgstepup_classify::pinned_setting_is_safe(&name, &value) == Some(false)).then_some(name)
-    })
-}
-
-/// Every setting the startup packet makes: its parameters, then the `-c name=value` and
-/// `--name=value` assignments in `options`, read as the server reads them.
-fn startup_settings(startup: &StartupMessage) -> impl Iterator<Item = (String, String)> + '_ {
-    let direct = startup
+    let unsafe_setting = |name: &str, value: &str| {
+        (pgstepup_classify::pinned_setting_is_safe(name, value) == Some(false))
+            .then(|| name.to_owned())
+    };
+    if let Some(setting) = startup
         .params()
         .iter()
-        .map(|(name, value)| (name.clone(), value.clone()));
-    let mut words = option_words(startup.param("options").unwrap_or_default()).into_iter();
-    let mut from_options = Vec::new();
+        .find_map(|(name, value)| unsafe_setting(name, value))
+    {
+        return Some(setting);
+    }
+    let words = option_words(startup.param("options")?);
+    let mut words = words.iter().map(String::as_str);
     while let Some(word) = words.next() {
-        let assignment = match word.as_str() {
+        let assignment = match word {
             "-c" => words.next().unwrap_or_default(),
             w => w
                 .strip_prefix("--")
                 .or_else(|| w.strip_prefix("-c"))
-                .unwrap_or_default()
-                .to_owned(),
+                .unwrap_or_default(),
         };
         if let Some((name, value)) = assignment.split_once('=') {
             // The server takes `-` in an option's name for `_`.
-            from_options.push((name.replace('-', "_"), value.to_owned()));
+            if let Some(setting) = unsafe_setting(&name.replace('-', "_"), value) {
+                return Some(setting);
+            }
         }
     }
-    direct.chain(from_options)
+    None
 }
 
 /// `options` split into words as the server splits it: at whitespace, a backslash taking the
