@@ -264,8 +264,29 @@ mod tests {
                 Some(["sessions-0", "sessions-1"][id as usize % 2])
             );
             assert_eq!(flavor, tokio::runtime::RuntimeFlavor::CurrentThread);
+            // The session has ended; once its thread counts it out, both threads are equal
+            // again, so only the turn decides where the next connection goes.
+            workers.wait_until_idle().await;
         }
         workers.stop().await;
+    }
+
+    impl Workers {
+        /// Waits (at most 5 s) until no thread counts a live session.
+        async fn wait_until_idle(&self) {
+            let idle = async {
+                while self
+                    .threads
+                    .iter()
+                    .any(|thread| thread.live.load(Ordering::Relaxed) > 0)
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(5), idle)
+                .await
+                .expect("ended sessions were not counted out within 5 s");
+        }
     }
 
     /// When sessions end unevenly, new connections go where fewer sessions live.
