@@ -263,6 +263,24 @@ async fn applications_listed_in_the_policy_get_the_link_at_once() {
         .get(&format!("/api/approve/{}", last_segment(&link)))
         .await;
     assert_eq!((status, page["status"].as_str()), (200, Some("pending")));
+
+    // pgJDBC (DBeaver's driver) names the application with SET after login: the server's
+    // report of the new name counts as the startup packet's would.
+    let (client, _notices) = connect_noticed(&proxy, "psql").await;
+    client
+        .batch_execute("SET application_name = 'DBeaver 24.1'")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let error = client
+        .batch_execute(&format!("DELETE FROM public.{orders}"))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "not held");
+    let db = error.as_db_error().unwrap();
+    assert_eq!(db.code(), &SqlState::INSUFFICIENT_PRIVILEGE);
+    assert!(link_in(db.message()).is_some(), "the link is in the error");
+    assert_eq!(count(&orders).await, 3);
 }
 
 #[tokio::test]

@@ -677,6 +677,16 @@ impl Gate {
                     .then_some(value);
                 Ok(())
             }
+            // Clients such as pgJDBC name themselves with SET after login; the server's report
+            // is what the application policy, the logs and the audit trail go by.
+            b"application_name" => {
+                if value != self.context.application_name.as_bytes() {
+                    self.context.application_name = String::from_utf8_lossy(value).into_owned();
+                    self.span
+                        .record("application_name", self.context.application_name.as_str());
+                }
+                Ok(())
+            }
             b"standard_conforming_strings" if value != b"on" => Err(PgError::fatal(
                 sqlstate::FEATURE_NOT_SUPPORTED,
                 "pgstepup requires standard_conforming_strings = on and the server reported it off",
