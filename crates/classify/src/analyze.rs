@@ -7,9 +7,10 @@ use std::fmt;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, CopySource, CopyTarget, Expr, FromTable, ObjectName, ObjectNamePart,
-    ObjectType, OrderByExpr, OrderBySort, Query, Set, SetExpr, SetSessionAuthorizationParamKind,
-    Statement, TableFactor, TableObject, UtilityOption, Visit, Visitor,
+    AlterTable, AlterTableOperation, BinaryOperator, CopySource, CopyTarget, Expr, FromTable,
+    GroupByExpr, ObjectName, ObjectNamePart, ObjectType, OrderByExpr, OrderBySort, Query, Set,
+    SetExpr, SetSessionAuthorizationParamKind, Statement, TableFactor, TableObject, UtilityOption,
+    Visit, Visitor,
 };
 
 use crate::functions::{self, TablesRead};
@@ -68,6 +69,10 @@ struct Collector {
     explain_depth: usize,
     /// The next relation visited is a table function's name.
     next_relation_is_function: bool,
+    /// `PARTITION BY RANGE|LIST|HASH (...)` of the CREATE TABLE being visited: sqlparser reads
+    /// the strategy as a call, but it names no function (and PostgreSQL runs only IMMUTABLE
+    /// functions in a partition key, which are still recorded from its arguments).
+    partition_strategy: Option<*const Expr>,
 }
 
 impl Collector {
@@ -176,6 +181,15 @@ impl Collector {
                 if create.query.is_some() {
                     self.add(Kind::Write, Some(&create.name), Some("CREATE TABLE AS"));
                 }
+                let parents = create.inherits.iter().flatten();
+                for parent in parents.chain(&create.partition_of) {
+                    let reason = format!(
+                        "rows written to {} show in {parent} (INHERITS, PARTITION OF)",
+                        create.name
+                    );
+                    self.gains_or_loses_rows(parent, &reason);
+                }
+                self.partition_strategy = create.partition_by.as_deref().map(|e| e as *const Expr);
             }
             S::CreateView(view) => {
                 self.add(Kind::Ddl, Some(&view.name), None);
@@ -185,10 +199,19 @@ impl Collector {
                         Some(&view.name),
                         Some("CREATE MATERIALIZED VIEW"),
                     );
+                } else if let Some(base) = written_through(&view.query) {
+                    let reason = format!(
+                        "writes to view {} reach {base} (an automatically updatable view)",
+                        view.name
+                    );
+                    self.add(Kind::Write, Some(base), Some(&reason));
                 }
             }
             S::CreateIndex(index) => self.add(Kind::Ddl, Some(&index.table_name), None),
-            S::AlterTable(alter) => self.add(Kind::Ddl, Some(&alter.name), None),
+            S::AlterTable(alter) => {
+                self.add(Kind::Ddl, Some(&alter.name), None);
+                self.alter_table_links(alter);
+            }
             S::Drop {
                 object_type, names, ..
             } => match object_type {
@@ -467,6 +490,7 @@ impl Visitor for Collector {
             return ControlFlow::Continue(());
         }
         match expr {
+            Expr::Function(_) if self.partition_strategy == Some(expr as *const Expr) => {}
             Expr::Function(function) => {
                 let name = function_name(&function.name);
                 if let Some(tables) = functions::tables_read_by(&name) {
@@ -492,6 +516,32 @@ impl Visitor for Collector {
 }
 
 impl Collector {
+    /// `table` gains or loses rows through another table linked to it (a child, a partition):
+    /// its structure changes, and writes to the other table become writes to it.
+    fn gains_or_loses_rows(&mut self, table: &ObjectName, reason: &str) {
+        self.add(Kind::Ddl, Some(table), None);
+        self.add(Kind::Write, Some(table), Some(reason));
+    }
+
+    /// ATTACH/DETACH PARTITION and [NO] INHERIT: both tables' rows change with the link.
+    fn alter_table_links(&mut self, alter: &AlterTable) {
+        for operation in &alter.operations {
+            let linked = match operation {
+                AlterTableOperation::AttachPartitionOf { partition, .. }
+                | AlterTableOperation::DetachPartitionOf { partition, .. } => partition,
+                AlterTableOperation::Inherit { parent }
+                | AlterTableOperation::NoInherit { parent } => parent,
+                _ => continue,
+            };
+            let reason = format!(
+                "the rows of {linked} join or leave {} (ATTACH/DETACH PARTITION, [NO] INHERIT)",
+                alter.name
+            );
+            self.gains_or_loses_rows(linked, &reason);
+            self.add(Kind::Write, Some(&alter.name), None);
+        }
+    }
+
     /// Whether an unqualified name read here means a CTE of an enclosing WITH clause (as
     /// PostgreSQL resolves it: the innermost clause first, only the CTEs visible at this point).
     fn names_a_cte(&self, table: &TableName) -> bool {
@@ -602,6 +652,38 @@ impl Collector {
 
 /// The table a call's first argument names, when it is written out: `'orders'`,
 /// `'orders'::regclass` or `CAST('orders' AS regclass)` (or the `tbl =>` argument).
+/// The table a plain view's INSERT, UPDATE and DELETE reach: PostgreSQL makes a view
+/// updatable when its query is one SELECT from one table (or updatable view) with no WITH,
+/// DISTINCT, GROUP BY, HAVING, LIMIT, OFFSET or set operation. Aggregates and set-returning
+/// functions in the select list also prevent it; they are not looked for, so such a view
+/// counts as written through (the safe side).
+fn written_through(query: &Query) -> Option<&ObjectName> {
+    if query.with.is_some() || query.limit_clause.is_some() || query.fetch.is_some() {
+        return None;
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let no_grouping = match &select.group_by {
+        GroupByExpr::Expressions(expressions, modifiers) => {
+            expressions.is_empty() && modifiers.is_empty()
+        }
+        GroupByExpr::All(_) => false,
+    };
+    if select.distinct.is_some() || !no_grouping || select.having.is_some() {
+        return None;
+    }
+    match select.from.as_slice() {
+        [only] if only.joins.is_empty() => match &only.relation {
+            TableFactor::Table {
+                name, args: None, ..
+            } => Some(name),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn first_argument_table(function: &sqlparser::ast::Function) -> Option<TableName> {
     use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments, Value};
     let FunctionArguments::List(list) = &function.args else {

@@ -400,6 +400,76 @@ mod tests {
         assert!(TOKENS.take().capacity() == 0);
     }
 
+    /// A table linked to another (a view that writes through, a child, a partition) makes
+    /// writes to it writes to the other: creating or changing the link writes both.
+    #[test]
+    fn links_that_let_writes_reach_another_table_write_it() {
+        let written = |sql: &str| {
+            let c = classify(sql, &[]);
+            assert!(c.kinds.contains(Kind::Ddl), "{sql}");
+            c.writes().iter().map(|t| t.to_string()).collect::<Vec<_>>()
+        };
+        for (sql, writes) in [
+            (
+                "CREATE VIEW v AS SELECT * FROM billing.cards WHERE id > 1",
+                ["v", "billing.cards"],
+            ),
+            (
+                "CREATE OR REPLACE VIEW v AS SELECT id FROM cards",
+                ["v", "cards"],
+            ),
+            ("CREATE TABLE c () INHERITS (cards)", ["c", "cards"]),
+            (
+                "CREATE TABLE c PARTITION OF cards FOR VALUES IN (1)",
+                ["c", "cards"],
+            ),
+            (
+                "ALTER TABLE p ATTACH PARTITION cards FOR VALUES IN (1)",
+                ["p", "cards"],
+            ),
+            ("ALTER TABLE p DETACH PARTITION cards", ["p", "cards"]),
+            ("ALTER TABLE c INHERIT cards", ["c", "cards"]),
+            ("ALTER TABLE c NO INHERIT cards", ["c", "cards"]),
+        ] {
+            assert_eq!(written(sql), writes, "{sql}");
+        }
+        // Views PostgreSQL cannot write through read their tables only.
+        for sql in [
+            "CREATE VIEW v AS SELECT a, count(*) FROM cards GROUP BY a",
+            "CREATE VIEW v AS SELECT DISTINCT a FROM cards",
+            "CREATE VIEW v AS SELECT * FROM cards JOIN owners USING (id)",
+            "CREATE VIEW v AS SELECT * FROM cards UNION ALL SELECT * FROM cards",
+            "CREATE VIEW v AS SELECT * FROM cards LIMIT 5",
+            "CREATE MATERIALIZED VIEW v AS SELECT * FROM cards",
+        ] {
+            assert_eq!(written(sql), ["v"], "{sql}");
+        }
+    }
+
+    /// `PARTITION BY RANGE|LIST|HASH` names a strategy, not a function; functions in the key
+    /// are still calls.
+    #[test]
+    fn a_partition_strategy_is_no_function_call() {
+        for sql in [
+            "CREATE TABLE p (id int, t text) PARTITION BY LIST (id)",
+            "CREATE TABLE p (id int, t text) PARTITION BY RANGE (id, t)",
+            "CREATE TABLE p (id int) PARTITION BY HASH (id)",
+        ] {
+            let c = classify(sql, &[]);
+            assert!(c.functions.is_empty(), "{sql}: {:?}", c.functions);
+            assert!(
+                c.kinds.contains(Kind::Ddl) && !c.kinds.contains(Kind::Write),
+                "{sql}"
+            );
+        }
+        let c = classify(
+            "CREATE TABLE p (t text) PARTITION BY RANGE (my_key(t))",
+            &[],
+        );
+        assert_eq!(c.functions, ["my_key"]);
+        assert!(c.kinds.contains(Kind::Write));
+    }
+
     #[test]
     fn built_ins_that_read_a_named_table_read_it() {
         for sql in [

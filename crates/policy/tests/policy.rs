@@ -148,6 +148,50 @@ fn most_specific_rule_wins_per_facet_and_strictest_facet_wins() {
     );
 }
 
+/// A schema where anything goes must not open a way to write a protected one: a view that
+/// writes through, a child or a partition linked to a protected table writes that table.
+#[test]
+fn objects_in_a_free_schema_cannot_become_a_way_to_write_a_protected_one() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "scratch-is-free"
+tables = ["scratch.*"]
+action = "allow"
+
+[[rule]]
+name = "billing-is-read-only"
+tables = ["billing.*"]
+kinds = ["write", "ddl"]
+action = "deny"
+"#,
+    );
+    for sql in [
+        "CREATE VIEW scratch.cards AS SELECT * FROM billing.cards",
+        "CREATE TABLE scratch.more_cards () INHERITS (billing.cards)",
+        "CREATE TABLE scratch.cards_2 PARTITION OF billing.cards FOR VALUES IN (2)",
+        "ALTER TABLE scratch.all_cards ATTACH PARTITION billing.cards FOR VALUES IN (1)",
+        "ALTER TABLE scratch.more_cards INHERIT billing.cards",
+    ] {
+        assert_eq!(
+            decide(&p, "bob", &[], sql),
+            (Action::Deny, "billing-is-read-only".into()),
+            "{sql}"
+        );
+    }
+    // What cannot write through, and partitioned tables of the free schema's own, stay free.
+    for sql in [
+        "CREATE VIEW scratch.totals AS SELECT count(*) FROM billing.cards GROUP BY brand",
+        "CREATE TABLE scratch.events (id int, at date) PARTITION BY RANGE (at)",
+    ] {
+        assert_eq!(
+            decide(&p, "bob", &[], sql),
+            (Action::Allow, "scratch-is-free".into()),
+            "{sql}"
+        );
+    }
+}
+
 #[test]
 fn the_earliest_of_equally_specific_rules_decides() {
     let p = policy(
