@@ -77,7 +77,10 @@ struct Collector {
 
 impl Collector {
     fn add(&mut self, kind: Kind, table: Option<&ObjectName>, reason: Option<&str>) {
-        let table = table.and_then(TableName::from_object_name);
+        self.add_facet(kind, table.and_then(TableName::from_object_name), reason);
+    }
+
+    fn add_facet(&mut self, kind: Kind, table: Option<TableName>, reason: Option<&str>) {
         if self.explain_depth > 0 {
             // Planned only: reading the catalog about it is all that happens.
             if let Some(table) = table {
@@ -204,7 +207,7 @@ impl Collector {
                         "writes to view {} reach {base} (an automatically updatable view)",
                         view.name
                     );
-                    self.add(Kind::Write, Some(base), Some(&reason));
+                    self.add_facet(Kind::Write, Some(base), Some(&reason));
                 }
             }
             S::CreateIndex(index) => self.add(Kind::Ddl, Some(&index.table_name), None),
@@ -558,11 +561,7 @@ impl Collector {
     fn table_commands(&mut self, body: &SetExpr) {
         match body {
             SetExpr::Table(table) => {
-                if let Some(name) = &table.table_name {
-                    let table = TableName {
-                        schema: table.schema_name.as_ref().map(fold),
-                        name: fold(name),
-                    };
+                if let Some(table) = table_command_name(table) {
                     if !self.names_a_cte(&table) {
                         self.findings.relations.push(read(table));
                     }
@@ -657,12 +656,14 @@ impl Collector {
 /// DISTINCT, GROUP BY, HAVING, LIMIT, OFFSET or set operation. Aggregates and set-returning
 /// functions in the select list also prevent it; they are not looked for, so such a view
 /// counts as written through (the safe side).
-fn written_through(query: &Query) -> Option<&ObjectName> {
+fn written_through(query: &Query) -> Option<TableName> {
     if query.with.is_some() || query.limit_clause.is_some() || query.fetch.is_some() {
         return None;
     }
-    let SetExpr::Select(select) = query.body.as_ref() else {
-        return None;
+    let select = match query.body.as_ref() {
+        SetExpr::Select(select) => select,
+        SetExpr::Table(table) => return table_command_name(table),
+        _ => return None,
     };
     let no_grouping = match &select.group_by {
         GroupByExpr::Expressions(expressions, modifiers) => {
@@ -677,11 +678,20 @@ fn written_through(query: &Query) -> Option<&ObjectName> {
         [only] if only.joins.is_empty() => match &only.relation {
             TableFactor::Table {
                 name, args: None, ..
-            } => Some(name),
+            } => TableName::from_object_name(name),
             _ => None,
         },
         _ => None,
     }
+}
+
+/// The table of `TABLE name`.
+fn table_command_name(table: &sqlparser::ast::Table) -> Option<TableName> {
+    let name = table.table_name.as_ref()?;
+    Some(TableName {
+        schema: table.schema_name.as_ref().map(fold),
+        name: fold(name),
+    })
 }
 
 fn first_argument_table(function: &sqlparser::ast::Function) -> Option<TableName> {

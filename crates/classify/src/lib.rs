@@ -418,6 +418,10 @@ mod tests {
                 "CREATE OR REPLACE VIEW v AS SELECT id FROM cards",
                 ["v", "cards"],
             ),
+            (
+                "CREATE VIEW v AS TABLE billing.cards",
+                ["v", "billing.cards"],
+            ),
             ("CREATE TABLE c () INHERITS (cards)", ["c", "cards"]),
             (
                 "CREATE TABLE c PARTITION OF cards FOR VALUES IN (1)",
