@@ -7,10 +7,10 @@ use std::fmt;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AlterTable, AlterTableOperation, BinaryOperator, CopySource, CopyTarget, Expr, FromTable,
-    GroupByExpr, ObjectName, ObjectNamePart, ObjectType, OrderByExpr, OrderBySort, Query, Set,
-    SetExpr, SetSessionAuthorizationParamKind, Statement, TableFactor, TableObject, UtilityOption,
-    Visit, Visitor,
+    AlterTable, AlterTableOperation, BinaryOperator, CascadeOption, CopySource, CopyTarget,
+    DropBehavior, Expr, FromTable, GroupByExpr, ObjectName, ObjectNamePart, ObjectType,
+    OrderByExpr, OrderBySort, Query, Set, SetExpr, SetSessionAuthorizationParamKind, Statement,
+    TableFactor, TableObject, UtilityOption, Visit, Visitor,
 };
 
 use crate::functions::{self, TablesRead};
@@ -133,6 +133,14 @@ impl Collector {
                 for target in &truncate.table_names {
                     self.add(Kind::Write, Some(&target.name), Some("TRUNCATE"));
                 }
+                if truncate.cascade == Some(CascadeOption::Cascade) {
+                    // Which tables reference these is in the catalog, not in the text.
+                    self.add(
+                        Kind::Write,
+                        None,
+                        Some("TRUNCATE ... CASCADE also empties every table that references them"),
+                    );
+                }
             }
             S::Copy {
                 source, to, target, ..
@@ -216,7 +224,10 @@ impl Collector {
                 self.alter_table_links(alter);
             }
             S::Drop {
-                object_type, names, ..
+                object_type,
+                names,
+                cascade,
+                ..
             } => match object_type {
                 ObjectType::Role | ObjectType::User | ObjectType::Group => {
                     self.add(Kind::Dcl, None, None)
@@ -224,6 +235,9 @@ impl Collector {
                 ObjectType::Table | ObjectType::View | ObjectType::MaterializedView => {
                     for name in names {
                         self.add(Kind::Ddl, Some(name), None);
+                    }
+                    if *cascade {
+                        self.dependents_dropped();
                     }
                 }
                 _ => self.add(Kind::Ddl, None, None),
@@ -526,10 +540,32 @@ impl Collector {
         self.add(Kind::Write, Some(table), Some(reason));
     }
 
-    /// ATTACH/DETACH PARTITION and [NO] INHERIT: both tables' rows change with the link.
+    /// A CASCADE drops whatever depends on the object (views, foreign keys, ...), wherever it
+    /// is: which objects is in the catalog, not in the text.
+    fn dependents_dropped(&mut self) {
+        self.add(
+            Kind::Ddl,
+            None,
+            Some("CASCADE also drops the objects that depend on it"),
+        );
+    }
+
+    /// ATTACH/DETACH PARTITION and [NO] INHERIT: both tables' rows change with the link; a
+    /// dropped column or constraint with CASCADE takes its dependents along.
     fn alter_table_links(&mut self, alter: &AlterTable) {
         for operation in &alter.operations {
             let linked = match operation {
+                AlterTableOperation::DropColumn {
+                    drop_behavior: Some(DropBehavior::Cascade),
+                    ..
+                }
+                | AlterTableOperation::DropConstraint {
+                    drop_behavior: Some(DropBehavior::Cascade),
+                    ..
+                } => {
+                    self.dependents_dropped();
+                    continue;
+                }
                 AlterTableOperation::AttachPartitionOf { partition, .. }
                 | AlterTableOperation::DetachPartitionOf { partition, .. } => partition,
                 AlterTableOperation::Inherit { parent }

@@ -179,6 +179,28 @@ action = "deny"
             "{sql}"
         );
     }
+    // A CASCADE reaches tables and views the text does not name (billing's, perhaps): not
+    // the free schema's alone.
+    for sql in [
+        "TRUNCATE scratch.customers CASCADE",
+        "DROP TABLE scratch.customers CASCADE",
+        "DROP VIEW scratch.customer_list CASCADE",
+        "ALTER TABLE scratch.customers DROP COLUMN id CASCADE",
+        "ALTER TABLE scratch.customers DROP CONSTRAINT customers_pkey CASCADE",
+    ] {
+        assert_eq!(decide(&p, "bob", &[], sql).0, Action::StepUp, "{sql}");
+    }
+    for sql in [
+        "TRUNCATE scratch.customers",
+        "DROP TABLE scratch.customers",
+        "ALTER TABLE scratch.customers DROP COLUMN id",
+    ] {
+        assert_eq!(
+            decide(&p, "bob", &[], sql),
+            (Action::Allow, "scratch-is-free".into()),
+            "{sql}"
+        );
+    }
     // What cannot write through, and partitioned tables of the free schema's own, stay free.
     for sql in [
         "CREATE VIEW scratch.totals AS SELECT count(*) FROM billing.cards GROUP BY brand",
