@@ -685,8 +685,6 @@ impl Collector {
     }
 }
 
-/// The table a call's first argument names, when it is written out: `'orders'`,
-/// `'orders'::regclass` or `CAST('orders' AS regclass)` (or the `tbl =>` argument).
 /// The table a plain view's INSERT, UPDATE and DELETE reach: PostgreSQL makes a view
 /// updatable when its query is one SELECT from one table (or updatable view) with no WITH,
 /// DISTINCT, GROUP BY, HAVING, LIMIT, OFFSET or set operation. Aggregates and set-returning
@@ -730,6 +728,8 @@ fn table_command_name(table: &sqlparser::ast::Table) -> Option<TableName> {
     })
 }
 
+/// The table a call's first argument names, when it is written out: `'orders'`,
+/// `'orders'::regclass` or `CAST('orders' AS regclass)` (or the `tbl =>` argument).
 fn first_argument_table(function: &sqlparser::ast::Function) -> Option<TableName> {
     use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments, Value};
     let FunctionArguments::List(list) = &function.args else {
