@@ -250,15 +250,7 @@ async fn applications_listed_in_the_policy_get_the_link_at_once() {
     ));
     let proxy = TestProxy::with(Auth::Scram, true, |c| use_policy_file(c, &policy));
     let (client, _notices) = connect_noticed(&proxy, "DBeaver 24.1").await;
-    let started = Instant::now();
-    let error = client
-        .batch_execute(&format!("DELETE FROM public.{orders}"))
-        .await
-        .unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5), "not held");
-    let db = error.as_db_error().unwrap();
-    assert_eq!(db.code(), &SqlState::INSUFFICIENT_PRIVILEGE);
-    let link = link_in(db.message()).expect("the link is in the error");
+    let link = refused_at_once(&client, &format!("DELETE FROM public.{orders}")).await;
     let (status, page) = WebClient::of(&proxy)
         .get(&format!("/api/approve/{}", last_segment(&link)))
         .await;
@@ -271,16 +263,18 @@ async fn applications_listed_in_the_policy_get_the_link_at_once() {
         .batch_execute("SET application_name = 'DBeaver 24.1'")
         .await
         .unwrap();
+    refused_at_once(&client, &format!("DELETE FROM public.{orders}")).await;
+    assert_eq!(count(&orders).await, 3);
+}
+
+/// Runs `sql`, which must be refused with 42501 at once (not held); the link in the error.
+async fn refused_at_once(client: &tokio_postgres::Client, sql: &str) -> String {
     let started = Instant::now();
-    let error = client
-        .batch_execute(&format!("DELETE FROM public.{orders}"))
-        .await
-        .unwrap_err();
+    let error = client.batch_execute(sql).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5), "not held");
     let db = error.as_db_error().unwrap();
     assert_eq!(db.code(), &SqlState::INSUFFICIENT_PRIVILEGE);
-    assert!(link_in(db.message()).is_some(), "the link is in the error");
-    assert_eq!(count(&orders).await, 3);
+    link_in(db.message()).expect("the link is in the error")
 }
 
 #[tokio::test]
