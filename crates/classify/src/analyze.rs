@@ -373,8 +373,15 @@ impl Collector {
 
     fn query(&mut self, query: &Query) {
         self.add(Kind::Read, None, None);
-        if let SetExpr::Select(select) = query.body.as_ref() {
-            if let Some(into) = &select.into {
+        self.select_into(&query.body);
+    }
+
+    /// `SELECT ... INTO t` creates and fills `t`, wherever the top level's SELECT stands: alone,
+    /// in parentheses, or in a UNION, INTERSECT or EXCEPT.
+    fn select_into(&mut self, body: &SetExpr) {
+        match body {
+            SetExpr::Select(select) => {
+                let Some(into) = &select.into else { return };
                 let target = into.targets.iter().find_map(|t| match t {
                     Expr::Identifier(ident) => Some(ObjectName::from(vec![ident.clone()])),
                     Expr::CompoundIdentifier(parts) => Some(ObjectName::from(parts.clone())),
@@ -387,6 +394,12 @@ impl Collector {
                 );
                 self.add(Kind::Ddl, target.as_ref(), None);
             }
+            SetExpr::SetOperation { left, right, .. } => {
+                self.select_into(left);
+                self.select_into(right);
+            }
+            SetExpr::Query(inner) => self.select_into(&inner.body),
+            _ => {}
         }
     }
 }

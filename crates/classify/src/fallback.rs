@@ -9,7 +9,7 @@ use crate::Facet;
 
 /// Classifies one statement's text by its keywords.
 pub(crate) fn classify(statement: &str) -> (Vec<Facet>, Option<String>) {
-    let words = leading_words(statement, 3);
+    let words = leading_words(statement, 4);
     let word = |i: usize| words.get(i).map(String::as_str).unwrap_or_default();
     let facet = |kind| Facet { kind, table: None };
     let (kind, reason): (Kind, &str) = match (word(0), word(1)) {
@@ -23,13 +23,21 @@ pub(crate) fn classify(statement: &str) -> (Vec<Facet>, Option<String>) {
         }
         ("load", _) => (Kind::Admin, "LOAD loads a shared library"),
         ("insert" | "update" | "delete" | "merge" | "truncate" | "copy", _) => {
-            let table = dml_target(statement);
-            let kind = if word(0) == "copy" && !has_word(statement, "from") {
-                Kind::Read
-            } else {
-                Kind::Write
-            };
-            return (vec![Facet { kind, table }], Some(unparsed(statement)));
+            // Only the target is known: whatever else the text names (other tables, functions,
+            // a COPY's query, file or program) is not, so it is also `unknown`, which no rule
+            // on the target's name can allow.
+            let mut facets = vec![facet(Kind::Unknown)];
+            let copy = word(0) == "copy";
+            if !copy || has_word(statement, "from") {
+                facets.push(Facet {
+                    kind: Kind::Write,
+                    table: dml_target(statement),
+                });
+            }
+            if copy && has_word(statement, "program") {
+                facets.push(facet(Kind::Admin));
+            }
+            return (facets, Some(unparsed(statement)));
         }
         ("explain", _) if has_word(statement, "analyze") || has_word(statement, "analyse") => {
             // It runs the statement: classify what follows the EXPLAIN options.
@@ -54,8 +62,7 @@ pub(crate) fn classify(statement: &str) -> (Vec<Facet>, Option<String>) {
             _,
         ) => (Kind::Transaction, ""),
         ("set", "constraints" | "transaction") => (Kind::Transaction, ""),
-        ("set", "role") if !matches!(word(2), "none" | "default") => (Kind::SessionPrivilege, ""),
-        ("set", "session") if word(2) == "authorization" => (Kind::SessionPrivilege, ""),
+        ("set", _) if role_switch(statement) => (Kind::SessionPrivilege, ""),
         ("set", name) if crate::analyze::is_admin_setting(name) => {
             (Kind::Admin, "logging and trigger settings")
         }
@@ -75,6 +82,38 @@ pub(crate) fn classify(statement: &str) -> (Vec<Facet>, Option<String>) {
     };
     let reason = (!reason.is_empty()).then(|| reason.to_owned());
     (vec![facet(kind)], reason)
+}
+
+/// Whether a SET changes the current role or session user to one it names: `SET [LOCAL |
+/// SESSION] ROLE ...`, `... SESSION AUTHORIZATION ...` and the settings `role` and
+/// `session_authorization`, with any value but NONE or DEFAULT (a value that is not a plain
+/// word, such as E'alice' or U&"alice", counts as naming one).
+fn role_switch(statement: &str) -> bool {
+    let words: Vec<Option<String>> = Lexer::new(statement)
+        .take(8)
+        .map(|token| match token {
+            Ok(Token::Word(w)) => Some(w.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect();
+    let word = |i: usize| words.get(i).cloned().flatten().unwrap_or_default();
+    let mut at = 1;
+    if matches!(word(at).as_str(), "local" | "session")
+        && !(word(at) == "session" && word(at + 1) == "authorization")
+    {
+        at += 1;
+    }
+    at += match (word(at).as_str(), word(at + 1).as_str()) {
+        ("role" | "session_authorization", _) => 1,
+        ("session", "authorization") => 2,
+        _ => return false,
+    };
+    // `TO` or `=` before the value.
+    let token = Lexer::new(statement).nth(at);
+    if word(at) == "to" || matches!(token, Some(Ok(Token::Symbol("=")))) {
+        at += 1;
+    }
+    !matches!(word(at).as_str(), "none" | "default")
 }
 
 fn unparsed(statement: &str) -> String {
@@ -416,6 +455,57 @@ mod tests {
             Kind::Unknown
         );
         assert_eq!(kind("FROBNICATE"), Kind::Unknown);
+    }
+
+    /// A role switch in any spelling the parser lacks; NONE and DEFAULT switch back.
+    #[test]
+    fn role_switches_are_session_privilege_however_spelled() {
+        for sql in [
+            "SET LOCAL SESSION AUTHORIZATION alice",
+            "SET SESSION SESSION AUTHORIZATION alice",
+            "SET LOCAL role TO alice",
+            "SET SESSION role TO alice",
+            "SET LOCAL ROLE E'alice'",
+            "SET LOCAL ROLE $$alice$$",
+            "SET SESSION ROLE U&\"alice\"",
+            "SET session_authorization = alice",
+            "SET role = 'alice'",
+        ] {
+            assert_eq!(kind(sql), Kind::SessionPrivilege, "{sql}");
+        }
+        for sql in [
+            "SET role TO DEFAULT",
+            "SET LOCAL ROLE NONE",
+            "SET session_authorization = DEFAULT",
+            "SET SESSION AUTHORIZATION DEFAULT",
+        ] {
+            assert_eq!(kind(sql), Kind::Utility, "{sql}");
+        }
+    }
+
+    /// A DML or COPY text the parser lacks is `unknown` besides its target's write, so no
+    /// rule on the target can allow what else it names; a COPY that does not read from the
+    /// client is never a read.
+    #[test]
+    fn unparsed_dml_and_copy_are_unknown_too() {
+        let kinds = |sql: &str| classify(sql).0.iter().map(|f| f.kind).collect::<Vec<_>>();
+        assert_eq!(
+            kinds("TRUNCATE scratch.x, billing.U&\"cards\""),
+            [Kind::Unknown, Kind::Write]
+        );
+        assert_eq!(
+            kinds("COPY t TO PROGRAM 'touch /tmp/x' (FORMAT csv, FORCE_QUOTE *)"),
+            [Kind::Unknown, Kind::Admin]
+        );
+        assert_eq!(kinds("COPY BINARY t TO '/tmp/out.bin'"), [Kind::Unknown]);
+        assert_eq!(
+            kinds("COPY (UPDATE v SET x = 98 WHERE NOT x ISNULL RETURNING x) TO STDOUT"),
+            [Kind::Unknown]
+        );
+        assert_eq!(
+            kinds("COPY scratch.x FROM STDIN WHERE nextval('s') > 0"),
+            [Kind::Unknown, Kind::Write]
+        );
     }
 
     #[test]

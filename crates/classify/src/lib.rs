@@ -450,6 +450,27 @@ mod tests {
         }
     }
 
+    /// SELECT INTO creates its table wherever the top-level SELECT stands.
+    #[test]
+    fn select_into_writes_in_parentheses_and_set_operations() {
+        for (sql, table) in [
+            ("SELECT 1 AS a INTO x1 UNION SELECT 2", "x1"),
+            ("(SELECT 1 INTO x2)", "x2"),
+            ("(SELECT 1 INTO x3) UNION SELECT 2", "x3"),
+            ("SELECT 1 INTO x4 EXCEPT SELECT 2", "x4"),
+            (
+                "WITH c AS (SELECT 1 AS a) SELECT * INTO x5 FROM c UNION SELECT 2",
+                "x5",
+            ),
+            ("EXPLAIN ANALYZE SELECT 1 INTO x6 UNION SELECT 2", "x6"),
+        ] {
+            let c = classify(sql, &[]);
+            assert!(c.kinds.contains(Kind::Write), "{sql}");
+            let writes: Vec<String> = c.writes().iter().map(|t| t.to_string()).collect();
+            assert_eq!(writes, [table], "{sql}");
+        }
+    }
+
     /// `PARTITION BY RANGE|LIST|HASH` names a strategy, not a function; functions in the key
     /// are still calls.
     #[test]
