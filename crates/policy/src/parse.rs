@@ -228,6 +228,20 @@ pub fn parse(text: &str, path: &Path, embedded: bool) -> Result<Policy, PolicyEr
             None => return Ok(Policy::builtin()),
         }
     } else {
+        // A file that says nothing is more likely caught mid-rewrite (or truncated) than meant
+        // as the built-in default, which would silently drop every deny rule on a reload.
+        if toml::from_str::<toml::Table>(text)
+            .map_err(syntax)?
+            .is_empty()
+        {
+            return Err(PolicyError::Invalid {
+                path: path.to_owned(),
+                line: 1,
+                message: "the policy file is empty (to use the built-in default policy, \
+                          configure no policy file)"
+                    .into(),
+            });
+        }
         toml::from_str::<PolicySpec>(text).map_err(syntax)?
     };
     let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;

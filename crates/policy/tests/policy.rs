@@ -347,6 +347,8 @@ fn errors_name_file_line_and_reason() {
             "schema.table",
         ),
         ("[[rule]]\nname = \"x\"\nactoin = \"deny\"\n", "actoin"),
+        ("", "empty"),
+        ("# only a comment\n\n", "empty"),
     ];
     for (text, needle) in cases {
         let path = write(text);
