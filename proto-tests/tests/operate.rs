@@ -326,6 +326,41 @@ async fn a_silent_connection_is_closed_after_the_startup_timeout() {
     assert_eq!(after.value("pgstepup_upstream_connections", &[]), 1.0);
 }
 
+/// The approval page is open to anyone who can reach it: a client that never finishes its
+/// request's headers is closed after the header timeout, and others are served meanwhile.
+#[tokio::test]
+async fn a_web_client_that_stalls_in_its_headers_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let proxy = TestProxy::with(Auth::Scram, true, |_| {});
+    let web = WebClient::of(&proxy);
+    let started = Instant::now();
+    let mut stalled = tokio::net::TcpStream::connect(proxy.web_addr)
+        .await
+        .unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (status, _) = web.get("/healthz").await;
+    assert_eq!(status, 200, "served while another client stalls");
+    let limit = pgstepup_web::HEADER_TIMEOUT + Duration::from_secs(5);
+    let mut answer = Vec::new();
+    tokio::time::timeout(limit, stalled.read_to_end(&mut answer))
+        .await
+        .expect("the stalled connection is closed")
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= pgstepup_web::HEADER_TIMEOUT - Duration::from_millis(100),
+        "closed after {waited:?}, before the timeout"
+    );
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("200 OK"),
+        "the unfinished request was not served"
+    );
+}
+
 #[tokio::test]
 async fn shutdown_lets_an_open_transaction_commit_then_closes_with_57p01() {
     app_role().await;

@@ -105,49 +105,52 @@ impl Web {
     }
 
     /// Serves `router` over HTTP (or HTTPS with `tls`, whose certificate can be replaced
-    /// while serving) until `shutdown` completes.
+    /// while serving) until `shutdown` completes. The listener is open to anyone who can
+    /// reach the approval page, so slow or idle clients cannot pile up: at most
+    /// [`MAX_WEB_CONNECTIONS`] at once (further ones wait in the kernel's backlog, leaving the
+    /// process's descriptors to the SQL side), headers within [`HEADER_TIMEOUT`], and a
+    /// connection is wound down after [`CONNECTION_LIFETIME`] (requests in flight get
+    /// [`CONNECTION_GRACE`] more).
     pub async fn serve(
         router: Router,
         listener: TcpListener,
         tls: Option<TlsSlot>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        let Some(slot) = tls else {
-            if let Err(error) = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(%error, "web listener failed");
-            }
-            return;
-        };
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_WEB_CONNECTIONS));
         tokio::pin!(shutdown);
         loop {
-            let (tcp, _) = tokio::select! {
+            let accepted = tokio::select! {
                 _ = &mut shutdown => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(error) => {
-                        tracing::warn!(%error, "web accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
+                accepted = async {
+                    let permit = permits.clone().acquire_owned().await;
+                    (permit, listener.accept().await)
+                } => accepted,
             };
-            let acceptor = slot.read().expect("web TLS lock").clone();
+            let (tcp, permit) = match accepted {
+                (Ok(permit), Ok((tcp, _))) => (tcp, permit),
+                (_, Err(error)) => {
+                    tracing::warn!(%error, "web accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                (Err(_), _) => return,
+            };
+            let acceptor = tls
+                .as_ref()
+                .map(|slot| slot.read().expect("web TLS lock").clone());
             let router = router.clone();
             tokio::spawn(async move {
-                let Ok(Ok(tls)) =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-                else {
-                    return;
-                };
-                let service = hyper_util::service::TowerToHyperService::new(router);
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
+                let _permit = permit;
+                match acceptor {
+                    None => serve_connection(tcp, router).await,
+                    Some(acceptor) => {
+                        let handshake = acceptor.accept(tcp);
+                        if let Ok(Ok(tls)) = tokio::time::timeout(HEADER_TIMEOUT, handshake).await {
+                            serve_connection(tls, router).await;
+                        }
+                    }
+                }
             });
         }
     }
@@ -157,6 +160,36 @@ impl Web {
             tracing::error!(%error, "cannot write the audit trail");
         }
     }
+}
+
+/// Web connections served at once; the next waits until one closes.
+pub const MAX_WEB_CONNECTIONS: usize = 512;
+/// Time a client has for its TLS handshake, and for each request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// After this a connection takes no new requests (browsers open another).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// What requests still in flight at the end of a connection's lifetime get before it closes.
+pub const CONNECTION_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves one HTTP/1 or HTTP/2 connection within the limits [`Web::serve`] describes.
+async fn serve_connection<Io>(io: Io, router: Router)
+where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = tokio::time::sleep(CONNECTION_LIFETIME) => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = tokio::time::timeout(CONNECTION_GRACE, connection).await;
 }
 
 /// The web listener's TLS acceptor; SIGHUP swaps in a new one.
