@@ -438,6 +438,70 @@ async fn bad_frame_lengths_are_refused_with_an_error() {
     }
 }
 
+/// Requests sent before unreadable input get their answers first, as PostgreSQL gives them: an
+/// INSERT that commits says so before the error; a COPY the bad input interrupts is ended
+/// (nothing copied) without waiting for data that will not come.
+#[tokio::test]
+async fn requests_before_bad_input_are_answered_before_the_error() {
+    let proxy = TestProxy::with(Auth::Passthrough, false, |_| {});
+    let table = format!("before_bad_input_{}", std::process::id());
+    let (mut raw, _) = logged_in(&proxy, &[]).await;
+    simple(
+        &mut raw,
+        &format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (v int)"),
+    )
+    .await;
+    let count = || async {
+        let client = proto_tests::admin_client("postgres").await;
+        let n: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    let mut bytes = query(format!("INSERT INTO {table} VALUES (1)").as_bytes());
+    bytes.extend_from_slice(&[b'Q', 0, 0, 0, 3]);
+    raw.send(&bytes).await;
+    let mut tags = Vec::new();
+    let mut last = Vec::new();
+    while let Some((tag, body)) = raw.recv().await {
+        tags.push(tag);
+        last = body;
+    }
+    assert_eq!(
+        tags,
+        [b'C', b'Z', b'E'],
+        "answered, then the error, then a close"
+    );
+    assert_eq!(field(&last, b'C').as_deref(), Some("08P01"));
+    assert_eq!(count().await, 1);
+
+    let (mut raw, _) = logged_in(&proxy, &[]).await;
+    raw.send(&query(format!("COPY {table} FROM STDIN").as_bytes()))
+        .await;
+    assert_eq!(raw.recv().await.unwrap().0, b'G');
+    let mut bytes = message(b'd', b"2\n");
+    bytes.extend_from_slice(&[b'd', 0, 0, 0, 2]);
+    raw.send(&bytes).await;
+    let started = std::time::Instant::now();
+    let mut tags = Vec::new();
+    while let Some((tag, _)) = raw.recv().await {
+        tags.push(tag);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not left waiting"
+    );
+    assert_eq!(tags, [b'E', b'Z', b'E'], "the COPY failed, then the error");
+    assert_eq!(count().await, 1, "nothing copied");
+    proto_tests::admin_client("postgres")
+        .await
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn truncated_frame_then_close_leaves_no_session_behind() {
     let proxy = TestProxy::with(Auth::Passthrough, false, |_| {});

@@ -59,6 +59,9 @@ pub(crate) struct Session {
     /// next client gets it.
     login: LoginReply,
     upstream_opened: Instant,
+    /// The error for input the client sent that cannot be read, sent once the replies to what
+    /// it sent before have been relayed.
+    protocol_error: Option<PgError>,
 }
 
 /// What a new session needs besides its two connections.
@@ -90,6 +93,10 @@ enum Input {
 /// One client input in this many feeds the overhead histogram (the first of each session
 /// always does).
 const OVERHEAD_SAMPLE_EVERY: u32 = 8;
+
+/// How long a session that ends on a client's protocol error waits for the answers to the
+/// requests it forwarded before it.
+const IN_FLIGHT_REPLIES_WAIT: Duration = Duration::from_secs(30);
 
 /// How a session ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -169,6 +176,7 @@ impl Session {
             login: reply,
             upstream_opened,
             reuse_upstream,
+            protocol_error: None,
         })
     }
 
@@ -444,14 +452,14 @@ impl Session {
                 Ending::ClientGone
             }
             ConnectionError::TooLarge { .. } => {
-                self.refuse_fatal(PgError::fatal(
+                self.protocol_error = Some(PgError::fatal(
                     sqlstate::PROGRAM_LIMIT_EXCEEDED,
                     e.to_string(),
                 ));
                 Ending::ClientProtocolError
             }
             other => {
-                self.refuse_fatal(PgError::fatal(
+                self.protocol_error = Some(PgError::fatal(
                     sqlstate::PROTOCOL_VIOLATION,
                     other.to_string(),
                 ));
@@ -462,6 +470,29 @@ impl Session {
 
     pub(crate) fn refuse_fatal(&mut self, error: PgError) {
         queue_fatal(&mut self.client, error, self.gate.span());
+    }
+
+    /// Relays the server's answers until every forwarded request has its ReadyForQuery (at
+    /// most [`IN_FLIGHT_REPLIES_WAIT`]; the server or the client going away ends it too).
+    async fn relay_replies_in_flight(&mut self) {
+        let relay = async {
+            // Ends a COPY FROM STDIN the bad input interrupted (its ReadyForQuery would wait for
+            // more data); outside COPY the server ignores a CopyFail.
+            self.server.queue_frame(&Frame::new(
+                tag::COPY_FAIL,
+                b"the client sent input pgstepup cannot read\0",
+            ));
+            if self.server.flush().await.is_err() {
+                return;
+            }
+            while !self.gate.nothing_in_flight() {
+                let ready = std::future::poll_fn(|cx| self.server.poll_frame(cx)).await;
+                if self.on_server_input(ready).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(IN_FLIGHT_REPLIES_WAIT, relay).await;
     }
 
     async fn close(&mut self, ending: &Ending) {
@@ -477,9 +508,19 @@ impl Session {
                 );
                 self.client.shutdown().await;
             }
+            Ending::ClientProtocolError => {
+                // PostgreSQL answers every request before one it cannot read (an INSERT sent
+                // ahead of garbage commits, and says so): the requests already forwarded get
+                // their answers too, then the error.
+                self.relay_replies_in_flight().await;
+                if let Some(error) = self.protocol_error.take() {
+                    self.refuse_fatal(error);
+                }
+                self.server.terminate().await;
+                self.client.shutdown().await;
+            }
             Ending::ClientTerminated
             | Ending::ClientGone
-            | Ending::ClientProtocolError
             | Ending::UnsafeSetting
             | Ending::Shutdown
             | Ending::IdleTimeout => {
