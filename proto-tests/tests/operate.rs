@@ -405,6 +405,35 @@ async fn shutdown_lets_an_open_transaction_commit_then_closes_with_57p01() {
         .contains("\"event\":\"shutdown\""));
 }
 
+/// A statement still running when the grace period ends is cancelled before the client is
+/// told its session ended: it must not commit afterwards.
+#[tokio::test]
+async fn shutdown_cancels_what_still_runs_after_the_grace_period() {
+    app_role().await;
+    let table = table_of_three("running_shutdown").await;
+    let mut proxy = TestProxy::with(Auth::Scram, true, |c| c.proxy.shutdown_grace_secs = 1);
+    let (client, _c) = proxy.connect_app().await;
+    let insert = format!("INSERT INTO public.{table} SELECT 20 FROM pg_sleep(6)");
+    let running = tokio::spawn(async move { client.batch_execute(&insert).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    proxy.begin_shutdown();
+    let error = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("ended soon after the grace period")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        error.code() == Some(&SqlState::QUERY_CANCELED)
+            || error.code() == Some(&SqlState::ADMIN_SHUTDOWN),
+        "{error:?}"
+    );
+    drop(proxy);
+    // Past the moment the statement would have finished: nothing was inserted.
+    tokio::time::sleep(Duration::from_secs(7).saturating_sub(started.elapsed())).await;
+    assert_eq!(count(&table).await, 3);
+}
+
 #[tokio::test]
 async fn shutdown_with_a_held_statement_runs_nothing() {
     app_role().await;

@@ -872,7 +872,7 @@ mod tests {
             // a repeated text would be a memo hit, which logs nothing).
             for _ in 0..20 {
                 tracing::callsite::rebuild_interest_cache();
-                let (mut gate, dir) = conn.in_scope(|| gate_with(""));
+                let (mut gate, dir) = conn.in_scope(|| gate_with("mode = \"enforce\"\n"));
                 let query = Frame::new(tag::QUERY, b"SELECT 1\0");
                 let statement = Statement::from_frame(query.view()).unwrap().unwrap();
                 assert!(matches!(gate.check(statement), Verdict::Forward));

@@ -530,6 +530,7 @@ async fn establish(
             .then(|| Duration::from_secs(shared.config.limits.client_idle_timeout_secs)),
         upstream_opened: logged_in.opened,
         reuse_upstream: shared.upstream_pool.is_some(),
+        shared: shared.clone(),
     };
     match Session::start(client, logged_in.upstream, parts).await {
         Ok(session) => Some((session, startup.raw().clone())),

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use pgstepup_protocol::backend::{self, sqlstate, PgError};
+use pgstepup_protocol::startup::CancelRequest;
 use pgstepup_protocol::{tag, Connection, ConnectionError, Frame, FrameRef, FLUSH_THRESHOLD};
 use pgstepup_stepup::StepUp;
 use pgstepup_upstream::LoginReply;
@@ -22,6 +23,7 @@ use crate::cancel::{HoldSignal, Registration};
 use crate::gate::{Gate, StepUpNeed, Verdict};
 use crate::idle::IdleTimer;
 use crate::lifecycle::Phase;
+use crate::listener::Shared;
 use crate::statement::{MalformedStatement, Statement};
 use crate::upstream_pool::IdleUpstream;
 
@@ -59,9 +61,11 @@ pub(crate) struct Session {
     /// next client gets it.
     login: LoginReply,
     upstream_opened: Instant,
-    /// The error for input the client sent that cannot be read, sent once the replies to what
-    /// it sent before have been relayed.
-    protocol_error: Option<PgError>,
+    /// The FATAL error that ends the session (unreadable client input, shutdown), sent once
+    /// the answers to the requests in flight have been relayed.
+    final_error: Option<PgError>,
+    /// The instance's shared state: where to send the upstream a cancel.
+    shared: Arc<Shared>,
 }
 
 /// What a new session needs besides its two connections.
@@ -77,6 +81,7 @@ pub(crate) struct SessionParts {
     pub upstream_opened: Instant,
     /// Whether a clean ending leaves the upstream connection open for the next client.
     pub reuse_upstream: bool,
+    pub shared: Arc<Shared>,
 }
 
 /// What woke the session.
@@ -97,6 +102,9 @@ const OVERHEAD_SAMPLE_EVERY: u32 = 8;
 /// How long a session that ends on a client's protocol error waits for the answers to the
 /// requests it forwarded before it.
 const IN_FLIGHT_REPLIES_WAIT: Duration = Duration::from_secs(30);
+
+/// At shutdown, how long a cancel, and then the answers to what it cancelled, may take.
+const SHUTDOWN_REPLIES_WAIT: Duration = Duration::from_secs(5);
 
 /// How a session ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -131,6 +139,7 @@ impl Session {
             idle_timeout,
             upstream_opened,
             reuse_upstream,
+            shared,
         } = parts;
         let phase = *phase_changes.borrow();
         for frame in &reply.relay {
@@ -176,7 +185,8 @@ impl Session {
             login: reply,
             upstream_opened,
             reuse_upstream,
-            protocol_error: None,
+            final_error: None,
+            shared,
         })
     }
 
@@ -289,7 +299,7 @@ impl Session {
             Phase::Running => Ok(()),
             Phase::Draining if !quiet => Ok(()),
             Phase::Draining | Phase::Closing => {
-                self.refuse_fatal(PgError::fatal(
+                self.final_error = Some(PgError::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
                     "terminating connection due to administrator command: pgstepup is shutting down",
                 ).with_hint("Reconnect: another pgstepup instance (or this one, restarted) will serve you."));
@@ -452,14 +462,14 @@ impl Session {
                 Ending::ClientGone
             }
             ConnectionError::TooLarge { .. } => {
-                self.protocol_error = Some(PgError::fatal(
+                self.final_error = Some(PgError::fatal(
                     sqlstate::PROGRAM_LIMIT_EXCEEDED,
                     e.to_string(),
                 ));
                 Ending::ClientProtocolError
             }
             other => {
-                self.protocol_error = Some(PgError::fatal(
+                self.final_error = Some(PgError::fatal(
                     sqlstate::PROTOCOL_VIOLATION,
                     other.to_string(),
                 ));
@@ -472,9 +482,24 @@ impl Session {
         queue_fatal(&mut self.client, error, self.gate.span());
     }
 
+    /// Cancels what the upstream is running, if anything was forwarded and not yet answered.
+    async fn cancel_upstream(&self) {
+        let Some((pid, secret)) = self.login.backend_key.clone() else {
+            return;
+        };
+        if self.gate.nothing_in_flight() {
+            return;
+        }
+        let request = CancelRequest { pid, secret };
+        let cancel = pgstepup_upstream::cancel(&self.shared.upstream, &request);
+        if let Ok(Err(error)) = tokio::time::timeout(SHUTDOWN_REPLIES_WAIT, cancel).await {
+            tracing::warn!(%error, "cancelling the upstream's running request at shutdown failed");
+        }
+    }
+
     /// Relays the server's answers until every forwarded request has its ReadyForQuery (at
-    /// most [`IN_FLIGHT_REPLIES_WAIT`]; the server or the client going away ends it too).
-    async fn relay_replies_in_flight(&mut self) {
+    /// most `wait`; the server or the client going away ends it too).
+    async fn relay_replies_in_flight(&mut self, wait: Duration) {
         let relay = async {
             // Ends a COPY FROM STDIN the bad input interrupted (its ReadyForQuery would wait for
             // more data); outside COPY the server ignores a CopyFail.
@@ -492,7 +517,7 @@ impl Session {
                 }
             }
         };
-        let _ = tokio::time::timeout(IN_FLIGHT_REPLIES_WAIT, relay).await;
+        let _ = tokio::time::timeout(wait, relay).await;
     }
 
     async fn close(&mut self, ending: &Ending) {
@@ -508,12 +533,19 @@ impl Session {
                 );
                 self.client.shutdown().await;
             }
-            Ending::ClientProtocolError => {
+            Ending::ClientProtocolError | Ending::Shutdown => {
                 // PostgreSQL answers every request before one it cannot read (an INSERT sent
                 // ahead of garbage commits, and says so): the requests already forwarded get
-                // their answers too, then the error.
-                self.relay_replies_in_flight().await;
-                if let Some(error) = self.protocol_error.take() {
+                // their answers too, then the error. At shutdown what still runs is cancelled
+                // first: it must not commit after the client was told its session ended.
+                let wait = if *ending == Ending::Shutdown {
+                    self.cancel_upstream().await;
+                    SHUTDOWN_REPLIES_WAIT
+                } else {
+                    IN_FLIGHT_REPLIES_WAIT
+                };
+                self.relay_replies_in_flight(wait).await;
+                if let Some(error) = self.final_error.take() {
                     self.refuse_fatal(error);
                 }
                 self.server.terminate().await;
@@ -522,7 +554,6 @@ impl Session {
             Ending::ClientTerminated
             | Ending::ClientGone
             | Ending::UnsafeSetting
-            | Ending::Shutdown
             | Ending::IdleTimeout => {
                 // Only whole frames were ever forwarded, so the server holds no half message;
                 // Terminate ends the session and rolls back an open transaction.
