@@ -522,7 +522,13 @@ impl Visitor for Collector {
         match expr {
             Expr::Function(_) if self.partition_strategy == Some(expr as *const Expr) => {}
             Expr::Function(function) => {
-                let name = function_name(&function.name);
+                let mut name = function_name(&function.name);
+                if let [ObjectNamePart::Identifier(ident)] = function.name.0.as_slice() {
+                    if ident.quote_style.is_some() && functions::is_grammar(&name) {
+                        // `"coalesce"(x)` calls a function named coalesce (no built-in is).
+                        name = format!("\"{name}\"");
+                    }
+                }
                 if let Some(tables) = functions::tables_read_by(&name) {
                     self.table_reading_call(&name, tables, function);
                 } else if let Some(setting) = setting_of_set_config(&name, function) {

@@ -145,6 +145,12 @@ const GRAMMAR_FUNCTIONS: &[&str] = &[
     "some",
 ];
 
+/// Whether `name` (folded) is grammar that sqlparser reports as a call: written in quotes it
+/// is no longer grammar but a call of a function of that name (someone's own).
+pub(crate) fn is_grammar(name: &str) -> bool {
+    GRAMMAR_FUNCTIONS.contains(&name)
+}
+
 fn read_only_set() -> &'static HashSet<&'static str> {
     static SET: OnceLock<HashSet<&'static str>> = OnceLock::new();
     SET.get_or_init(|| {

@@ -450,6 +450,27 @@ mod tests {
         }
     }
 
+    /// Grammar sqlparser reports as a call (COALESCE, GREATEST, EXISTS ...) is read-only; in
+    /// quotes the same name calls someone's function.
+    #[test]
+    fn quoted_grammar_names_are_calls_of_functions() {
+        let c = classify("SELECT coalesce(1), greatest(1, 2)", &[]);
+        assert_eq!(c.kinds, KindSet::from_iter([Kind::Read]));
+        assert_ne!(
+            crate::lexer::shape("SELECT coalesce(1)").unwrap(),
+            crate::lexer::shape("SELECT \"coalesce\"(1)").unwrap(),
+            "a cached decision for one never answers the other"
+        );
+        for sql in [
+            "SELECT \"coalesce\"(1)",
+            "SELECT \"greatest\"(1)",
+            "SELECT \"exists\"(1)",
+        ] {
+            let c = classify(sql, &[]);
+            assert!(c.kinds.contains(Kind::Write), "{sql}: {:?}", c.kinds);
+        }
+    }
+
     /// SELECT INTO creates its table wherever the top-level SELECT stands.
     #[test]
     fn select_into_writes_in_parentheses_and_set_operations() {
