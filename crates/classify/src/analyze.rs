@@ -7,10 +7,11 @@ use std::fmt;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AlterTable, AlterTableOperation, BinaryOperator, CascadeOption, CopySource, CopyTarget,
-    DropBehavior, Expr, FromTable, GroupByExpr, ObjectName, ObjectNamePart, ObjectType,
-    OrderByExpr, OrderBySort, Query, Set, SetExpr, SetSessionAuthorizationParamKind, Statement,
-    TableFactor, TableObject, UtilityOption, Visit, Visitor,
+    AlterTable, AlterTableOperation, BinaryOperator, CascadeOption, ColumnOption, CopySource,
+    CopyTarget, DropBehavior, Expr, ForeignKeyConstraint, FromTable, GroupByExpr, ObjectName,
+    ObjectNamePart, ObjectType, OrderByExpr, OrderBySort, Query, Set, SetExpr,
+    SetSessionAuthorizationParamKind, Statement, TableConstraint, TableFactor, TableObject,
+    UtilityOption, Visit, Visitor,
 };
 
 use crate::functions::{self, TablesRead};
@@ -201,6 +202,21 @@ impl Collector {
                     self.gains_or_loses_rows(parent, &reason);
                 }
                 self.partition_strategy = create.partition_by.as_deref().map(|e| e as *const Expr);
+                let column_keys = create
+                    .columns
+                    .iter()
+                    .flat_map(|column| &column.options)
+                    .filter_map(|option| match &option.option {
+                        ColumnOption::ForeignKey(key) => Some(key),
+                        _ => None,
+                    });
+                let table_keys = create.constraints.iter().filter_map(|c| match c {
+                    TableConstraint::ForeignKey(key) => Some(key),
+                    _ => None,
+                });
+                for key in column_keys.chain(table_keys) {
+                    self.references(key, &create.name);
+                }
             }
             S::CreateView(view) => {
                 self.add(Kind::Ddl, Some(&view.name), None);
@@ -559,6 +575,17 @@ impl Collector {
         self.add(Kind::Write, Some(table), Some(reason));
     }
 
+    /// A foreign key from `table` changes the table it references: PostgreSQL adds triggers
+    /// there, its deletes and key updates can then fail (or cascade into `table`), and whether
+    /// a row can be inserted tells which keys it holds.
+    fn references(&mut self, key: &ForeignKeyConstraint, table: &ObjectName) {
+        let reason = format!(
+            "a foreign key from {table} adds triggers to {} and constrains its deletes",
+            key.foreign_table
+        );
+        self.add(Kind::Ddl, Some(&key.foreign_table), Some(&reason));
+    }
+
     /// A CASCADE drops whatever depends on the object (views, foreign keys, ...), wherever it
     /// is: which objects is in the catalog, not in the text.
     fn dependents_dropped(&mut self) {
@@ -574,6 +601,13 @@ impl Collector {
     fn alter_table_links(&mut self, alter: &AlterTable) {
         for operation in &alter.operations {
             let linked = match operation {
+                AlterTableOperation::AddConstraint {
+                    constraint: TableConstraint::ForeignKey(key),
+                    ..
+                } => {
+                    self.references(key, &alter.name);
+                    continue;
+                }
                 AlterTableOperation::DropColumn {
                     drop_behavior: Some(DropBehavior::Cascade),
                     ..

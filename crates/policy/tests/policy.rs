@@ -172,6 +172,9 @@ action = "deny"
         "CREATE TABLE scratch.cards_2 PARTITION OF billing.cards FOR VALUES IN (2)",
         "ALTER TABLE scratch.all_cards ATTACH PARTITION billing.cards FOR VALUES IN (1)",
         "ALTER TABLE scratch.more_cards INHERIT billing.cards",
+        "CREATE TABLE scratch.uses (card int REFERENCES billing.cards)",
+        "CREATE TABLE scratch.uses (card int, FOREIGN KEY (card) REFERENCES billing.cards (id))",
+        "ALTER TABLE scratch.uses ADD CONSTRAINT c FOREIGN KEY (card) REFERENCES billing.cards",
     ] {
         assert_eq!(
             decide(&p, "bob", &[], sql),
@@ -205,6 +208,7 @@ action = "deny"
     for sql in [
         "CREATE VIEW scratch.totals AS SELECT count(*) FROM billing.cards GROUP BY brand",
         "CREATE TABLE scratch.events (id int, at date) PARTITION BY RANGE (at)",
+        "CREATE TABLE scratch.uses (card int REFERENCES scratch.cards)",
     ] {
         assert_eq!(
             decide(&p, "bob", &[], sql),
