@@ -451,15 +451,6 @@ async fn requests_before_bad_input_are_answered_before_the_error() {
         &format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (v int)"),
     )
     .await;
-    let count = || async {
-        let client = proto_tests::admin_client("postgres").await;
-        let n: i64 = client
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-            .await
-            .unwrap()
-            .get(0);
-        n
-    };
     let mut bytes = query(format!("INSERT INTO {table} VALUES (1)").as_bytes());
     bytes.extend_from_slice(&[b'Q', 0, 0, 0, 3]);
     raw.send(&bytes).await;
@@ -475,7 +466,7 @@ async fn requests_before_bad_input_are_answered_before_the_error() {
         "answered, then the error, then a close"
     );
     assert_eq!(field(&last, b'C').as_deref(), Some("08P01"));
-    assert_eq!(count().await, 1);
+    assert_eq!(rows_in(&table).await, 1);
 
     let (mut raw, _) = logged_in(&proxy, &[]).await;
     raw.send(&query(format!("COPY {table} FROM STDIN").as_bytes()))
@@ -494,7 +485,7 @@ async fn requests_before_bad_input_are_answered_before_the_error() {
         "not left waiting"
     );
     assert_eq!(tags, [b'E', b'Z', b'E'], "the COPY failed, then the error");
-    assert_eq!(count().await, 1, "nothing copied");
+    assert_eq!(rows_in(&table).await, 1, "nothing copied");
     proto_tests::admin_client("postgres")
         .await
         .batch_execute(&format!("DROP TABLE {table}"))
@@ -510,6 +501,16 @@ async fn truncated_frame_then_close_leaves_no_session_behind() {
     raw.send(&full[..full.len() - 3]).await;
     drop(raw);
     wait_for_no_backend("truncated-frame").await;
+}
+
+/// Rows in `table`, counted directly on the server.
+async fn rows_in(table: &str) -> i64 {
+    proto_tests::admin_client("postgres")
+        .await
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 async fn wait_for_no_backend(application_name: &str) {
@@ -549,14 +550,9 @@ async fn client_vanishing_mid_copy_commits_nothing() {
     }
     drop(raw);
     wait_for_no_backend("vanish-copy").await;
-    let client = proto_tests::admin_client("postgres").await;
-    let n: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+    assert_eq!(rows_in(&table).await, 0);
+    proto_tests::admin_client("postgres")
         .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 0);
-    client
         .batch_execute(&format!("DROP TABLE {table}"))
         .await
         .unwrap();
