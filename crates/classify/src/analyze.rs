@@ -343,7 +343,8 @@ impl Collector {
             Set::SingleAssignment {
                 variable, values, ..
             } => {
-                let name = function_name(variable);
+                // PostgreSQL matches setting names whatever their case, even quoted ("ROLE").
+                let name = function_name(variable).to_ascii_lowercase();
                 if name == "search_path" {
                     self.search_path(search_path_entries(values));
                 } else {

@@ -53,20 +53,25 @@ pub(crate) fn classify(statement: &str) -> (Vec<Facet>, Option<String>) {
             };
         }
         ("select" | "with" | "values" | "table", _) => {
-            let facet = lexical_select(statement);
-            let reason = (facet.kind != Kind::Read).then(|| unparsed(statement));
-            return (vec![facet], reason);
+            let found = lexical_select(statement);
+            if found.kind == Kind::Read {
+                return (vec![found], None);
+            }
+            // The tables it reads are not known either: no rule that allows the write may
+            // let it through.
+            return (vec![facet(Kind::Unknown), found], Some(unparsed(statement)));
         }
         (
             "begin" | "start" | "end" | "abort" | "commit" | "rollback" | "savepoint" | "release",
             _,
         ) => (Kind::Transaction, ""),
         ("set", "constraints" | "transaction") => (Kind::Transaction, ""),
-        ("set", _) if role_switch(statement) => (Kind::SessionPrivilege, ""),
-        ("set", name) if crate::analyze::is_admin_setting(name) => {
-            (Kind::Admin, "logging and trigger settings")
-        }
-        ("set" | "reset" | "show" | "discard" | "deallocate" | "listen" | "unlisten", _) => {
+        ("set", _) => match set_kind(statement) {
+            Some(Kind::Admin) => (Kind::Admin, "logging and trigger settings"),
+            Some(kind) => (kind, ""),
+            None => (Kind::Utility, ""),
+        },
+        ("reset" | "show" | "discard" | "deallocate" | "listen" | "unlisten", _) => {
             (Kind::Utility, "")
         }
         ("fetch" | "move" | "close", _) => (Kind::Read, ""),
@@ -84,36 +89,51 @@ pub(crate) fn classify(statement: &str) -> (Vec<Facet>, Option<String>) {
     (vec![facet(kind)], reason)
 }
 
-/// Whether a SET changes the current role or session user to one it names: `SET [LOCAL |
-/// SESSION] ROLE ...`, `... SESSION AUTHORIZATION ...` and the settings `role` and
-/// `session_authorization`, with any value but NONE or DEFAULT (a value that is not a plain
-/// word, such as E'alice' or U&"alice", counts as naming one).
-fn role_switch(statement: &str) -> bool {
-    let words: Vec<Option<String>> = Lexer::new(statement)
-        .take(8)
-        .map(|token| match token {
-            Ok(Token::Word(w)) => Some(w.to_ascii_lowercase()),
-            _ => None,
-        })
-        .collect();
-    let word = |i: usize| words.get(i).cloned().flatten().unwrap_or_default();
+/// What a SET the parser lacks does, by the setting it names: PostgreSQL matches setting names
+/// whatever their case, quoted or not (`"ROLE"`, `U&"role"`). A role switch (`SET [LOCAL |
+/// SESSION] ROLE ...`, `... SESSION AUTHORIZATION ...`, the settings `role` and
+/// `session_authorization`) is session_privilege unless its value is the word NONE or DEFAULT
+/// (a value that is not a plain word, such as E'alice', names a role); a setting that turns off
+/// triggers or audit logging is admin; `None` for any other setting.
+fn set_kind(statement: &str) -> Option<Kind> {
+    let tokens = tokens(statement);
+    let uescape = uescape_of(&tokens);
+    let name = |i: usize| {
+        tokens
+            .get(i)
+            .and_then(|t| identifier(t, uescape))
+            .map(|n| n.to_ascii_lowercase())
+            .unwrap_or_default()
+    };
     let mut at = 1;
-    if matches!(word(at).as_str(), "local" | "session")
-        && !(word(at) == "session" && word(at + 1) == "authorization")
+    if matches!(name(at).as_str(), "local" | "session")
+        && !(name(at) == "session" && name(at + 1) == "authorization")
     {
         at += 1;
     }
-    at += match (word(at).as_str(), word(at + 1).as_str()) {
-        ("role" | "session_authorization", _) => 1,
-        ("session", "authorization") => 2,
-        _ => return false,
-    };
-    // `TO` or `=` before the value.
-    let token = Lexer::new(statement).nth(at);
-    if word(at) == "to" || matches!(token, Some(Ok(Token::Symbol("=")))) {
+    let setting = if (name(at), name(at + 1)) == ("session".into(), "authorization".into()) {
+        at += 2;
+        "session_authorization".to_owned()
+    } else {
         at += 1;
+        name(at - 1)
+    };
+    match setting.as_str() {
+        "role" | "session_authorization" => {
+            if name(at) == "to" || matches!(tokens.get(at), Some(Token::Symbol("="))) {
+                at += 1;
+            }
+            let back =
+                matches!(tokens.get(at), Some(t) if is_word(t, "none") || is_word(t, "default"));
+            Some(if back {
+                Kind::Utility
+            } else {
+                Kind::SessionPrivilege
+            })
+        }
+        setting if crate::analyze::is_admin_setting(setting) => Some(Kind::Admin),
+        _ => None,
     }
-    !matches!(word(at).as_str(), "none" | "default")
 }
 
 fn unparsed(statement: &str) -> String {
@@ -347,16 +367,21 @@ fn dml_target(statement: &str) -> Option<TableName> {
     qualified_name(&tokens[i.min(tokens.len())..])
 }
 
-/// `name[.name]` at the start of `tokens`, folded as PostgreSQL folds identifiers.
-fn qualified_name(tokens: &[Token<'_>]) -> Option<TableName> {
-    let uescape = tokens
+/// The escape character of `U&` identifiers: UESCAPE's, else a backslash.
+fn uescape_of(tokens: &[Token<'_>]) -> char {
+    tokens
         .iter()
         .position(|t| is_word(t, "uescape"))
         .and_then(|i| match tokens.get(i + 1) {
             Some(Token::Str(s)) => s.trim_matches('\'').chars().next(),
             _ => None,
         })
-        .unwrap_or('\\');
+        .unwrap_or('\\')
+}
+
+/// `name[.name]` at the start of `tokens`, folded as PostgreSQL folds identifiers.
+fn qualified_name(tokens: &[Token<'_>]) -> Option<TableName> {
+    let uescape = uescape_of(tokens);
     let mut parts = Vec::new();
     let mut i = 0;
     loop {
@@ -431,8 +456,9 @@ fn table_statement_target(statement: &str) -> Option<TableName> {
 mod tests {
     use super::*;
 
+    /// The kind that decides: the last facet (an unparsed text's own comes after `unknown`).
     fn kind(sql: &str) -> Kind {
-        classify(sql).0[0].kind
+        classify(sql).0.last().expect("a facet").kind
     }
 
     #[test]
@@ -470,6 +496,10 @@ mod tests {
             "SET SESSION ROLE U&\"alice\"",
             "SET session_authorization = alice",
             "SET role = 'alice'",
+            "SET LOCAL \"ROLE\" = alice",
+            "SET SESSION \"Role\" TO 'alice'",
+            "SET LOCAL U&\"r!006Fle\" UESCAPE '!' TO alice",
+            "SET LOCAL \"Session_Authorization\" TO alice",
         ] {
             assert_eq!(kind(sql), Kind::SessionPrivilege, "{sql}");
         }
@@ -481,6 +511,19 @@ mod tests {
         ] {
             assert_eq!(kind(sql), Kind::Utility, "{sql}");
         }
+    }
+
+    /// Settings that turn off triggers or audit logging, however their names are spelled.
+    #[test]
+    fn admin_settings_are_admin_however_spelled() {
+        for sql in [
+            "SET LOCAL \"SESSION_REPLICATION_ROLE\" = replica",
+            "SET SESSION \"Log_Statement\" TO none",
+            "SET LOCAL U&\"log_statement\" = none",
+        ] {
+            assert_eq!(kind(sql), Kind::Admin, "{sql}");
+        }
+        assert_eq!(kind("SET LOCAL \"Work_Mem\" = '1MB'"), Kind::Utility);
     }
 
     /// A DML or COPY text the parser lacks is `unknown` besides its target's write, so no
@@ -506,6 +549,20 @@ mod tests {
             kinds("COPY scratch.x FROM STDIN WHERE nextval('s') > 0"),
             [Kind::Unknown, Kind::Write]
         );
+    }
+
+    /// A SELECT the parser lacks that locks rows or calls a function is a write whose tables
+    /// are not known: `unknown` too, so no rule allowing writes lets it read a protected table.
+    #[test]
+    fn unparsed_selects_that_write_are_unknown_too() {
+        for sql in [
+            "TABLE billing.cards FOR UPDATE",
+            "SELECT num FROM billing.cards WHERE id ISNULL OR true FOR UPDATE",
+            "SELECT scratch.f4() FROM billing.cards WHERE 1 ISNULL",
+        ] {
+            let kinds: Vec<Kind> = classify(sql).0.iter().map(|f| f.kind).collect();
+            assert_eq!(kinds, [Kind::Unknown, Kind::Write], "{sql}");
+        }
     }
 
     #[test]

@@ -169,11 +169,13 @@ fn may_set_the_search_path_unseen(out: &Classification, sql: &str) -> bool {
                 Kind::Read | Kind::Utility | Kind::Transaction | Kind::Admin
             )
         });
-    !understood
-        && sql
-            .as_bytes()
-            .windows(b"search_path".len())
-            .any(|window| window.eq_ignore_ascii_case(b"search_path"))
+    // A U& identifier can spell the name with other bytes.
+    let names = |needle: &[u8]| {
+        sql.as_bytes()
+            .windows(needle.len())
+            .any(|window| window.eq_ignore_ascii_case(needle))
+    };
+    !understood && (names(b"search_path") || names(b"u&"))
 }
 
 fn parse(sql: &str) -> Option<Vec<sqlparser::ast::Statement>> {
@@ -469,6 +471,25 @@ mod tests {
             let c = classify(sql, &[]);
             assert!(c.kinds.contains(Kind::Write), "{sql}: {:?}", c.kinds);
         }
+    }
+
+    /// Setting names in quotes or another case are the same settings to PostgreSQL.
+    #[test]
+    fn quoted_setting_names_are_the_settings_they_name() {
+        for (sql, kind) in [
+            ("SET \"ROLE\" = alice", Kind::SessionPrivilege),
+            (
+                "SET \"Session_Authorization\" TO alice",
+                Kind::SessionPrivilege,
+            ),
+            ("SET \"SESSION_REPLICATION_ROLE\" = replica", Kind::Admin),
+            ("SET \"LOG_STATEMENT\" = none", Kind::Admin),
+        ] {
+            let c = classify(sql, &[]);
+            assert!(c.kinds.contains(kind), "{sql}: {:?}", c.kinds);
+        }
+        let c = classify("SET \"SEARCH_PATH\" = billing", &[]);
+        assert!(c.search_path.is_some(), "the path change is seen");
     }
 
     /// SELECT INTO creates its table wherever the top-level SELECT stands.
