@@ -8,10 +8,10 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     AlterTable, AlterTableOperation, BinaryOperator, CascadeOption, ColumnOption, CopySource,
-    CopyTarget, DropBehavior, Expr, ForeignKeyConstraint, FromTable, GroupByExpr, ObjectName,
-    ObjectNamePart, ObjectType, OrderByExpr, OrderBySort, Query, Set, SetExpr,
-    SetSessionAuthorizationParamKind, Statement, TableConstraint, TableFactor, TableObject,
-    UtilityOption, Visit, Visitor,
+    CopyTarget, CreateTableLikeDefaults, CreateTableLikeKind, DropBehavior, Expr,
+    ForeignKeyConstraint, FromTable, GroupByExpr, ObjectName, ObjectNamePart, ObjectType,
+    OrderByExpr, OrderBySort, Query, Set, SetExpr, SetSessionAuthorizationParamKind, Statement,
+    TableConstraint, TableFactor, TableObject, UtilityOption, Visit, Visitor,
 };
 
 use crate::functions::{self, TablesRead};
@@ -216,6 +216,21 @@ impl Collector {
                 });
                 for key in column_keys.chain(table_keys) {
                     self.references(key, &create.name);
+                }
+                if let Some(
+                    CreateTableLikeKind::Parenthesized(like) | CreateTableLikeKind::Plain(like),
+                ) = &create.like
+                {
+                    // Its definition is read; copied defaults call its sequences' nextval on
+                    // every insert into the new table.
+                    self.add(Kind::Read, Some(&like.name), None);
+                    if like.defaults == Some(CreateTableLikeDefaults::Including) {
+                        let reason = format!(
+                            "defaults copied from {} can advance its sequences",
+                            like.name
+                        );
+                        self.add(Kind::Write, None, Some(&reason));
+                    }
                 }
             }
             S::CreateView(view) => {

@@ -182,6 +182,17 @@ action = "deny"
             "{sql}"
         );
     }
+    // Copied defaults call the source's sequences on every insert: not the free schema's alone.
+    assert_eq!(
+        decide(
+            &p,
+            "bob",
+            &[],
+            "CREATE TABLE scratch.copy (LIKE billing.cards INCLUDING DEFAULTS)"
+        )
+        .0,
+        Action::StepUp
+    );
     // A CASCADE reaches tables and views the text does not name (billing's, perhaps): not
     // the free schema's alone.
     for sql in [
@@ -209,6 +220,7 @@ action = "deny"
         "CREATE VIEW scratch.totals AS SELECT count(*) FROM billing.cards GROUP BY brand",
         "CREATE TABLE scratch.events (id int, at date) PARTITION BY RANGE (at)",
         "CREATE TABLE scratch.uses (card int REFERENCES scratch.cards)",
+        "CREATE TABLE scratch.copy (LIKE billing.cards)",
     ] {
         assert_eq!(
             decide(&p, "bob", &[], sql),
