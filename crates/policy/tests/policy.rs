@@ -27,6 +27,14 @@ fn write(text: &str) -> std::path::PathBuf {
     path
 }
 
+/// Each of `sqls`, run by bob, gets `expected` (action, rule).
+fn decides_all(policy: &Policy, sqls: &[&str], expected: (Action, &str)) {
+    for sql in sqls {
+        let (action, rule) = decide(policy, "bob", &[], sql);
+        assert_eq!((action, rule.as_str()), expected, "{sql}");
+    }
+}
+
 fn decide(policy: &Policy, user: &str, roles: &[&str], sql: &str) -> (Action, String) {
     let subject = Subject::new(user.into(), roles.iter().map(|r| r.to_string()).collect());
     let classification = classify(sql, &policy.read_only_functions);
@@ -166,22 +174,20 @@ kinds = ["write", "ddl"]
 action = "deny"
 "#,
     );
-    for sql in [
-        "CREATE VIEW scratch.cards AS SELECT * FROM billing.cards",
-        "CREATE TABLE scratch.more_cards () INHERITS (billing.cards)",
-        "CREATE TABLE scratch.cards_2 PARTITION OF billing.cards FOR VALUES IN (2)",
-        "ALTER TABLE scratch.all_cards ATTACH PARTITION billing.cards FOR VALUES IN (1)",
-        "ALTER TABLE scratch.more_cards INHERIT billing.cards",
-        "CREATE TABLE scratch.uses (card int REFERENCES billing.cards)",
-        "CREATE TABLE scratch.uses (card int, FOREIGN KEY (card) REFERENCES billing.cards (id))",
-        "ALTER TABLE scratch.uses ADD CONSTRAINT c FOREIGN KEY (card) REFERENCES billing.cards",
-    ] {
-        assert_eq!(
-            decide(&p, "bob", &[], sql),
-            (Action::Deny, "billing-is-read-only".into()),
-            "{sql}"
-        );
-    }
+    decides_all(
+        &p,
+        &[
+            "CREATE VIEW scratch.cards AS SELECT * FROM billing.cards",
+            "CREATE TABLE scratch.more_cards () INHERITS (billing.cards)",
+            "CREATE TABLE scratch.cards_2 PARTITION OF billing.cards FOR VALUES IN (2)",
+            "ALTER TABLE scratch.all_cards ATTACH PARTITION billing.cards FOR VALUES IN (1)",
+            "ALTER TABLE scratch.more_cards INHERIT billing.cards",
+            "CREATE TABLE scratch.uses (card int REFERENCES billing.cards)",
+            "CREATE TABLE scratch.uses (card int, FOREIGN KEY (card) REFERENCES billing.cards (id))",
+            "ALTER TABLE scratch.uses ADD CONSTRAINT c FOREIGN KEY (card) REFERENCES billing.cards",
+        ],
+        (Action::Deny, "billing-is-read-only"),
+    );
     // Copied defaults call the source's sequences on every insert: not the free schema's alone.
     assert_eq!(
         decide(
@@ -204,30 +210,26 @@ action = "deny"
     ] {
         assert_eq!(decide(&p, "bob", &[], sql).0, Action::StepUp, "{sql}");
     }
-    for sql in [
-        "TRUNCATE scratch.customers",
-        "DROP TABLE scratch.customers",
-        "ALTER TABLE scratch.customers DROP COLUMN id",
-    ] {
-        assert_eq!(
-            decide(&p, "bob", &[], sql),
-            (Action::Allow, "scratch-is-free".into()),
-            "{sql}"
-        );
-    }
+    decides_all(
+        &p,
+        &[
+            "TRUNCATE scratch.customers",
+            "DROP TABLE scratch.customers",
+            "ALTER TABLE scratch.customers DROP COLUMN id",
+        ],
+        (Action::Allow, "scratch-is-free"),
+    );
     // What cannot write through, and partitioned tables of the free schema's own, stay free.
-    for sql in [
-        "CREATE VIEW scratch.totals AS SELECT count(*) FROM billing.cards GROUP BY brand",
-        "CREATE TABLE scratch.events (id int, at date) PARTITION BY RANGE (at)",
-        "CREATE TABLE scratch.uses (card int REFERENCES scratch.cards)",
-        "CREATE TABLE scratch.copy (LIKE billing.cards)",
-    ] {
-        assert_eq!(
-            decide(&p, "bob", &[], sql),
-            (Action::Allow, "scratch-is-free".into()),
-            "{sql}"
-        );
-    }
+    decides_all(
+        &p,
+        &[
+            "CREATE VIEW scratch.totals AS SELECT count(*) FROM billing.cards GROUP BY brand",
+            "CREATE TABLE scratch.events (id int, at date) PARTITION BY RANGE (at)",
+            "CREATE TABLE scratch.uses (card int REFERENCES scratch.cards)",
+            "CREATE TABLE scratch.copy (LIKE billing.cards)",
+        ],
+        (Action::Allow, "scratch-is-free"),
+    );
 }
 
 #[test]
