@@ -7,11 +7,11 @@ use std::fmt;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AlterTable, AlterTableOperation, BinaryOperator, CascadeOption, ColumnOption, CopySource,
-    CopyTarget, CreateTableLikeDefaults, CreateTableLikeKind, DropBehavior, Expr,
-    ForeignKeyConstraint, FromTable, GroupByExpr, ObjectName, ObjectNamePart, ObjectType,
-    OrderByExpr, OrderBySort, Query, Set, SetExpr, SetSessionAuthorizationParamKind, Statement,
-    TableConstraint, TableFactor, TableObject, UtilityOption, Visit, Visitor,
+    AlterTable, AlterTableOperation, BinaryOperator, CascadeOption, ColumnDef, ColumnOption,
+    CopySource, CopyTarget, CreateTable, CreateTableLikeDefaults, CreateTableLikeKind,
+    DropBehavior, Expr, ForeignKeyConstraint, FromTable, GroupByExpr, ObjectName, ObjectNamePart,
+    ObjectType, OrderByExpr, OrderBySort, Query, Set, SetExpr, SetSessionAuthorizationParamKind,
+    Statement, TableConstraint, TableFactor, TableObject, UtilityOption, Visit, Visitor,
 };
 
 use crate::functions::{self, TablesRead};
@@ -188,51 +188,7 @@ impl Collector {
                 }
             }
             S::ExplainTable { table_name, .. } => self.add(Kind::Read, Some(table_name), None),
-            S::CreateTable(create) => {
-                self.add(Kind::Ddl, Some(&create.name), None);
-                if create.query.is_some() {
-                    self.add(Kind::Write, Some(&create.name), Some("CREATE TABLE AS"));
-                }
-                let parents = create.inherits.iter().flatten();
-                for parent in parents.chain(&create.partition_of) {
-                    let reason = format!(
-                        "rows written to {} show in {parent} (INHERITS, PARTITION OF)",
-                        create.name
-                    );
-                    self.gains_or_loses_rows(parent, &reason);
-                }
-                self.partition_strategy = create.partition_by.as_deref().map(|e| e as *const Expr);
-                let column_keys = create
-                    .columns
-                    .iter()
-                    .flat_map(|column| &column.options)
-                    .filter_map(|option| match &option.option {
-                        ColumnOption::ForeignKey(key) => Some(key),
-                        _ => None,
-                    });
-                let table_keys = create.constraints.iter().filter_map(|c| match c {
-                    TableConstraint::ForeignKey(key) => Some(key),
-                    _ => None,
-                });
-                for key in column_keys.chain(table_keys) {
-                    self.references(key, &create.name);
-                }
-                if let Some(
-                    CreateTableLikeKind::Parenthesized(like) | CreateTableLikeKind::Plain(like),
-                ) = &create.like
-                {
-                    // Its definition is read; copied defaults call its sequences' nextval on
-                    // every insert into the new table.
-                    self.add(Kind::Read, Some(&like.name), None);
-                    if like.defaults == Some(CreateTableLikeDefaults::Including) {
-                        let reason = format!(
-                            "defaults copied from {} can advance its sequences",
-                            like.name
-                        );
-                        self.add(Kind::Write, None, Some(&reason));
-                    }
-                }
-            }
+            S::CreateTable(create) => self.create_table(create),
             S::CreateView(view) => {
                 self.add(Kind::Ddl, Some(&view.name), None);
                 if view.materialized {
@@ -584,6 +540,50 @@ impl Visitor for Collector {
 }
 
 impl Collector {
+    /// CREATE TABLE: DDL on the new table, and on what it links to (parents, referenced
+    /// tables, a LIKE source).
+    fn create_table(&mut self, create: &CreateTable) {
+        self.add(Kind::Ddl, Some(&create.name), None);
+        if create.query.is_some() {
+            self.add(Kind::Write, Some(&create.name), Some("CREATE TABLE AS"));
+        }
+        let parents = create.inherits.iter().flatten();
+        for parent in parents.chain(&create.partition_of) {
+            let reason = format!(
+                "rows written to {} show in {parent} (INHERITS, PARTITION OF)",
+                create.name
+            );
+            self.gains_or_loses_rows(parent, &reason);
+        }
+        self.partition_strategy = create.partition_by.as_deref().map(|e| e as *const Expr);
+        let table_keys = create.constraints.iter().filter_map(|c| match c {
+            TableConstraint::ForeignKey(key) => Some(key),
+            _ => None,
+        });
+        for key in create
+            .columns
+            .iter()
+            .flat_map(column_keys)
+            .chain(table_keys)
+        {
+            self.references(key, &create.name);
+        }
+        if let Some(CreateTableLikeKind::Parenthesized(like) | CreateTableLikeKind::Plain(like)) =
+            &create.like
+        {
+            // Its definition is read; copied defaults call its sequences' nextval on every
+            // insert into the new table.
+            self.add(Kind::Read, Some(&like.name), None);
+            if like.defaults == Some(CreateTableLikeDefaults::Including) {
+                let reason = format!(
+                    "defaults copied from {} can advance its sequences",
+                    like.name
+                );
+                self.add(Kind::Write, None, Some(&reason));
+            }
+        }
+    }
+
     /// `table` gains or loses rows through another table linked to it (a child, a partition):
     /// its structure changes, and writes to the other table become writes to it.
     fn gains_or_loses_rows(&mut self, table: &ObjectName, reason: &str) {
@@ -612,7 +612,8 @@ impl Collector {
         );
     }
 
-    /// ATTACH/DETACH PARTITION and [NO] INHERIT: both tables' rows change with the link; a
+    /// What ALTER TABLE does beyond its own table: a foreign key added changes the table it
+    /// references; with ATTACH/DETACH PARTITION and [NO] INHERIT both tables' rows change; a
     /// dropped column or constraint with CASCADE takes its dependents along.
     fn alter_table_links(&mut self, alter: &AlterTable) {
         for operation in &alter.operations {
@@ -622,6 +623,12 @@ impl Collector {
                     ..
                 } => {
                     self.references(key, &alter.name);
+                    continue;
+                }
+                AlterTableOperation::AddColumn { column_def, .. } => {
+                    for key in column_keys(column_def) {
+                        self.references(key, &alter.name);
+                    }
                     continue;
                 }
                 AlterTableOperation::DropColumn {
@@ -786,6 +793,17 @@ fn written_through(query: &Query) -> Option<TableName> {
         },
         _ => None,
     }
+}
+
+/// The foreign keys a column's definition declares (`REFERENCES t`).
+fn column_keys(column: &ColumnDef) -> impl Iterator<Item = &ForeignKeyConstraint> {
+    column
+        .options
+        .iter()
+        .filter_map(|option| match &option.option {
+            ColumnOption::ForeignKey(key) => Some(key),
+            _ => None,
+        })
 }
 
 /// The table of `TABLE name`.

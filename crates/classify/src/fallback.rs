@@ -9,7 +9,7 @@ use crate::Facet;
 
 /// Classifies one statement's text by its keywords.
 pub(crate) fn classify(statement: &str) -> (Vec<Facet>, Option<String>) {
-    let words = leading_words(statement, 4);
+    let words = leading_words(statement, 3);
     let word = |i: usize| words.get(i).map(String::as_str).unwrap_or_default();
     let facet = |kind| Facet { kind, table: None };
     let (kind, reason): (Kind, &str) = match (word(0), word(1)) {
@@ -105,13 +105,13 @@ fn set_kind(statement: &str) -> Option<Kind> {
             .map(|n| n.to_ascii_lowercase())
             .unwrap_or_default()
     };
+    let session_authorization =
+        |at: usize| name(at) == "session" && name(at + 1) == "authorization";
     let mut at = 1;
-    if matches!(name(at).as_str(), "local" | "session")
-        && !(name(at) == "session" && name(at + 1) == "authorization")
-    {
+    if matches!(name(at).as_str(), "local" | "session") && !session_authorization(at) {
         at += 1;
     }
-    let setting = if (name(at), name(at + 1)) == ("session".into(), "authorization".into()) {
+    let setting = if session_authorization(at) {
         at += 2;
         "session_authorization".to_owned()
     } else {

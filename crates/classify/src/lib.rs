@@ -439,6 +439,10 @@ mod tests {
         ] {
             assert_eq!(written(sql), writes, "{sql}");
         }
+        // A LIKE source's definition is read.
+        let c = classify("CREATE TABLE c (LIKE billing.cards)", &[]);
+        let reads: Vec<String> = c.reads().iter().map(|t| t.to_string()).collect();
+        assert!(reads.contains(&"billing.cards".to_owned()), "{reads:?}");
         // Views PostgreSQL cannot write through read their tables only.
         for sql in [
             "CREATE VIEW v AS SELECT a, count(*) FROM cards GROUP BY a",

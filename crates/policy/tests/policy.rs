@@ -185,6 +185,7 @@ action = "deny"
             "CREATE TABLE scratch.uses (card int REFERENCES billing.cards)",
             "CREATE TABLE scratch.uses (card int, FOREIGN KEY (card) REFERENCES billing.cards (id))",
             "ALTER TABLE scratch.uses ADD CONSTRAINT c FOREIGN KEY (card) REFERENCES billing.cards",
+            "ALTER TABLE scratch.uses ADD COLUMN card int REFERENCES billing.cards",
         ],
         (Action::Deny, "billing-is-read-only"),
     );

@@ -484,12 +484,12 @@ impl Session {
 
     /// Cancels what the upstream is running, if anything was forwarded and not yet answered.
     async fn cancel_upstream(&self) {
-        let Some((pid, secret)) = self.login.backend_key.clone() else {
-            return;
-        };
         if self.gate.nothing_in_flight() {
             return;
         }
+        let Some((pid, secret)) = self.login.backend_key.clone() else {
+            return;
+        };
         let request = CancelRequest { pid, secret };
         let cancel = pgstepup_upstream::cancel(&self.shared.upstream, &request);
         if let Ok(Err(error)) = tokio::time::timeout(SHUTDOWN_REPLIES_WAIT, cancel).await {
