@@ -32,6 +32,11 @@ impl Default for Lifecycle {
     }
 }
 
+/// What a session closed at the end of the grace period may spend on the request it still
+/// runs: cancelling it upstream and relaying its answer before the 57P01 (the drain waits
+/// for that).
+pub(crate) const CLOSING_WORK: Duration = Duration::from_secs(5);
+
 impl Lifecycle {
     /// What a session watches, and the token that counts it as live.
     pub(crate) fn join(&self) -> (watch::Receiver<Phase>, Arc<()>) {
@@ -52,8 +57,9 @@ impl Lifecycle {
         }
         let forced = self.sessions();
         self.phase.send_replace(Phase::Closing);
-        // Closing sessions only write a message and hang up.
-        let deadline = Instant::now() + Duration::from_secs(2);
+        // Closing sessions cancel what they still run, relay its answer, write a message and
+        // hang up.
+        let deadline = Instant::now() + CLOSING_WORK + Duration::from_secs(2);
         while self.sessions() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

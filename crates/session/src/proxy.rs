@@ -22,7 +22,7 @@ use pgstepup_upstream::LoginReply;
 use crate::cancel::{HoldSignal, Registration};
 use crate::gate::{Gate, StepUpNeed, Verdict};
 use crate::idle::IdleTimer;
-use crate::lifecycle::Phase;
+use crate::lifecycle::{Phase, CLOSING_WORK};
 use crate::listener::Shared;
 use crate::statement::{MalformedStatement, Statement};
 use crate::upstream_pool::IdleUpstream;
@@ -102,9 +102,6 @@ const OVERHEAD_SAMPLE_EVERY: u32 = 8;
 /// How long a session that ends on a client's protocol error waits for the answers to the
 /// requests it forwarded before it.
 const IN_FLIGHT_REPLIES_WAIT: Duration = Duration::from_secs(30);
-
-/// At shutdown, how long a cancel, and then the answers to what it cancelled, may take.
-const SHUTDOWN_REPLIES_WAIT: Duration = Duration::from_secs(5);
 
 /// How a session ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -492,32 +489,29 @@ impl Session {
         };
         let request = CancelRequest { pid, secret };
         let cancel = pgstepup_upstream::cancel(&self.shared.upstream, &request);
-        if let Ok(Err(error)) = tokio::time::timeout(SHUTDOWN_REPLIES_WAIT, cancel).await {
+        if let Err(error) = cancel.await {
             tracing::warn!(%error, "cancelling the upstream's running request at shutdown failed");
         }
     }
 
-    /// Relays the server's answers until every forwarded request has its ReadyForQuery (at
-    /// most `wait`; the server or the client going away ends it too).
-    async fn relay_replies_in_flight(&mut self, wait: Duration) {
-        let relay = async {
-            // Ends a COPY FROM STDIN the bad input interrupted (its ReadyForQuery would wait for
-            // more data); outside COPY the server ignores a CopyFail.
-            self.server.queue_frame(&Frame::new(
-                tag::COPY_FAIL,
-                b"the client sent input pgstepup cannot read\0",
-            ));
-            if self.server.flush().await.is_err() {
+    /// Relays the server's answers until every forwarded request has its ReadyForQuery (the
+    /// server or the client going away ends it too; the caller bounds the wait).
+    async fn relay_replies_in_flight(&mut self) {
+        // Ends a COPY FROM STDIN the bad input interrupted (its ReadyForQuery would wait for
+        // more data); outside COPY the server ignores a CopyFail.
+        self.server.queue_frame(&Frame::new(
+            tag::COPY_FAIL,
+            b"the client sent input pgstepup cannot read\0",
+        ));
+        if self.server.flush().await.is_err() {
+            return;
+        }
+        while !self.gate.nothing_in_flight() {
+            let ready = std::future::poll_fn(|cx| self.server.poll_frame(cx)).await;
+            if self.on_server_input(ready).await.is_err() {
                 return;
             }
-            while !self.gate.nothing_in_flight() {
-                let ready = std::future::poll_fn(|cx| self.server.poll_frame(cx)).await;
-                if self.on_server_input(ready).await.is_err() {
-                    return;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(wait, relay).await;
+        }
     }
 
     async fn close(&mut self, ending: &Ending) {
@@ -538,13 +532,16 @@ impl Session {
                 // ahead of garbage commits, and says so): the requests already forwarded get
                 // their answers too, then the error. At shutdown what still runs is cancelled
                 // first: it must not commit after the client was told its session ended.
-                let wait = if *ending == Ending::Shutdown {
-                    self.cancel_upstream().await;
-                    SHUTDOWN_REPLIES_WAIT
+                if *ending == Ending::Shutdown {
+                    let answered = async {
+                        self.cancel_upstream().await;
+                        self.relay_replies_in_flight().await;
+                    };
+                    let _ = tokio::time::timeout(CLOSING_WORK, answered).await;
                 } else {
-                    IN_FLIGHT_REPLIES_WAIT
-                };
-                self.relay_replies_in_flight(wait).await;
+                    let answered = self.relay_replies_in_flight();
+                    let _ = tokio::time::timeout(IN_FLIGHT_REPLIES_WAIT, answered).await;
+                }
                 if let Some(error) = self.final_error.take() {
                     self.refuse_fatal(error);
                 }
