@@ -8,10 +8,11 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     AlterTable, AlterTableOperation, BinaryOperator, CascadeOption, ColumnDef, ColumnOption,
-    CopySource, CopyTarget, CreateTable, CreateTableLikeDefaults, CreateTableLikeKind,
-    DropBehavior, Expr, ForeignKeyConstraint, FromTable, GroupByExpr, ObjectName, ObjectNamePart,
-    ObjectType, OrderByExpr, OrderBySort, Query, Set, SetExpr, SetSessionAuthorizationParamKind,
-    Statement, TableConstraint, TableFactor, TableObject, UtilityOption, Visit, Visitor,
+    CommentObject, CopySource, CopyTarget, CreateTable, CreateTableLikeDefaults,
+    CreateTableLikeKind, DropBehavior, Expr, ForeignKeyConstraint, FromTable, GrantObjects,
+    GroupByExpr, ObjectName, ObjectNamePart, ObjectType, OrderByExpr, OrderBySort, Query, Set,
+    SetExpr, SetSessionAuthorizationParamKind, Statement, TableConstraint, TableFactor,
+    TableObject, UtilityOption, Visit, Visitor,
 };
 
 use crate::functions::{self, TablesRead};
@@ -219,7 +220,13 @@ impl Collector {
                 ObjectType::Role | ObjectType::User | ObjectType::Group => {
                     self.add(Kind::Dcl, None, None)
                 }
-                ObjectType::Table | ObjectType::View | ObjectType::MaterializedView => {
+                ObjectType::Table
+                | ObjectType::View
+                | ObjectType::MaterializedView
+                | ObjectType::ForeignTable
+                | ObjectType::Sequence
+                | ObjectType::Index => {
+                    // Sequences and indexes are relations too, named in the tables' schemas.
                     for name in names {
                         self.add(Kind::Ddl, Some(name), None);
                     }
@@ -227,11 +234,36 @@ impl Collector {
                         self.dependents_dropped();
                     }
                 }
+                ObjectType::Schema => {
+                    for schema in names {
+                        self.add_facet(Kind::Ddl, TableName::every_table_in(schema), None);
+                    }
+                    if *cascade {
+                        self.dependents_dropped();
+                    }
+                }
                 _ => self.add(Kind::Ddl, None, None),
             },
-            S::CreateRole(_) | S::AlterRole { .. } | S::Grant(_) | S::Revoke(_) => {
-                self.add(Kind::Dcl, None, None)
+            S::AlterSchema(alter) => {
+                self.add_facet(Kind::Ddl, TableName::every_table_in(&alter.name), None)
             }
+            S::AlterIndex { name, .. } => self.add(Kind::Ddl, Some(name), None),
+            S::CreateTrigger(trigger) => {
+                self.add(Kind::Ddl, Some(&trigger.table_name), None);
+                // A constraint trigger's FROM table: its changes fire the trigger.
+                if let Some(referenced) = &trigger.referenced_table_name {
+                    self.add(Kind::Ddl, Some(referenced), None);
+                }
+            }
+            S::DropTrigger(trigger) => self.add(Kind::Ddl, trigger.table_name.as_ref(), None),
+            S::Comment {
+                object_type,
+                object_name,
+                ..
+            } => self.comment(*object_type, object_name),
+            S::Grant(grant) => self.privileges_on(grant.objects.as_ref()),
+            S::Revoke(revoke) => self.privileges_on(revoke.objects.as_ref()),
+            S::CreateRole(_) | S::AlterRole { .. } => self.add(Kind::Dcl, None, None),
             S::GrantRole(_) | S::RevokeRole(_) | S::AlterDefaultPrivileges(_) => {
                 self.add(Kind::Dcl, None, None)
             }
@@ -258,7 +290,10 @@ impl Collector {
                 Some("EXECUTE of an SQL-level prepared statement (its text is not visible here)"),
             ),
             S::NOTIFY { .. } => self.add(Kind::Write, None, Some("NOTIFY")),
-            S::Analyze(_) | S::Vacuum(_) => self.add(Kind::Admin, None, Some("maintenance")),
+            S::Analyze(_) => self.add(Kind::Admin, None, Some("maintenance")),
+            S::Vacuum(vacuum) => {
+                self.add(Kind::Admin, vacuum.table_name.as_ref(), Some("maintenance"))
+            }
             S::Load { .. } | S::Kill { .. } => self.add(Kind::Admin, None, None),
             other => self.by_keyword(other),
         }
@@ -353,7 +388,7 @@ impl Collector {
             name if is_admin_setting(name) => self.add(
                 Kind::Admin,
                 None,
-                Some("a setting that turns off triggers or the server's audit logging"),
+                Some("a setting that turns off triggers, safety checks or the server's audit logging and monitoring, or loads libraries"),
             ),
             _ => self.add(Kind::Utility, None, None),
         }
@@ -610,6 +645,55 @@ impl Collector {
             None,
             Some("CASCADE also drops the objects that depend on it"),
         );
+    }
+
+    /// GRANT or REVOKE: a privilege change on each table, sequence or view named, on every
+    /// table of a schema for `ALL ... IN SCHEMA s` and `ON SCHEMA s` (its tables become
+    /// reachable), and on no table for other objects (functions, databases, ...).
+    fn privileges_on(&mut self, objects: Option<&GrantObjects>) {
+        use GrantObjects as G;
+        match objects {
+            Some(G::Tables(names) | G::Views(names) | G::Sequences(names)) => {
+                for name in names {
+                    self.add(Kind::Dcl, Some(name), None);
+                }
+            }
+            Some(
+                G::AllTablesInSchema { schemas }
+                | G::AllViewsInSchema { schemas }
+                | G::AllMaterializedViewsInSchema { schemas }
+                | G::AllExternalTablesInSchema { schemas }
+                | G::AllSequencesInSchema { schemas }
+                | G::FutureTablesInSchema { schemas }
+                | G::FutureViewsInSchema { schemas }
+                | G::FutureExternalTablesInSchema { schemas }
+                | G::FutureMaterializedViewsInSchema { schemas }
+                | G::FutureSequencesInSchema { schemas }
+                | G::Schemas(schemas),
+            ) => {
+                for schema in schemas {
+                    self.add_facet(Kind::Dcl, TableName::every_table_in(schema), None);
+                }
+            }
+            _ => self.add(Kind::Dcl, None, None),
+        }
+    }
+
+    /// COMMENT ON: a schema change of the relation it describes (of a column's table; of
+    /// every table of a schema).
+    fn comment(&mut self, object_type: CommentObject, name: &ObjectName) {
+        use CommentObject as C;
+        match object_type {
+            C::Table | C::View | C::MaterializedView | C::ForeignTable | C::Sequence | C::Index => {
+                self.add(Kind::Ddl, Some(name), None)
+            }
+            C::Column => {
+                let table = ObjectName(name.0[..name.0.len().saturating_sub(1)].to_vec());
+                self.add(Kind::Ddl, Some(&table), None)
+            }
+            C::Schema => self.add_facet(Kind::Ddl, TableName::every_table_in(name), None),
+            _ => self.add(Kind::Ddl, None, None),
+        }
     }
 
     /// What ALTER TABLE does beyond its own table: a foreign key added changes the table it
@@ -931,7 +1015,29 @@ fn explain_runs(analyze: bool, options: Option<&[UtilityOption]>) -> bool {
         })
 }
 
-/// Superuser settings that silence triggers (including audit triggers) or the server's log.
+/// Superuser settings that silence triggers (including audit triggers), the server's log or
+/// its activity and statement tracking, switch off safety checks, or load libraries.
 pub(crate) fn is_admin_setting(name: &str) -> bool {
-    name == "session_replication_role" || name.starts_with("log_") || name.starts_with("pgaudit.")
+    const PREFIXES: &[&str] = &[
+        "log_",
+        "pgaudit.",
+        "track_",
+        "debug_",
+        "pg_stat_statements.",
+        "auto_explain.",
+    ];
+    const NAMES: &[&str] = &[
+        "session_replication_role",
+        "compute_query_id",
+        "zero_damaged_pages",
+        "ignore_checksum_failure",
+        "ignore_system_indexes",
+        "allow_system_table_mods",
+        "allow_in_place_tablespaces",
+        "lo_compat_privileges",
+        "dynamic_library_path",
+        "session_preload_libraries",
+        "local_preload_libraries",
+    ];
+    NAMES.contains(&name) || PREFIXES.iter().any(|prefix| name.starts_with(prefix))
 }

@@ -4,7 +4,7 @@
 
 use crate::kind::Kind;
 use crate::lexer::{leading_words, Lexer, Token};
-use crate::table::TableName;
+use crate::table::{truncate_identifier, TableName};
 use crate::Facet;
 
 /// Classifies one statement's text by its keywords.
@@ -15,7 +15,36 @@ pub(crate) fn classify(statement: &str) -> (Vec<Facet>, Option<String>) {
     let (kind, reason): (Kind, &str) = match (word(0), word(1)) {
         ("do", _) => (Kind::Write, "DO runs arbitrary procedural code"),
         ("vacuum" | "analyze" | "analyse" | "cluster" | "reindex" | "checkpoint", _) => {
-            (Kind::Admin, "maintenance")
+            let reason = Some("maintenance".to_owned());
+            let tables = maintained_tables(statement);
+            if tables.is_empty() {
+                return (vec![facet(Kind::Admin)], reason);
+            }
+            let facets = tables
+                .into_iter()
+                .map(|table| Facet {
+                    kind: Kind::Admin,
+                    table: Some(table),
+                })
+                .collect();
+            return (facets, reason);
+        }
+        ("alter", "sequence") => {
+            // Its values are what the next inserts into its table get.
+            let tokens = tokens(statement);
+            let start = if tokens.get(2).is_some_and(|t| is_word(t, "if")) {
+                4
+            } else {
+                2
+            };
+            let table = qualified_name(&tokens[start.min(tokens.len())..]);
+            return (
+                vec![Facet {
+                    kind: Kind::Ddl,
+                    table,
+                }],
+                None,
+            );
         }
         ("alter", "system") => (Kind::Admin, "ALTER SYSTEM changes the server configuration"),
         ("prepare", "transaction") | ("commit" | "rollback", "prepared") => {
@@ -27,6 +56,7 @@ pub(crate) fn classify(statement: &str) -> (Vec<Facet>, Option<String>) {
             // a COPY's query, file or program) is not, so it is also `unknown`, which no rule
             // on the target's name can allow.
             let mut facets = vec![facet(Kind::Unknown)];
+            facets.extend(names_read(statement));
             let copy = word(0) == "copy";
             if !copy || has_word(statement, "from") {
                 facets.push(Facet {
@@ -59,7 +89,10 @@ pub(crate) fn classify(statement: &str) -> (Vec<Facet>, Option<String>) {
             }
             // The tables it reads are not known either: no rule that allows the write may
             // let it through.
-            return (vec![facet(Kind::Unknown), found], Some(unparsed(statement)));
+            let mut facets = vec![facet(Kind::Unknown)];
+            facets.extend(names_read(statement));
+            facets.push(found);
+            return (facets, Some(unparsed(statement)));
         }
         (
             "begin" | "start" | "end" | "abort" | "commit" | "rollback" | "savepoint" | "release",
@@ -83,7 +116,11 @@ pub(crate) fn classify(statement: &str) -> (Vec<Facet>, Option<String>) {
         }
         ("grant" | "revoke", _) => (Kind::Dcl, ""),
         ("create" | "alter" | "drop" | "comment" | "security" | "import", _) => (Kind::Ddl, ""),
-        _ => return (vec![facet(Kind::Unknown)], Some(unparsed(statement))),
+        _ => {
+            let mut facets = vec![facet(Kind::Unknown)];
+            facets.extend(names_read(statement));
+            return (facets, Some(unparsed(statement)));
+        }
     };
     let reason = (!reason.is_empty()).then(|| reason.to_owned());
     (vec![facet(kind)], reason)
@@ -367,6 +404,127 @@ fn dml_target(statement: &str) -> Option<TableName> {
     qualified_name(&tokens[i.min(tokens.len())..])
 }
 
+/// What an unparsed text may read, guessed from its tokens: every `a.b` (a schema-qualified
+/// table, or a column of an alias: the guess errs towards more tables) and every name after
+/// FROM, JOIN, TABLE, INTO, UPDATE, USING or ONLY. The text is `unknown` already, so no rule
+/// can allow it; these let a rule that denies or holds a table meet it too, so a deny does
+/// not become the default step-up because the parser could not read the text.
+fn names_read(statement: &str) -> Vec<Facet> {
+    const BEFORE_TABLE: &[&str] = &["from", "join", "table", "into", "update", "using", "only"];
+    let tokens = tokens(statement);
+    let uescape = uescape_of(&tokens);
+    let mut facets: Vec<Facet> = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let follows_keyword = i > 0 && BEFORE_TABLE.iter().any(|w| is_word(&tokens[i - 1], w));
+        let qualified = matches!(tokens.get(i + 1), Some(Token::Symbol(".")));
+        if !follows_keyword && !qualified {
+            continue;
+        }
+        let Some(first) = identifier(token, uescape) else {
+            continue;
+        };
+        let table = match tokens.get(i + 2).filter(|_| qualified) {
+            Some(next) => match identifier(next, uescape) {
+                Some(name) => TableName {
+                    schema: Some(first),
+                    name,
+                },
+                None => continue,
+            },
+            None => TableName {
+                schema: None,
+                name: first,
+            },
+        };
+        if !facets.iter().any(|f| f.table.as_ref() == Some(&table)) {
+            facets.push(Facet {
+                kind: Kind::Read,
+                table: Some(table),
+            });
+        }
+    }
+    facets
+}
+
+/// The tables a VACUUM, ANALYZE, CLUSTER or REINDEX names (every table of the schema for
+/// `REINDEX SCHEMA s`); none when it names none (then it works on all it may).
+fn maintained_tables(statement: &str) -> Vec<TableName> {
+    let tokens = tokens(statement);
+    let reindex = tokens.first().is_some_and(|t| is_word(t, "reindex"));
+    let mut i = 1;
+    let mut every_table = false;
+    loop {
+        match tokens.get(i) {
+            // An option list: `VACUUM (VERBOSE, ANALYZE) t`.
+            Some(Token::Symbol("(")) => i = after_parentheses(&tokens, i),
+            Some(t)
+                if [
+                    "full",
+                    "freeze",
+                    "verbose",
+                    "analyze",
+                    "analyse",
+                    "concurrently",
+                ]
+                .iter()
+                .any(|w| is_word(t, w)) =>
+            {
+                i += 1
+            }
+            Some(t) if reindex && (is_word(t, "table") || is_word(t, "index")) => i += 1,
+            // The whole database: no table of its own.
+            Some(t) if reindex && (is_word(t, "database") || is_word(t, "system")) => {
+                return Vec::new()
+            }
+            Some(t) if reindex && is_word(t, "schema") => {
+                every_table = true;
+                i += 1
+            }
+            _ => break,
+        }
+    }
+    let mut tables = Vec::new();
+    while let Some(mut table) = qualified_name(&tokens[i.min(tokens.len())..]) {
+        if every_table {
+            table = TableName::every_table_of(table.name);
+        }
+        tables.push(table);
+        // Past the name, its column list, and on to the next after a comma.
+        while tokens
+            .get(i)
+            .is_some_and(|t| !matches!(t, Token::Symbol(",") | Token::Symbol("(")))
+        {
+            i += 1;
+        }
+        if matches!(tokens.get(i), Some(Token::Symbol("("))) {
+            i = after_parentheses(&tokens, i);
+        }
+        if !matches!(tokens.get(i), Some(Token::Symbol(","))) {
+            break;
+        }
+        i += 1;
+    }
+    tables
+}
+
+/// The index after the parenthesised group that opens at `open`.
+fn after_parentheses(tokens: &[Token<'_>], open: usize) -> usize {
+    let mut depth = 0usize;
+    for (i, token) in tokens.iter().enumerate().skip(open) {
+        match token {
+            Token::Symbol("(") => depth += 1,
+            Token::Symbol(")") => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    tokens.len()
+}
+
 /// The escape character of `U&` identifiers: UESCAPE's, else a backslash.
 fn uescape_of(tokens: &[Token<'_>]) -> char {
     tokens
@@ -400,7 +558,7 @@ fn qualified_name(tokens: &[Token<'_>]) -> Option<TableName> {
 }
 
 fn identifier(token: &Token<'_>, uescape: char) -> Option<String> {
-    match token {
+    let name = match token {
         Token::Word(w) => Some(w.to_ascii_lowercase()),
         Token::QuotedIdent(q) if q.starts_with('"') => {
             Some(q[1..q.len() - 1].replace("\"\"", "\""))
@@ -409,7 +567,8 @@ fn identifier(token: &Token<'_>, uescape: char) -> Option<String> {
             decode_unicode_escapes(&q[3..q.len() - 1].replace("\"\"", "\""), uescape)
         }
         _ => None,
-    }
+    };
+    name.map(truncate_identifier)
 }
 
 /// `U&"..."` escapes: `\XXXX` and `\+XXXXXX` (or another escape character from UESCAPE).
@@ -483,6 +642,72 @@ mod tests {
         assert_eq!(kind("FROBNICATE"), Kind::Unknown);
     }
 
+    /// A text the parser cannot read still meets the rules of the tables it seems to name.
+    #[test]
+    fn unparsed_texts_name_what_they_may_read() {
+        let reads = |sql: &str| {
+            let (facets, _) = classify(sql);
+            assert!(facets.iter().any(|f| f.kind == Kind::Unknown), "{sql}");
+            facets
+                .iter()
+                .filter(|f| f.kind == Kind::Read)
+                .filter_map(|f| f.table.as_ref().map(|t| t.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            reads("SELECT xmlpi(name x, (SELECT num FROM billing.cards LIMIT 1))"),
+            ["billing.cards"]
+        );
+        assert_eq!(
+            reads("SELECT xmlpi(name x, (SELECT c.num FROM U&\"\\0062illing\".cards c JOIN customers USING (id)))"),
+            ["c.num", "billing.cards", "customers"]
+        );
+        assert_eq!(reads("FROBNICATE FROM Secret.Stuff"), ["secret.stuff"]);
+    }
+
+    /// Maintenance names its tables (a schema's every table for REINDEX SCHEMA); with none
+    /// named it has none.
+    #[test]
+    fn maintenance_names_the_tables_it_works_on() {
+        let tables = |sql: &str| {
+            classify(sql)
+                .0
+                .iter()
+                .map(|f| {
+                    assert_eq!(f.kind, Kind::Admin, "{sql}");
+                    f.table.as_ref().map(|t| t.to_string())
+                })
+                .collect::<Vec<_>>()
+        };
+        let some = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| Some(n.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            tables("VACUUM (VERBOSE, ANALYZE) a.t (x, y), \"U\", b.v"),
+            some(&["a.t", "U", "b.v"])
+        );
+        assert_eq!(tables("vacuum full freeze t"), some(&["t"]));
+        assert_eq!(tables("CLUSTER VERBOSE s.t USING i"), some(&["s.t"]));
+        assert_eq!(
+            tables("REINDEX (VERBOSE) TABLE CONCURRENTLY s.t"),
+            some(&["s.t"])
+        );
+        assert_eq!(tables("REINDEX INDEX s.i"), some(&["s.i"]));
+        assert_eq!(tables("REINDEX SCHEMA Billing"), some(&["billing.*"]));
+        for whole in [
+            "VACUUM",
+            "CLUSTER",
+            "REINDEX DATABASE d",
+            "REINDEX SYSTEM",
+            "CHECKPOINT",
+        ] {
+            assert_eq!(tables(whole), [None], "{whole}");
+        }
+    }
+
     /// A role switch in any spelling the parser lacks; NONE and DEFAULT switch back.
     #[test]
     fn role_switches_are_session_privilege_however_spelled() {
@@ -531,7 +756,15 @@ mod tests {
     /// client is never a read.
     #[test]
     fn unparsed_dml_and_copy_are_unknown_too() {
-        let kinds = |sql: &str| classify(sql).0.iter().map(|f| f.kind).collect::<Vec<_>>();
+        // (Besides the reads it seems to make: `unparsed_texts_name_what_they_may_read`.)
+        let kinds = |sql: &str| {
+            classify(sql)
+                .0
+                .iter()
+                .map(|f| f.kind)
+                .filter(|k| *k != Kind::Read)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
             kinds("TRUNCATE scratch.x, billing.U&\"cards\""),
             [Kind::Unknown, Kind::Write]
@@ -560,7 +793,12 @@ mod tests {
             "SELECT num FROM billing.cards WHERE id ISNULL OR true FOR UPDATE",
             "SELECT scratch.f4() FROM billing.cards WHERE 1 ISNULL",
         ] {
-            let kinds: Vec<Kind> = classify(sql).0.iter().map(|f| f.kind).collect();
+            let kinds: Vec<Kind> = classify(sql)
+                .0
+                .iter()
+                .map(|f| f.kind)
+                .filter(|k| *k != Kind::Read)
+                .collect();
             assert_eq!(kinds, [Kind::Unknown, Kind::Write], "{sql}");
         }
     }

@@ -21,27 +21,80 @@ const PINNED: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// Client encodings whose multi-byte characters can contain ASCII quote or backslash bytes
-/// (with their aliases): the server converts them before lexing, pgstepup would not.
-const UNSAFE_ENCODINGS: &[&str] = &[
-    "sjis",
-    "shift_jis",
-    "mskanji",
-    "win932",
-    "windows932",
-    "shift_jis_2004",
-    "big5",
-    "win950",
-    "windows950",
-    "gbk",
-    "win936",
-    "windows936",
-    "cp936",
-    "gb18030",
-    "uhc",
-    "win949",
-    "windows949",
-    "johab",
+/// Client encoding names pgstepup reads text alike with the server, as PostgreSQL's own
+/// table spells them once cleaned (letters and digits only, lower case: `Windows-1252`,
+/// `WIN_1252` and `win1252` are one name to it). Left out are the encodings whose
+/// multi-byte characters can contain ASCII quote or backslash bytes (SJIS, SHIFT_JIS_2004,
+/// BIG5, GBK, UHC, GB18030, JOHAB and their aliases: the server converts them before lexing,
+/// pgstepup would not) and anything PostgreSQL does not know. An allowlist, so an alias
+/// nobody listed cannot get through.
+const SAFE_ENCODINGS: &[&str] = &[
+    "abc",
+    "alt",
+    "euccn",
+    "eucjis2004",
+    "eucjp",
+    "euckr",
+    "euctw",
+    "iso88591",
+    "iso885910",
+    "iso885913",
+    "iso885914",
+    "iso885915",
+    "iso885916",
+    "iso88592",
+    "iso88593",
+    "iso88594",
+    "iso88595",
+    "iso88596",
+    "iso88597",
+    "iso88598",
+    "iso88599",
+    "koi8",
+    "koi8r",
+    "koi8u",
+    "latin1",
+    "latin10",
+    "latin2",
+    "latin3",
+    "latin4",
+    "latin5",
+    "latin6",
+    "latin7",
+    "latin8",
+    "latin9",
+    "muleinternal",
+    "sqlascii",
+    "tcvn",
+    "tcvn5712",
+    "unicode",
+    "utf8",
+    "vscii",
+    "win",
+    "win1250",
+    "win1251",
+    "win1252",
+    "win1253",
+    "win1254",
+    "win1255",
+    "win1256",
+    "win1257",
+    "win1258",
+    "win866",
+    "win874",
+    "windows1250",
+    "windows1251",
+    "windows1252",
+    "windows1253",
+    "windows1254",
+    "windows1255",
+    "windows1256",
+    "windows1257",
+    "windows1258",
+    "windows866",
+    "windows874",
+    // Back to the value the session started with, which was checked at login.
+    "default",
 ];
 
 /// For a startup parameter or `-c name=value` option: `Some(false)` when `name` is pinned and
@@ -50,8 +103,9 @@ pub fn safe_value(name: &str, value: &str) -> Option<bool> {
     let name = name.trim().to_ascii_lowercase().replace('-', "_");
     let value = value.trim().trim_matches('\'').to_ascii_lowercase();
     if name == "client_encoding" || name == "names" {
-        let normalized = value.replace(['-', ' '], "_");
-        return Some(!UNSAFE_ENCODINGS.contains(&normalized.as_str()));
+        // PostgreSQL's clean_encoding_name: only letters and digits count.
+        let cleaned: String = value.chars().filter(char::is_ascii_alphanumeric).collect();
+        return Some(SAFE_ENCODINGS.contains(&cleaned.as_str()));
     }
     let (_, safe) = PINNED.iter().find(|(n, _)| *n == name)?;
     Some(safe.contains(&value.as_str()))
@@ -120,10 +174,12 @@ pub(crate) fn violation(sql: &str) -> Option<String> {
                 match statement.get(i + 2) {
                     Some(Token::Str(name)) if name.starts_with('\'') => {
                         let name = name.trim_matches('\'');
-                        let value = statement
-                            .get(i + 4)
-                            .and_then(setting_name)
-                            .unwrap_or_default();
+                        // The value counts only as a lone literal: `'win' || '932'` is SJIS.
+                        let value = match statement.get(i + 5) {
+                            Some(Token::Symbol(",")) => statement.get(i + 4).and_then(setting_name),
+                            _ => None,
+                        }
+                        .unwrap_or_default();
                         if safe_value(name, &value) == Some(false) {
                             return Some(pinned_message(name));
                         }
@@ -211,6 +267,21 @@ mod tests {
             "SET Standard_Conforming_Strings = off",
             "SET \"STANDARD_CONFORMING_STRINGS\" = off",
             "select SET_CONFIG('Client_Encoding', 'sjis', false)",
+            // Every spelling PostgreSQL accepts for an unsafe encoding, and values that are
+            // not a plain literal.
+            "SET client_encoding = 'S-JIS'",
+            "SET client_encoding = 'Windows-932'",
+            "SET client_encoding TO 'WIN-936'",
+            "SET client_encoding = 'gb-18030'",
+            "SET NAMES 'b.i.g.5'",
+            "SET client_encoding = shiftjis2004",
+            "SET client_encoding = U&'sji\\0073'",
+            "SET client_encoding = E'sji\\163'",
+            "SET client_encoding = $$sjis$$",
+            "SELECT set_config('client_encoding', 'sj' || 'is', false)",
+            "SELECT set_config('client_encoding', 'win' || '932', false)",
+            "SELECT set_config('client_encoding', (SELECT 'sjis'), false)",
+            "SET client_encoding = 'no-such-encoding'",
         ] {
             assert!(violation(sql).is_some(), "{sql}");
         }
@@ -238,6 +309,10 @@ mod tests {
             "SET backslash_quote = safe_encoding",
             "SET client_encoding = 'LATIN1'",
             "SET NAMES 'UTF8'",
+            "SET client_encoding = 'Windows-1252'",
+            "SET client_encoding = 'ISO_8859_5'",
+            "SET client_encoding TO DEFAULT",
+            "SELECT set_config('client_encoding', 'UTF8', false)",
             "SELECT set_config('search_path', 'public', false)",
             "SELECT 'SET standard_conforming_strings = off'",
             "UPDATE t SET standard_conforming_strings = 0",

@@ -4,6 +4,8 @@
 //! schema they listed (a name may resolve to any of them), which can only make rules on
 //! schema-qualified tables apply more often.
 
+use crate::table::truncate_identifier;
+
 /// Schemas a text (or a session) puts on the search_path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SearchPath {
@@ -72,8 +74,8 @@ pub(crate) fn split(value: &str) -> Vec<String> {
         .filter(|entry| !entry.is_empty())
         .map(
             |entry| match entry.strip_prefix('"').and_then(|e| e.strip_suffix('"')) {
-                Some(quoted) => quoted.replace("\"\"", "\""),
-                None => entry.to_ascii_lowercase(),
+                Some(quoted) => truncate_identifier(quoted.replace("\"\"", "\"")),
+                None => truncate_identifier(entry.to_ascii_lowercase()),
             },
         )
         .collect()

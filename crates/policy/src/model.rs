@@ -378,6 +378,17 @@ fn table_match(
     search_path: Schemas,
 ) -> Option<u8> {
     let rank = if glob::is_glob(pattern) { 2 } else { 3 };
+    if table.is_every_table() {
+        // Every table of a schema: it holds whatever table a restricting pattern names there,
+        // and only a pattern that takes in the whole schema allows it.
+        let (schema, name) = pattern.rsplit_once('.').unwrap_or(("*", pattern));
+        let schema_matches = table
+            .schema
+            .as_deref()
+            .is_some_and(|table_schema| glob::matches(schema, table_schema));
+        let matched = schema_matches && (action != Action::Allow || name.chars().all(|c| c == '*'));
+        return matched.then_some(rank);
+    }
     let matched = match (pattern.rsplit_once('.'), &table.schema) {
         (Some((schema, name)), Some(table_schema)) => {
             glob::matches(schema, table_schema) && glob::matches(name, &table.name)

@@ -233,6 +233,105 @@ action = "deny"
     );
 }
 
+/// Statements about a protected table that change no row (privileges, triggers, comments,
+/// its schema) meet the table's rules, not only the default for their kind.
+#[test]
+fn privileges_triggers_comments_and_schemas_meet_the_rules_of_their_tables() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "scratch-is-free"
+tables = ["scratch.*"]
+action = "allow"
+
+[[rule]]
+name = "cards-locked"
+tables = ["billing.cards"]
+action = "deny"
+"#,
+    );
+    decides_all(
+        &p,
+        &[
+            "GRANT SELECT ON billing.cards TO PUBLIC",
+            "GRANT ALL ON TABLE scratch.t, billing.cards TO bob",
+            "REVOKE SELECT ON billing.cards FROM bob",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA billing TO bob",
+            "GRANT USAGE ON SCHEMA billing TO PUBLIC",
+            "CREATE TRIGGER t BEFORE INSERT ON billing.cards FOR EACH ROW EXECUTE FUNCTION f()",
+            "DROP TRIGGER t ON billing.cards",
+            "COMMENT ON TABLE billing.cards IS 'x'",
+            "COMMENT ON COLUMN billing.cards.number IS 'x'",
+            "DROP SCHEMA billing CASCADE",
+            "DROP SCHEMA scratch, billing",
+            "ALTER SCHEMA billing RENAME TO b2",
+            "VACUUM FULL billing.cards",
+            "VACUUM (VERBOSE) scratch.t (c), billing.cards",
+            "CLUSTER billing.cards USING cards_pkey",
+            "REINDEX TABLE CONCURRENTLY billing.cards",
+            "REINDEX SCHEMA billing",
+        ],
+        (Action::Deny, "cards-locked"),
+    );
+    // Sequences and indexes are relations of their schema.
+    let schema_locked =
+        policy("[[rule]]\nname = \"billing\"\ntables = [\"billing.*\"]\naction = \"deny\"\n");
+    decides_all(
+        &schema_locked,
+        &[
+            "ALTER SEQUENCE billing.cards_id_seq RESTART",
+            "DROP SEQUENCE billing.cards_id_seq",
+            "DROP INDEX billing.cards_pkey",
+            "ALTER INDEX billing.cards_pkey RENAME TO k",
+            "GRANT USAGE ON SEQUENCE billing.cards_id_seq TO bob",
+        ],
+        (Action::Deny, "billing"),
+    );
+    // A whole free schema, and objects that are only in it, stay free.
+    decides_all(
+        &p,
+        &[
+            "GRANT SELECT ON ALL TABLES IN SCHEMA scratch TO bob",
+            "GRANT SELECT ON scratch.t TO bob",
+            "COMMENT ON COLUMN scratch.t.c IS 'x'",
+            "DROP SCHEMA scratch",
+            "DROP SEQUENCE scratch.s",
+            "DROP INDEX scratch.i",
+            "VACUUM scratch.t",
+            "REINDEX SCHEMA scratch",
+        ],
+        (Action::Allow, "scratch-is-free"),
+    );
+    // A rule allowing one table of a schema does not allow the whole schema.
+    let one_table =
+        policy("[[rule]]\nname = \"one\"\ntables = [\"scratch.t\"]\naction = \"allow\"\n");
+    assert_eq!(
+        decide(&one_table, "bob", &[], "DROP SCHEMA scratch").0,
+        Action::StepUp
+    );
+}
+
+/// A text the parser cannot read, or a name longer than PostgreSQL keeps, still meets the
+/// rule of the table it names: a deny does not become the default step-up.
+#[test]
+fn unparsed_texts_and_long_names_meet_the_rules_of_their_tables() {
+    let long = format!("customer_cards_{}", "x".repeat(48));
+    assert_eq!(long.len(), 63);
+    let p = policy(&format!(
+        "[[rule]]\nname = \"cards\"\ntables = [\"billing.cards\", \"{long}\"]\naction = \"deny\"\n"
+    ));
+    decides_all(
+        &p,
+        &[
+            "SELECT xmlpi(name x, (SELECT num FROM billing.cards LIMIT 1))",
+            "SELECT xmlpi(name x, (SELECT num FROM U&\"\\0062illing\".cards LIMIT 1))",
+            &format!("SELECT * FROM {long}_ignored_suffix"),
+            &format!("SELECT * FROM \"{long}_ignored\""),
+        ],
+        (Action::Deny, "cards"),
+    );
+}
+
 #[test]
 fn the_earliest_of_equally_specific_rules_decides() {
     let p = policy(
