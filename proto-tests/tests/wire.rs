@@ -712,3 +712,140 @@ async fn an_idle_session_is_closed_with_57p01_as_soon_as_shutdown_begins() {
     assert_eq!(field(&body, b'C').as_deref(), Some("57P01"));
     assert_eq!(raw.recv().await, None);
 }
+
+/// Tags and SQLSTATEs of a reply, to compare with what PostgreSQL itself answers.
+fn outline(reply: &[(u8, Vec<u8>)]) -> Vec<String> {
+    reply
+        .iter()
+        .map(|(tag, body)| match tag {
+            b'E' => format!("E {}", field(body, b'C').unwrap_or_default()),
+            b'Z' => format!("Z {}", body[0] as char),
+            b'C' => format!("C {}", String::from_utf8_lossy(&body[..body.len() - 1])),
+            other => (*other as char).to_string(),
+        })
+        .collect()
+}
+
+/// A refused statement in a text of several fails where it stands: the statements before it
+/// run as PostgreSQL would run them had it failed there (a BEGIN opens the transaction that
+/// the refusal then fails, a COMMIT commits), and the rest do not.
+#[tokio::test]
+async fn a_refusal_among_several_statements_fails_where_it_stands() {
+    let policy = proto_tests::write_policy(
+        "[[rule]]\nname = \"secret\"\ntables = [\"secret.*\"]\naction = \"deny\"\n\
+         [[rule]]\nname = \"writes\"\nkinds = [\"write\", \"ddl\"]\naction = \"allow\"\n",
+    );
+    let proxy = TestProxy::with(Auth::Passthrough, false, |c| {
+        proto_tests::use_policy_file(c, &policy)
+    });
+    let (mut raw, _) = logged_in(&proxy, &[]).await;
+    let table = format!("refused_among_{}", std::process::id());
+    simple(
+        &mut raw,
+        &format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (v int)"),
+    )
+    .await;
+    let refused = "INSERT INTO secret.cards VALUES (1)";
+
+    let reply = simple(
+        &mut raw,
+        &format!(
+            "BEGIN; INSERT INTO {table} VALUES (1); {refused}; INSERT INTO {table} VALUES (9)"
+        ),
+    )
+    .await;
+    assert_eq!(
+        outline(&reply),
+        ["C BEGIN", "C INSERT 0 1", "E 42501", "Z E"],
+        "{reply:?}"
+    );
+    // The transaction is failed on the server too: nothing more runs, COMMIT rolls back.
+    let reply = simple(&mut raw, &format!("INSERT INTO {table} VALUES (2)")).await;
+    assert_eq!(outline(&reply), ["E 25P02", "Z E"]);
+    let reply = simple(&mut raw, "COMMIT").await;
+    assert_eq!(outline(&reply), ["C ROLLBACK", "Z I"]);
+    assert_eq!(rows_in(&table).await, 0);
+
+    // What a COMMIT before the refusal committed stays; what follows it never runs.
+    let reply = simple(
+        &mut raw,
+        &format!(
+            "INSERT INTO {table} VALUES (3); COMMIT; {refused}; INSERT INTO {table} VALUES (4)"
+        ),
+    )
+    .await;
+    assert_eq!(reply.last().unwrap(), &(b'Z', b"I".to_vec()), "{reply:?}");
+    assert!(
+        outline(&reply).contains(&"E 42501".to_string()),
+        "{reply:?}"
+    );
+    assert_eq!(rows_in(&table).await, 1);
+
+    // Without transaction control the text is one implicit transaction: all or nothing.
+    let reply = simple(
+        &mut raw,
+        &format!("INSERT INTO {table} VALUES (5); {refused}"),
+    )
+    .await;
+    assert_eq!(outline(&reply), ["C INSERT 0 1", "E 42501", "Z I"]);
+    assert_eq!(rows_in(&table).await, 1);
+    simple(&mut raw, &format!("DROP TABLE {table}")).await;
+}
+
+/// Refusing a Bind or a fast-path call must not cost the client its unnamed statement
+/// (PostgreSQL keeps it when a named Parse fails, and a Query in place of a FunctionCall
+/// would drop it).
+#[tokio::test]
+async fn refusals_keep_the_clients_unnamed_statement() {
+    let policy = proto_tests::write_policy(
+        "[[rule]]\nname = \"secret\"\ntables = [\"secret.*\"]\naction = \"deny\"\n",
+    );
+    let proxy = TestProxy::with(Auth::Passthrough, false, |c| {
+        proto_tests::use_policy_file(c, &policy)
+    });
+    let (mut raw, _) = logged_in(&proxy, &[]).await;
+    let parse = |name: &str, sql: &str| {
+        let mut body = name.as_bytes().to_vec();
+        body.push(0);
+        body.extend_from_slice(sql.as_bytes());
+        body.extend_from_slice(&[0, 0, 0]);
+        message(b'P', &body)
+    };
+    let bind_execute_sync = |name: &str| {
+        let mut bind = vec![0];
+        bind.extend_from_slice(name.as_bytes());
+        bind.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+        let mut out = message(b'B', &bind);
+        out.extend(message(b'E', &[0, 0, 0, 0, 0]));
+        out.extend(message(b'S', &[]));
+        out
+    };
+    let unnamed_still_answers = |reply: Vec<(u8, Vec<u8>)>| {
+        assert_eq!(first_value(&reply), b"42", "{reply:?}");
+    };
+    // A named statement allowed where it was prepared...
+    let mut batch = parse("s1", "SELECT 1 FROM pg_class LIMIT 1");
+    batch.extend(message(b'S', &[]));
+    raw.send(&batch).await;
+    raw.until_ready().await;
+    // ... is refused at its Bind once an unqualified pg_class may be secret's.
+    simple(&mut raw, "SET search_path = secret, public").await;
+    let mut batch = parse("", "SELECT 42");
+    batch.extend(message(b'S', &[]));
+    raw.send(&batch).await;
+    raw.until_ready().await;
+    raw.send(&bind_execute_sync("s1")).await;
+    assert_eq!(outline(&raw.until_ready().await), ["E 42501", "Z I"]);
+    raw.send(&bind_execute_sync("")).await;
+    unnamed_still_answers(raw.until_ready().await);
+
+    // A fast-path call (any function by OID: needs step-up, refused at once here).
+    let mut call = 1397u32.to_be_bytes().to_vec(); // int4abs
+    call.extend_from_slice(&[0, 1, 0, 1, 0, 1, 0, 0, 0, 4]);
+    call.extend_from_slice(&(-5i32).to_be_bytes());
+    call.extend_from_slice(&[0, 1]);
+    raw.send(&message(b'F', &call)).await;
+    assert_eq!(outline(&raw.until_ready().await), ["E 42501", "Z I"]);
+    raw.send(&bind_execute_sync("")).await;
+    unnamed_still_answers(raw.until_ready().await);
+}

@@ -963,6 +963,30 @@ pub(crate) fn split_statements(sql: &str) -> Option<Vec<&str>> {
     Some(statements)
 }
 
+/// Where each statement of a query text ends: the byte offset just after its semicolon, or
+/// the text's end for a last statement without one; empty statements left out. `None` when
+/// the text does not scan.
+pub fn statement_ends(sql: &str) -> Option<Vec<usize>> {
+    let mut lexer = Lexer::new(sql);
+    let mut ends = Vec::new();
+    let mut seen_token = false;
+    while let Some(token) = lexer.next() {
+        match token.ok()? {
+            Token::Semicolon => {
+                if seen_token {
+                    ends.push(lexer.pos);
+                }
+                seen_token = false;
+            }
+            _ => seen_token = true,
+        }
+    }
+    if seen_token {
+        ends.push(sql.len());
+    }
+    Some(ends)
+}
+
 /// The first `n` words of a statement, lower-cased (comments skipped).
 pub(crate) fn leading_words(statement: &str, n: usize) -> Vec<String> {
     Lexer::new(statement)
@@ -1367,6 +1391,16 @@ mod tests {
             split_statements(";; SELECT 1 ; /* x */ ;\nDO $$ BEGIN; END $$;").unwrap(),
             vec!["SELECT 1", "DO $$ BEGIN; END $$"]
         );
+        let text = ";; SELECT 1 ; /* x */ ;\nDO $$ BEGIN; END $$; SELECT ';'";
+        let ends = statement_ends(text).unwrap();
+        let through = |end: usize| &text[..end];
+        assert_eq!(through(ends[0]), ";; SELECT 1 ;");
+        assert_eq!(
+            through(ends[1]),
+            ";; SELECT 1 ; /* x */ ;\nDO $$ BEGIN; END $$;"
+        );
+        assert_eq!(ends[2], text.len());
+        assert_eq!(ends.len(), 3);
         assert_eq!(
             leading_words("/* c */ VACUUM (VERBOSE) t", 3),
             vec!["vacuum"]

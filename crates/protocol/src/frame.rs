@@ -62,6 +62,18 @@ impl Frame {
         }
     }
 
+    /// This frame with another message after it, to be sent as one unit (a substitute that
+    /// must end its own cycle: a Parse and its Sync). Only its bytes are whole then: its
+    /// body runs on into the second message.
+    pub fn followed_by(self, tag: u8, body: &[u8]) -> Self {
+        let mut out = Vec::with_capacity(self.bytes.len() + HEADER_LEN + body.len());
+        out.extend_from_slice(&self.bytes);
+        out.extend_from_slice(Frame::new(tag, body).as_bytes());
+        Frame {
+            bytes: Bytes::from(out),
+        }
+    }
+
     /// Copies a borrowed frame out of the buffer it lies in (to keep it past that buffer's
     /// next read).
     pub fn copied(frame: FrameRef<'_>) -> Self {

@@ -6,7 +6,10 @@
 //! call to a function that cannot exist (`pg_catalog.pgstepup_refused_<nonce>_<n>()`), so it
 //! fails exactly where the statement would have run (a transaction block becomes failed, an
 //! extended-protocol batch skips to Sync), and pgstepup swaps that server error for its own
-//! explanation on the way back. Responses stay in order, whatever was pipelined before.
+//! explanation on the way back. Responses stay in order, whatever was pipelined before. In a
+//! text of several statements, those before the refused one are sent ahead of the call, as
+//! the server would have run them; a refused Bind or fast-path call fails under a statement
+//! name of pgstepup's own, so the client's unnamed statement survives.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -88,12 +91,33 @@ impl StepUpRule {
 /// How a held frame is swapped for a failing one when it is refused.
 #[derive(Debug, Clone)]
 enum Refusable {
-    Query,
+    /// A simple Query; `exact`: its text as decoded is the client's bytes (valid UTF-8), so
+    /// the statements before the refused one can be sent as they are.
+    Query {
+        exact: bool,
+    },
     Parse {
         name: Vec<u8>,
     },
-    /// A Bind (of a remembered named statement) becomes a failing unnamed Parse.
+    /// A Bind (of a remembered named statement) becomes a failing Parse of a statement name
+    /// of pgstepup's own, so the client's unnamed statement survives.
     Bind,
+    /// A fast-path call becomes such a Parse and a Sync (it ends its own cycle; a Query in
+    /// its place would drop the unnamed statement).
+    FunctionCall,
+}
+
+impl Refusable {
+    /// `exact`: the decoded text is the client's own bytes.
+    fn of(statement: &Statement<'_>, exact: bool) -> Self {
+        match statement {
+            Statement::Parse { name, .. } => Refusable::Parse {
+                name: name.to_vec(),
+            },
+            Statement::Query { .. } => Refusable::Query { exact },
+            Statement::FunctionCall { .. } => Refusable::FunctionCall,
+        }
+    }
 }
 
 struct PendingRefusal {
@@ -332,12 +356,7 @@ impl Gate {
         match decision.action {
             Action::StepUp if !self.active.observe => {
                 let rule = StepUpRule::from_decision(&decision);
-                let refusable = match statement {
-                    Statement::Parse { name, .. } => Refusable::Parse {
-                        name: name.to_vec(),
-                    },
-                    _ => Refusable::Query,
-                };
+                let refusable = Refusable::of(&statement, matches!(sql, Cow::Borrowed(_)));
                 let need = StepUpNeed {
                     digest: Record::digest(&sql),
                     sql: sql.into_owned(),
@@ -374,13 +393,8 @@ impl Gate {
                 let error = refusal_error(&decision);
                 let rule = decision.rule.to_owned();
                 self.audit("statement_refused", &sql, &rule, action, reason);
-                let refusable = match statement {
-                    Statement::Parse { name, .. } => Refusable::Parse {
-                        name: name.to_vec(),
-                    },
-                    _ => Refusable::Query,
-                };
-                Verdict::Substitute(self.substitute(&refusable, error))
+                let refusable = Refusable::of(&statement, matches!(sql, Cow::Borrowed(_)));
+                Verdict::Substitute(self.substitute(&refusable, &sql, error))
             }
         }
     }
@@ -453,7 +467,7 @@ impl Gate {
                 refusable: Refusable::Bind,
             }),
             PreparedDecision::Refused(error) => {
-                Verdict::Substitute(self.substitute(&Refusable::Bind, error))
+                Verdict::Substitute(self.substitute(&Refusable::Bind, "", error))
             }
         }
     }
@@ -495,7 +509,8 @@ impl Gate {
 
     /// The frame that replaces a statement needing step-up that will not run.
     pub(crate) fn refuse_step_up(&mut self, need: &StepUpNeed, error: PgError) -> Frame {
-        self.substitute(&need.refusable, error)
+        let sql = need.sql.clone();
+        self.substitute(&need.refusable, &sql, error)
     }
 
     /// A Close of a named statement forgets it.
@@ -605,7 +620,8 @@ impl Gate {
         }
     }
 
-    fn substitute(&mut self, refusable: &Refusable, error: PgError) -> Frame {
+    /// The frame sent in place of a refused statement (`sql`: its text, for a Query).
+    fn substitute(&mut self, refusable: &Refusable, sql: &str, error: PgError) -> Frame {
         let number = self.next_number;
         self.next_number += 1;
         // A Query or FunctionCall ends the next cycle itself; a Parse belongs to the cycle its
@@ -616,26 +632,68 @@ impl Gate {
             cycle,
             error,
         });
-        let sql = format!("SELECT pg_catalog.{}{number}()", self.marker);
-        let parse_name: Option<&[u8]> = match refusable {
-            Refusable::Parse { name } => Some(name),
-            Refusable::Bind => Some(b""),
-            Refusable::Query => None,
-        };
-        match parse_name {
-            Some(name) => {
-                let mut body = Vec::with_capacity(name.len() + sql.len() + 4);
-                body.extend_from_slice(name);
-                body.push(0);
-                body.extend_from_slice(sql.as_bytes());
-                body.extend_from_slice(&[0, 0, 0]);
-                Frame::new(tag::PARSE, &body)
+        let failing_call = format!("SELECT pg_catalog.{}{number}()", self.marker);
+        let own_name = format!("{}{number}", self.marker);
+        match refusable {
+            Refusable::Parse { name } => failing_parse(name, &failing_call),
+            Refusable::Bind => failing_parse(own_name.as_bytes(), &failing_call),
+            Refusable::FunctionCall => {
+                failing_parse(own_name.as_bytes(), &failing_call).followed_by(tag::SYNC, &[])
             }
-            None => {
-                let mut body = sql.into_bytes();
+            Refusable::Query { exact } => {
+                // The statements before the refused one run, as they would if it failed on
+                // the server: a BEGIN or COMMIT among them takes effect, so the transaction
+                // state after the error is the server's own.
+                let before = if *exact { self.allowed_prefix(sql) } else { "" };
+                let mut body = Vec::with_capacity(before.len() + failing_call.len() + 2);
+                body.extend_from_slice(before.as_bytes());
+                if !before.is_empty() && !before.ends_with(';') {
+                    body.push(b';');
+                }
+                body.extend_from_slice(failing_call.as_bytes());
                 body.push(0);
                 Frame::new(tag::QUERY, &body)
             }
+        }
+    }
+
+    /// The leading statements of a refused multi-statement text that may run: the longest
+    /// run of them allowed together (a decision only grows stricter with more statements,
+    /// and a run judged together sees the search_path its own SETs make). Empty for a single
+    /// statement or a text that does not scan.
+    fn allowed_prefix<'s>(&self, sql: &'s str) -> &'s str {
+        if self.unsafe_encoding.is_some() {
+            // The server may read the text otherwise: nothing of it runs.
+            return "";
+        }
+        let Some(ends) = pgstepup_classify::lexer::statement_ends(sql) else {
+            return "";
+        };
+        // Statements 0..allowed may run, the one at `refused` may not.
+        let (mut allowed, mut refused) = (0, ends.len().saturating_sub(1));
+        while allowed < refused {
+            let middle = (allowed + refused).div_ceil(2);
+            if self.allowed_as_is(&sql[..ends[middle - 1]]) {
+                allowed = middle;
+            } else {
+                refused = middle - 1;
+            }
+        }
+        match allowed {
+            0 => "",
+            n => &sql[..ends[n - 1]],
+        }
+    }
+
+    /// Whether `sql` would be forwarded as it is now: allowed, or needing a step-up the
+    /// session is elevated for.
+    fn allowed_as_is(&self, sql: &str) -> bool {
+        let classification = self.active.classifier.classify_uncached(sql);
+        let decision = self.active.policy.evaluate(&classification, &self.subject);
+        match decision.action {
+            Action::Allow => true,
+            Action::StepUp => self.known_elevation(decision.rule).is_some(),
+            Action::Deny => false,
         }
     }
 
@@ -695,6 +753,16 @@ impl Gate {
             _ => Ok(()),
         }
     }
+}
+
+/// A Parse of `name` whose statement fails at once (the server then skips to Sync).
+fn failing_parse(name: &[u8], failing_call: &str) -> Frame {
+    let mut body = Vec::with_capacity(name.len() + failing_call.len() + 4);
+    body.extend_from_slice(name);
+    body.push(0);
+    body.extend_from_slice(failing_call.as_bytes());
+    body.extend_from_slice(&[0, 0, 0]);
+    Frame::new(tag::PARSE, &body)
 }
 
 /// The text of a statement: borrowed when it is UTF-8 (the common case); otherwise bytes
