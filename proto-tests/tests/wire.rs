@@ -849,3 +849,28 @@ async fn refusals_keep_the_clients_unnamed_statement() {
     raw.send(&bind_execute_sync("")).await;
     unnamed_still_answers(raw.until_ready().await);
 }
+
+/// In a failed transaction the server refuses everything but its end, so a statement that
+/// needs step-up is not held (no approval asked for what cannot run): the client gets the
+/// server's 25P02 at once, as without pgstepup. Outside one it is held as ever.
+#[tokio::test]
+async fn a_failed_transaction_is_answered_without_a_hold() {
+    let policy = proto_tests::write_policy_as_is(
+        "[[rule]]\nname = \"writes\"\nkinds = [\"write\"]\naction = \"step_up\"\n",
+    );
+    let proxy = TestProxy::with(Auth::Passthrough, false, |c| {
+        proto_tests::use_policy_file(c, &policy)
+    });
+    let (mut raw, _) = logged_in(&proxy, &[]).await;
+    let reply = simple(&mut raw, "BEGIN; SELECT 1/0").await;
+    assert_eq!(outline(&reply), ["C BEGIN", "E 22012", "Z E"]);
+    let write = "INSERT INTO pg_temp.nowhere VALUES (1)";
+    let reply = simple(&mut raw, write).await;
+    assert_eq!(outline(&reply), ["E 25P02", "Z E"], "{reply:?}");
+    let reply = simple(&mut raw, "ROLLBACK").await;
+    assert_eq!(outline(&reply), ["C ROLLBACK", "Z I"]);
+    // Now it would run: held, with the approval link in a NOTICE.
+    raw.send(&query(write.as_bytes())).await;
+    let (tag, body) = raw.recv().await.expect("the hold's notice");
+    assert_eq!(tag, b'N', "{:?}", String::from_utf8_lossy(&body));
+}

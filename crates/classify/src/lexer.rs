@@ -988,7 +988,7 @@ pub fn statement_ends(sql: &str) -> Option<Vec<usize>> {
 }
 
 /// The first `n` words of a statement, lower-cased (comments skipped).
-pub(crate) fn leading_words(statement: &str, n: usize) -> Vec<String> {
+pub fn leading_words(statement: &str, n: usize) -> Vec<String> {
     Lexer::new(statement)
         .map_while(|t| match t {
             Ok(Token::Word(w)) => Some(w.to_ascii_lowercase()),

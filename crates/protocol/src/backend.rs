@@ -102,6 +102,7 @@ pub mod sqlstate {
     pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
 }
 
 /// ReadyForQuery with the given transaction status byte (`I`, `T` or `E`).

@@ -154,6 +154,9 @@ pub(crate) struct Gate {
     /// Frames forwarded since the last one that ends a cycle: an extended-protocol batch
     /// still waiting for its Sync.
     unsynced: bool,
+    /// The last ReadyForQuery said the transaction has failed: until it ends, the server
+    /// answers every statement but COMMIT and ROLLBACK with 25P02.
+    transaction_failed: bool,
     unsafe_encoding: Option<String>,
     pending: VecDeque<PendingRefusal>,
     /// Statements allowed under the policy in force, so a repeat costs one lookup in the
@@ -205,6 +208,7 @@ impl Gate {
             sent_cycles: 0,
             received_cycles: 0,
             unsynced: false,
+            transaction_failed: false,
             elevations: HashMap::new(),
             approved_batch: None,
             span: tracing::Span::current(),
@@ -354,6 +358,17 @@ impl Gate {
             }
         }
         match decision.action {
+            Action::StepUp if !self.active.observe && self.server_refuses_anyway(&sql) => {
+                // Holding it would ask for an approval of what cannot run: the server's own
+                // 25P02 answers the failing call in its place, as it would the statement.
+                tracing::debug!(parent: &self.span, rule = %decision.rule, "not held: the transaction has failed");
+                let error = PgError::error(
+                    sqlstate::IN_FAILED_SQL_TRANSACTION,
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                );
+                let refusable = Refusable::of(&statement, false);
+                Verdict::Substitute(self.substitute(&refusable, "", error))
+            }
             Action::StepUp if !self.active.observe => {
                 let rule = StepUpRule::from_decision(&decision);
                 let refusable = Refusable::of(&statement, matches!(sql, Cow::Borrowed(_)));
@@ -657,6 +672,18 @@ impl Gate {
         }
     }
 
+    /// Whether the server will refuse `sql` whatever pgstepup decides: its transaction has
+    /// failed, nothing sent is still unanswered (which could end it), and the text does not
+    /// begin with a statement that ends a transaction.
+    fn server_refuses_anyway(&self, sql: &str) -> bool {
+        const ENDING: &[&str] = &["commit", "end", "rollback", "abort", "prepare"];
+        self.transaction_failed
+            && self.at_rest()
+            && pgstepup_classify::lexer::leading_words(sql, 1)
+                .first()
+                .is_some_and(|word| !ENDING.contains(&word.as_str()))
+    }
+
     /// The leading statements of a refused multi-statement text that may run: the longest
     /// run of them allowed together (a decision only grows stricter with more statements,
     /// and a run judged together sees the search_path its own SETs make). Empty for a single
@@ -716,7 +743,8 @@ impl Gate {
     }
 
     /// A ReadyForQuery ended a cycle: substitutes of finished cycles will never answer.
-    pub(crate) fn on_ready_for_query(&mut self) {
+    pub(crate) fn on_ready_for_query(&mut self, transaction_status: u8) {
+        self.transaction_failed = transaction_status == b'E';
         self.received_cycles += 1;
         let finished = self.received_cycles;
         self.pending.retain(|p| p.cycle >= finished);

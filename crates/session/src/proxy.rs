@@ -610,8 +610,8 @@ fn route_client_frame(
 fn relayed_as_is(gate: &mut Gate, transaction_status: &mut u8, frame: FrameRef<'_>) -> bool {
     match frame.tag() {
         tag::READY_FOR_QUERY => {
-            gate.on_ready_for_query();
             *transaction_status = frame.body().first().copied().unwrap_or(b'I');
+            gate.on_ready_for_query(*transaction_status);
             true
         }
         tag::BACKEND_KEY_DATA | tag::ERROR_RESPONSE | tag::PARAMETER_STATUS => false,
