@@ -10,8 +10,8 @@ use sqlparser::ast::{
     AlterTable, AlterTableOperation, BinaryOperator, CascadeOption, ColumnDef, ColumnOption,
     CommentObject, CopySource, CopyTarget, CreateTable, CreateTableLikeDefaults,
     CreateTableLikeKind, DropBehavior, Expr, ForeignKeyConstraint, FromTable, GrantObjects,
-    GroupByExpr, ObjectName, ObjectNamePart, ObjectType, OrderByExpr, OrderBySort, Query, Set,
-    SetExpr, SetSessionAuthorizationParamKind, Statement, TableConstraint, TableFactor,
+    GroupByExpr, LockTableMode, ObjectName, ObjectNamePart, ObjectType, OrderByExpr, OrderBySort,
+    Query, Set, SetExpr, SetSessionAuthorizationParamKind, Statement, TableConstraint, TableFactor,
     TableObject, UtilityOption, Visit, Visitor,
 };
 
@@ -75,6 +75,10 @@ struct Collector {
     /// the strategy as a call, but it names no function (and PostgreSQL runs only IMMUTABLE
     /// functions in a partition key, which are still recorded from its arguments).
     partition_strategy: Option<*const Expr>,
+    /// Per query being visited, innermost last: the setting its rows are known to name when
+    /// it reads `pg_settings WHERE name = '...'` (pg_dump's `SELECT set_config(name, ...)
+    /// FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'`).
+    settings_rows: Vec<Option<String>>,
 }
 
 impl Collector {
@@ -167,8 +171,14 @@ impl Collector {
                 }
             }
             S::Lock(lock) => {
+                // ACCESS SHARE is the lock every SELECT takes (pg_dump takes it on each table
+                // it dumps); any stronger one blocks writers or readers.
+                let reads = matches!(lock.lock_mode, Some(LockTableMode::AccessShare));
                 for target in &lock.tables {
-                    self.add(Kind::Write, Some(&target.name), Some("LOCK"));
+                    match reads {
+                        true => self.add(Kind::Read, Some(&target.name), None),
+                        false => self.add(Kind::Write, Some(&target.name), Some("LOCK")),
+                    }
                 }
             }
             S::RefreshMaterializedView(refresh) => self.add(
@@ -448,6 +458,8 @@ impl Visitor for Collector {
     }
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        let setting = self.setting_of_rows(query);
+        self.settings_rows.push(setting);
         if let Some(with) = &query.with {
             let ctes: Vec<(String, *const Query)> = with
                 .cte_tables
@@ -491,6 +503,7 @@ impl Visitor for Collector {
     }
 
     fn post_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        self.settings_rows.pop();
         // `TABLE name` in the body, where the query's own CTEs are all visible.
         self.table_commands(&query.body);
         if self
@@ -554,7 +567,11 @@ impl Visitor for Collector {
                 }
                 if let Some(tables) = functions::tables_read_by(&name) {
                     self.table_reading_call(&name, tables, function);
-                } else if let Some(setting) = setting_of_set_config(&name, function) {
+                } else if let Some(setting) = setting_of_set_config(
+                    &name,
+                    function,
+                    self.settings_rows.last().and_then(Option::as_deref),
+                ) {
                     // set_config with a literal name is a SET of that setting (pgAdmin sends
                     // `set_config('bytea_output', 'hex', false)` on connect).
                     if setting == "search_path" {
@@ -575,6 +592,51 @@ impl Visitor for Collector {
 }
 
 impl Collector {
+    /// The setting every row of `query` names: it reads `pg_settings` (PostgreSQL's, not a
+    /// CTE of that name) alone, `WHERE name = '<setting>'` and nothing else.
+    fn setting_of_rows(&self, query: &Query) -> Option<String> {
+        let SetExpr::Select(select) = query.body.as_ref() else {
+            return None;
+        };
+        let [from] = select.from.as_slice() else {
+            return None;
+        };
+        let TableFactor::Table { name, .. } = &from.relation else {
+            return None;
+        };
+        let table = TableName::from_object_name(name)?;
+        let catalog = matches!(table.schema.as_deref(), None | Some("pg_catalog"));
+        let own_cte = query.with.as_ref().is_some_and(|with| {
+            with.cte_tables
+                .iter()
+                .any(|cte| fold(&cte.alias.name) == table.name)
+        });
+        if !from.joins.is_empty()
+            || !catalog
+            || table.name != "pg_settings"
+            || own_cte
+            || self.names_a_cte(&table)
+        {
+            return None;
+        }
+        let Some(Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        }) = &select.selection
+        else {
+            return None;
+        };
+        match (left.as_ref(), right.as_ref()) {
+            (Expr::Identifier(column), literal) | (literal, Expr::Identifier(column))
+                if fold(column) == "name" =>
+            {
+                plain_string(literal)
+            }
+            _ => None,
+        }
+    }
+
     /// CREATE TABLE: DDL on the new table, and on what it links to (parents, referenced
     /// tables, a LIKE source).
     fn create_table(&mut self, create: &CreateTable) {
@@ -936,15 +998,29 @@ fn first_argument_table(function: &sqlparser::ast::Function) -> Option<TableName
 }
 
 /// The setting a `set_config(...)` call assigns, when its first argument is a plain string
-/// literal (lower-cased, as setting names are case-insensitive).
-fn setting_of_set_config(name: &str, function: &sqlparser::ast::Function) -> Option<String> {
-    use sqlparser::ast::Value;
+/// literal, or the column `name` of rows known to name `row_setting` (lower-cased, as
+/// setting names are case-insensitive).
+fn setting_of_set_config(
+    name: &str,
+    function: &sqlparser::ast::Function,
+    row_setting: Option<&str>,
+) -> Option<String> {
     if name != "set_config" && name != "pg_catalog.set_config" {
         return None;
     }
     match nth_argument(function, 0)? {
+        Expr::Identifier(column) if fold(column) == "name" => {
+            row_setting.map(str::to_ascii_lowercase)
+        }
+        literal => plain_string(literal).map(|setting| setting.to_ascii_lowercase()),
+    }
+}
+
+/// A `'...'` literal's text: no escapes for the parser to have read differently.
+fn plain_string(expr: &Expr) -> Option<String> {
+    match expr {
         Expr::Value(value) => match &value.value {
-            Value::SingleQuotedString(setting) => Some(setting.to_ascii_lowercase()),
+            sqlparser::ast::Value::SingleQuotedString(text) => Some(text.clone()),
             _ => None,
         },
         _ => None,

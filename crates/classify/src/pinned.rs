@@ -184,9 +184,16 @@ pub(crate) fn violation(sql: &str) -> Option<String> {
                             return Some(pinned_message(name));
                         }
                     }
-                    // A computed name is a write (step-up) like any set_config; if it turns
-                    // standard_conforming_strings off, the server reports it and the session ends.
-                    _ => {}
+                    // A name computed from the rows (`set_config(name, ...) FROM pg_settings
+                    // WHERE name = '...'`) may be any string the statement holds.
+                    _ => {
+                        let named = statement.iter().filter_map(setting_name).find(|n| {
+                            PINNED.iter().any(|(pinned, _)| pinned == n) || n == "client_encoding"
+                        });
+                        if let Some(name) = named {
+                            return Some(pinned_message(&name));
+                        }
+                    }
                 }
                 continue;
             }
@@ -282,6 +289,8 @@ mod tests {
             "SELECT set_config('client_encoding', 'win' || '932', false)",
             "SELECT set_config('client_encoding', (SELECT 'sjis'), false)",
             "SET client_encoding = 'no-such-encoding'",
+            "SELECT set_config(name, 'off', false) FROM pg_settings WHERE name = 'standard_conforming_strings'",
+            "SELECT set_config(name, 'SJIS', false) FROM pg_settings WHERE name = 'client_encoding'",
         ] {
             assert!(violation(sql).is_some(), "{sql}");
         }
