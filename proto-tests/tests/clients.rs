@@ -97,3 +97,66 @@ async fn pgjdbc_ide_introspection() {
 async fn node_postgres() {
     run_client("node", &["node/pg_client.js"]).await;
 }
+
+/// pg_dump through pgstepup under the built-in default policy, every step-up refused at once:
+/// a dump reads, so it must run without a prompt. Its own traffic: `set_config(name, ...)
+/// FROM pg_settings WHERE name = ...`, `LOCK TABLE ... IN ACCESS SHARE MODE` on every table,
+/// `PREPARE`d catalog queries it then `EXECUTE`s (functions, types), and with `-j` an exported
+/// snapshot.
+#[tokio::test]
+async fn pg_dump() {
+    let database = format!("pgdump_{}", std::process::id());
+    proto_tests::admin(&format!("DROP DATABASE IF EXISTS {database}")).await;
+    proto_tests::admin(&format!("CREATE DATABASE {database}")).await;
+    proto_tests::admin_in(
+        &database,
+        "CREATE TYPE mood AS ENUM ('calm', 'busy');
+         CREATE TABLE visits (id int PRIMARY KEY, mood mood, note text);
+         INSERT INTO visits VALUES (1, 'calm', 'first'), (2, 'busy', 'second');
+         CREATE FUNCTION visit_note(int) RETURNS text LANGUAGE sql STABLE
+             AS $$ SELECT note FROM visits WHERE id = $1 $$;
+         CREATE VIEW calm_visits AS SELECT * FROM visits WHERE mood = 'calm';",
+    )
+    .await;
+    let proxy = TestProxy::with(Auth::Passthrough, false, |config| {
+        use_policy_file(config, &write_policy(""));
+    });
+    let port = proxy.addr.port().to_string();
+    let dir = std::env::temp_dir().join(format!("{database}-dir"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_arg = dir.display().to_string();
+    let plain = ["-d", &database];
+    let parallel = ["-d", &database, "-Fd", "-j", "2", "-f", &dir_arg];
+    for args in [&plain[..], &parallel[..]] {
+        let output = tokio::process::Command::new("pg_dump")
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+            .args(args)
+            .env("PGSSLMODE", "disable")
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(120), output)
+            .await
+            .expect("pg_dump finished in time")
+            .expect("pg_dump runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "pg_dump {args:?}: {stderr}");
+        if args == plain {
+            let dump = String::from_utf8_lossy(&output.stdout);
+            for expected in [
+                "CREATE TYPE public.mood AS ENUM",
+                "CREATE FUNCTION public.visit_note(integer)",
+                "CREATE VIEW public.calm_visits",
+                "1\tcalm\tfirst",
+            ] {
+                assert!(
+                    dump.contains(expected),
+                    "no {expected:?} in the dump:\n{dump}"
+                );
+            }
+        }
+    }
+    assert!(dir.join("toc.dat").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(proxy);
+    proto_tests::admin(&format!("DROP DATABASE {database} WITH (FORCE)")).await;
+}

@@ -874,3 +874,31 @@ async fn a_failed_transaction_is_answered_without_a_hold() {
     let (tag, body) = raw.recv().await.expect("the hold's notice");
     assert_eq!(tag, b'N', "{:?}", String::from_utf8_lossy(&body));
 }
+
+/// A setting that would need step-up as a SET after login (a role switch, a search_path that
+/// puts a schema before pg_catalog) is refused in the startup packet: a connection cannot be
+/// held before it exists.
+#[tokio::test]
+async fn startup_settings_that_need_step_up_are_refused() {
+    let proxy = TestProxy::with(Auth::Passthrough, false, |_| {});
+    for params in [
+        &[("options", "-c role=pg_monitor")][..],
+        &[("role", "pg_monitor")],
+        &[("search_path", "public, pg_catalog")],
+    ] {
+        let mut raw = Raw::new(TcpStream::connect(proxy.addr).await.unwrap());
+        let mut all = vec![("user", "postgres"), ("database", "postgres")];
+        all.extend_from_slice(params);
+        raw.send(&startup(0, &all)).await;
+        let (tag, body) = raw.recv().await.expect("an error");
+        assert_eq!(tag, b'E', "{params:?}");
+        assert_eq!(field(&body, b'C').as_deref(), Some("42501"), "{params:?}");
+        assert!(raw.recv().await.is_none(), "closed after the error");
+    }
+    // Ordinary options still pass.
+    let (mut raw, _) = logged_in(&proxy, &[("options", "-c statement_timeout=5s")]).await;
+    assert_eq!(
+        first_value(&simple(&mut raw, "SHOW statement_timeout").await),
+        b"5s"
+    );
+}

@@ -32,6 +32,10 @@ pub(crate) struct Findings {
     pub reasons: Vec<String>,
     /// Schemas the statement puts on the search_path.
     pub search_path: Option<SearchPath>,
+    /// The SQL-level prepared statement a PREPARE creates (folded name).
+    pub prepares: Option<String>,
+    /// The SQL-level prepared statement an EXECUTE with constant arguments runs.
+    pub executes: Option<String>,
 }
 
 pub(crate) fn analyze(statement: &Statement) -> Findings {
@@ -293,12 +297,29 @@ impl Collector {
             S::Discard { .. } | S::Deallocate { .. } | S::LISTEN { .. } | S::UNLISTEN { .. } => {
                 self.add(Kind::Utility, None, None)
             }
-            S::Prepare { .. } => self.add(Kind::Utility, None, None),
-            S::Execute { .. } => self.add(
-                Kind::Write,
-                None,
-                Some("EXECUTE of an SQL-level prepared statement (its text is not visible here)"),
-            ),
+            S::Prepare { name, .. } => {
+                self.add(Kind::Utility, None, None);
+                self.findings.prepares = Some(fold(name));
+            }
+            S::Execute {
+                name, parameters, ..
+            } => {
+                self.add(
+                    Kind::Write,
+                    None,
+                    Some(
+                        "EXECUTE of an SQL-level prepared statement (its text is not visible here)",
+                    ),
+                );
+                // With constant arguments it runs the prepared text and nothing of its own.
+                if parameters.iter().all(is_constant) {
+                    self.findings.executes =
+                        name.as_ref().and_then(|name| match name.0.as_slice() {
+                            [ObjectNamePart::Identifier(ident)] => Some(fold(ident)),
+                            _ => None,
+                        });
+                }
+            }
             S::NOTIFY { .. } => self.add(Kind::Write, None, Some("NOTIFY")),
             S::Analyze(_) => self.add(Kind::Admin, None, Some("maintenance")),
             S::Vacuum(vacuum) => {
@@ -1013,6 +1034,21 @@ fn setting_of_set_config(
             row_setting.map(str::to_ascii_lowercase)
         }
         literal => plain_string(literal).map(|setting| setting.to_ascii_lowercase()),
+    }
+}
+
+/// A literal, maybe signed or cast (`'17507'`, `-1`, `'x'::pg_catalog.oid`): evaluating it
+/// calls nothing of anyone's.
+fn is_constant(expr: &Expr) -> bool {
+    use sqlparser::ast::UnaryOperator;
+    match expr {
+        Expr::Value(_) => true,
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus | UnaryOperator::Plus,
+            expr,
+        } => matches!(expr.as_ref(), Expr::Value(_)),
+        Expr::Cast { expr, .. } => matches!(expr.as_ref(), Expr::Value(_)),
+        _ => false,
     }
 }
 

@@ -60,6 +60,23 @@ pub struct Classification {
     /// Schemas the text puts on the session's search_path, where unqualified table names (its
     /// own later ones, and the session's from then on) may be found.
     pub search_path: Option<SearchPath>,
+    /// What the text does with SQL-level prepared statements, whose text the session sees
+    /// only at their PREPARE.
+    pub sql_prepared: SqlPrepared,
+}
+
+/// SQL-level prepared statements (`PREPARE name AS ...`, `EXECUTE name(...)`) a text names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SqlPrepared {
+    #[default]
+    None,
+    /// The text is this one PREPARE: its classification is the prepared statement's.
+    PrepareAlone(String),
+    /// The text is this one EXECUTE, with constant arguments: it runs the prepared statement
+    /// and nothing else.
+    ExecuteAlone(String),
+    /// PREPAREs among other statements (what each prepares is not told apart).
+    Prepares(Vec<String>),
 }
 
 impl Classification {
@@ -227,10 +244,16 @@ struct Builder {
     out: Classification,
     /// Read facets of the tables read, added after all others.
     relations: Vec<Facet>,
+    statements: usize,
+    prepares: Vec<String>,
+    executes: Option<String>,
 }
 
 impl Builder {
     fn add(&mut self, findings: analyze::Findings) {
+        self.statements += 1;
+        self.prepares.extend(findings.prepares);
+        self.executes = findings.executes;
         append(&mut self.out.facets, findings.facets);
         append(&mut self.relations, findings.relations);
         append(&mut self.out.functions, findings.functions);
@@ -267,6 +290,12 @@ impl Builder {
                 .retain(|f| f.kind != Kind::Read || f.table.is_some());
         }
         out.kinds = out.facets.iter().map(|f| f.kind).collect();
+        out.sql_prepared = match (self.statements, self.prepares, self.executes) {
+            (1, mut names, None) if names.len() == 1 => SqlPrepared::PrepareAlone(names.remove(0)),
+            (1, names, Some(name)) if names.is_empty() => SqlPrepared::ExecuteAlone(name),
+            (_, names, _) if names.is_empty() => SqlPrepared::None,
+            (_, names, _) => SqlPrepared::Prepares(names),
+        };
         out
     }
 }

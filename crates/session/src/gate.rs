@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use pgstepup_audit::{AuditLog, Record};
-use pgstepup_classify::{Classification, Facet, Kind, Recall, SearchPath, ShapeMemo};
+use pgstepup_classify::{Classification, Facet, Kind, Recall, SearchPath, ShapeMemo, SqlPrepared};
 use pgstepup_metrics::Metrics;
 use pgstepup_policy::{Action, Decision, Scope, Subject};
 use pgstepup_protocol::backend::{sqlstate, PgError};
@@ -175,6 +175,9 @@ pub(crate) struct Gate {
     elevations: HashMap<String, Instant>,
     /// A statement approved for one run also covers its own batch (the Binds up to Sync).
     approved_batch: Option<(String, u64)>,
+    /// SQL-level prepared statements: what each name was prepared as, so its EXECUTE is
+    /// decided as that text; `None` when what the server holds under the name is not known.
+    sql_prepared: SqlPreparedStatements,
     /// The connection's span (id, peer, user): named as the parent of the session's events,
     /// and entered only around holds, because the relay loop's task is not instrumented
     /// (entering a span on every poll costs more than the gate's check of a statement).
@@ -195,6 +198,7 @@ impl Gate {
         Gate {
             recent_allowed: ShapeMemo::new(RECENT_BYTES_MAX),
             prepared: PreparedStatements::new(),
+            sql_prepared: SqlPreparedStatements::default(),
             context,
             store,
             active,
@@ -333,10 +337,34 @@ impl Gate {
                 self.prepared.remove(name);
             }
         }
+        // An EXECUTE of a statement this session saw prepared is decided as that statement
+        // (never remembered: the name may come to mean something unknown).
+        let simple = matches!(statement, Statement::Query { .. });
+        // `None` for nearly every statement: nothing to copy.
+        let prepared_change = classification.sql_prepared.clone();
+        let classification = match &prepared_change {
+            SqlPrepared::None => classification,
+            SqlPrepared::ExecuteAlone(name) => {
+                repeatable = false;
+                match self.sql_prepared.known(name).filter(|_| simple) {
+                    Some(prepared) => prepared,
+                    None => classification,
+                }
+            }
+            _ => {
+                repeatable = false;
+                classification
+            }
+        };
         if let Some(change) = &classification.search_path {
             self.widen_search_path(change);
         }
         let decision = self.active.policy.evaluate(&classification, &self.subject);
+        self.sql_prepared.follow(
+            &prepared_change,
+            &classification,
+            simple && decision.action == Action::Allow,
+        );
         let kind = decision.kind().unwrap_or(Kind::Read);
         self.context
             .metrics
@@ -783,6 +811,65 @@ impl Gate {
     }
 }
 
+/// The SQL-level prepared statements of a session, as far as pgstepup can follow them. The
+/// server refuses a second PREPARE of a name (until DEALLOCATE), so a name prepared again,
+/// or prepared where pgstepup cannot tell what (among other statements, in a Parse, or by a
+/// statement that was not allowed as it was), is forgotten for good: its EXECUTE needs what
+/// any EXECUTE needs. Once a statement that runs code (DO, CALL, a function not known to be
+/// read-only) or one not fully parsed was forwarded, anything may have been prepared unseen,
+/// and no EXECUTE is taken for what it runs again.
+#[derive(Default)]
+struct SqlPreparedStatements {
+    known: HashMap<String, Option<Arc<Classification>>>,
+    unseen: bool,
+}
+
+impl SqlPreparedStatements {
+    /// What `name` was prepared as, when that is known.
+    fn known(&self, name: &str) -> Option<Arc<Classification>> {
+        if self.unseen {
+            return None;
+        }
+        self.known.get(name).cloned().flatten()
+    }
+
+    /// Notes what a statement does to prepared statements: `change` as the text says,
+    /// `decided` what it was decided as (a known EXECUTE: what it runs), `forwarded_as_is`
+    /// a simple Query allowed as it is.
+    fn follow(
+        &mut self,
+        change: &SqlPrepared,
+        decided: &Arc<Classification>,
+        forwarded_as_is: bool,
+    ) {
+        // A PREPARE runs nothing of its text.
+        let quiet = matches!(change, SqlPrepared::PrepareAlone(_))
+            || decided.fully_parsed
+                && decided
+                    .kinds
+                    .iter()
+                    .all(|kind| matches!(kind, Kind::Read | Kind::Utility | Kind::Transaction));
+        if !quiet {
+            self.unseen = true;
+        }
+        match change {
+            SqlPrepared::PrepareAlone(name) => {
+                let prepared = match self.known.contains_key(name) || !forwarded_as_is {
+                    true => None,
+                    false => Some(Arc::clone(decided)),
+                };
+                self.known.insert(name.clone(), prepared);
+            }
+            SqlPrepared::Prepares(names) => {
+                for name in names {
+                    self.known.insert(name.clone(), None);
+                }
+            }
+            SqlPrepared::None | SqlPrepared::ExecuteAlone(_) => {}
+        }
+    }
+}
+
 /// A Parse of `name` whose statement fails at once (the server then skips to Sync).
 fn failing_parse(name: &[u8], failing_call: &str) -> Frame {
     let mut body = Vec::with_capacity(name.len() + failing_call.len() + 4);
@@ -933,6 +1020,57 @@ mod tests {
         let statement = Statement::from_frame(call.view()).unwrap().unwrap();
         assert!(matches!(gate.check(statement), Verdict::StepUp(_)));
         assert!(matches!(check_read(&mut gate), Verdict::Substitute(_)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An EXECUTE is decided as the statement the session saw prepared, and only while what
+    /// the server holds under that name is known.
+    #[test]
+    fn an_execute_is_decided_as_what_was_prepared_while_that_is_known() {
+        let check = |gate: &mut Gate, sql: &str| {
+            let query = Frame::new(tag::QUERY, format!("{sql}\0").as_bytes());
+            match gate.check(Statement::from_frame(query.view()).unwrap().unwrap()) {
+                Verdict::Forward => "forward",
+                Verdict::Substitute(_) => "refuse",
+                Verdict::StepUp(_) => "step-up",
+            }
+        };
+        let (mut gate, dir) = gate_with("mode = \"enforce\"\n");
+        let prepare_read = "PREPARE r(oid) AS SELECT relname FROM pg_class WHERE oid = $1";
+        assert_eq!(check(&mut gate, prepare_read), "forward");
+        assert_eq!(check(&mut gate, "EXECUTE r('1259')"), "forward");
+        assert_eq!(check(&mut gate, "EXECUTE r('2619')"), "forward");
+        // Prepared again (the server refuses that, so its text is not the new one), prepared as
+        // a write, or among other statements: forgotten.
+        assert_eq!(check(&mut gate, "PREPARE r AS SELECT 2"), "forward");
+        assert_eq!(check(&mut gate, "PREPARE w AS DELETE FROM t"), "step-up");
+        assert_eq!(
+            check(&mut gate, "SELECT 1; PREPARE m AS SELECT 1"),
+            "forward"
+        );
+        assert_eq!(check(&mut gate, "PREPARE s AS SELECT 3"), "forward");
+        assert_eq!(check(&mut gate, "EXECUTE s"), "forward");
+        for forgotten in [
+            "EXECUTE r('1259')",
+            "EXECUTE w",
+            "EXECUTE m",
+            "EXECUTE unknown",
+        ] {
+            assert_eq!(check(&mut gate, forgotten), "step-up", "{forgotten}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // Arguments that call something, an EXECUTE among other statements, and once code
+        // ran that could prepare unseen (a DO block), no EXECUTE is taken for a read.
+        let (mut gate, dir) = gate_with("mode = \"enforce\"\n");
+        assert_eq!(check(&mut gate, "PREPARE s AS SELECT 3"), "forward");
+        assert_eq!(check(&mut gate, "EXECUTE s(nextval('q'))"), "step-up");
+        assert_eq!(check(&mut gate, "SELECT 1; EXECUTE s"), "step-up");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let (mut gate, dir) = gate_with("mode = \"enforce\"\n");
+        assert_eq!(check(&mut gate, "PREPARE s AS SELECT 3"), "forward");
+        assert_eq!(check(&mut gate, "DO $$ BEGIN END $$"), "step-up");
+        assert_eq!(check(&mut gate, "EXECUTE s"), "step-up");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -5,6 +5,7 @@
 
 use tokio::net::TcpStream;
 
+use pgstepup_classify::Kind;
 use pgstepup_protocol::backend::{sqlstate, PgError};
 use pgstepup_protocol::startup::{StartupMessage, StartupPacket, TLS_HANDSHAKE_BYTE};
 use pgstepup_protocol::{Connection, Stream};
@@ -170,6 +171,13 @@ fn check_startup(
             format!("pgstepup requires {setting} to keep its safe value; remove it from the connection options"),
         ));
     }
+    if let Some((setting, kinds)) = startup_setting_needing_step_up(startup) {
+        return Err(PgError::fatal(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            format!("pgstepup does not accept {setting} in the connection options: setting it is {kinds}, which needs step-up"),
+        )
+        .with_hint("Connect without it, then SET it in the session: pgstepup asks for a step-up there."));
+    }
     if startup.user().is_none() {
         return Err(PgError::fatal(
             sqlstate::INVALID_AUTHORIZATION,
@@ -179,21 +187,22 @@ fn check_startup(
     Ok(())
 }
 
-/// A setting in the startup packet, directly or as `-c name=value` / `--name=value` in
-/// `options` (read as the server reads them), that would unpin how pgstepup reads SQL.
-fn unpinning_startup_setting(startup: &StartupMessage) -> Option<String> {
-    let unsafe_setting = |name: &str, value: &str| {
-        (pgstepup_classify::pinned_setting_is_safe(name, value) == Some(false))
-            .then(|| name.to_owned())
-    };
-    if let Some(setting) = startup
+/// The settings a startup packet makes: its parameters (not the connection's own: user,
+/// database, options, replication) and each `-c name=value` / `--name=value` in `options`,
+/// read as the server reads them (`-` in an option's name is `_`).
+fn startup_settings(startup: &StartupMessage) -> Vec<(String, String)> {
+    let mut settings: Vec<(String, String)> = startup
         .params()
         .iter()
-        .find_map(|(name, value)| unsafe_setting(name, value))
-    {
-        return Some(setting);
-    }
-    let words = option_words(startup.param("options")?);
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "user" | "database" | "options" | "replication"
+            )
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    let words = option_words(startup.param("options").unwrap_or_default());
     let mut words = words.iter().map(String::as_str);
     while let Some(word) = words.next() {
         let assignment = match word {
@@ -204,13 +213,54 @@ fn unpinning_startup_setting(startup: &StartupMessage) -> Option<String> {
                 .unwrap_or_default(),
         };
         if let Some((name, value)) = assignment.split_once('=') {
-            // The server takes `-` in an option's name for `_`.
-            if let Some(setting) = unsafe_setting(&name.replace('-', "_"), value) {
-                return Some(setting);
-            }
+            settings.push((name.replace('-', "_"), value.to_owned()));
         }
     }
-    None
+    settings
+}
+
+/// A setting in the startup packet that would unpin how pgstepup reads SQL.
+fn unpinning_startup_setting(startup: &StartupMessage) -> Option<String> {
+    startup_settings(startup)
+        .into_iter()
+        .find_map(|(name, value)| {
+            (pgstepup_classify::pinned_setting_is_safe(&name, &value) == Some(false))
+                .then_some(name)
+        })
+}
+
+/// A setting in the startup packet that would need step-up as a SET after login (a role
+/// switch, a search_path that puts a schema before pg_catalog, a setting that silences
+/// triggers or the server's log): a connection cannot be held before it exists, so it is
+/// refused, naming the setting and why.
+fn startup_setting_needing_step_up(startup: &StartupMessage) -> Option<(String, String)> {
+    startup_settings(startup)
+        .into_iter()
+        .find_map(|(name, value)| {
+            // As set_config reads it: a value list such as a search_path stays a list.
+            let quote = |text: &str| text.replace('\'', "''");
+            let sql = format!(
+                "SELECT pg_catalog.set_config('{}', '{}', false)",
+                quote(&name),
+                quote(&value)
+            );
+            let classification = pgstepup_classify::classify(&sql, &[]);
+            let harmless = classification.pinned_violation.is_none()
+                && classification
+                    .kinds
+                    .iter()
+                    .all(|kind| matches!(kind, Kind::Read | Kind::Utility));
+            (!harmless).then(|| {
+                let why = classification
+                    .kinds
+                    .iter()
+                    .filter(|k| !matches!(k, Kind::Read | Kind::Utility))
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                (name, why)
+            })
+        })
 }
 
 /// `options` split into words as the server splits it: at whitespace, a backslash taking the
@@ -242,6 +292,47 @@ mod tests {
 
     fn startup(params: &[(&str, &str)]) -> StartupMessage {
         StartupMessage::build(0, params)
+    }
+
+    /// What would need step-up as a SET after login cannot come in the startup packet.
+    #[test]
+    fn settings_that_need_step_up_are_refused_at_startup() {
+        let refused = |params: &[(&str, &str)]| {
+            startup_setting_needing_step_up(&startup(params)).map(|(name, _)| name)
+        };
+        for (params, setting) in [
+            (&[("role", "r2")][..], "role"),
+            (&[("options", "-c role=r2")], "role"),
+            (&[("options", "--role=r2")], "role"),
+            (
+                &[("options", "-csession_authorization=bob")],
+                "session_authorization",
+            ),
+            (&[("search_path", "evil,pg_catalog")], "search_path"),
+            (
+                &[("options", r"-c search-path=evil,\ pg_catalog")],
+                "search_path",
+            ),
+            (
+                &[("options", "-c session_replication_role=replica")],
+                "session_replication_role",
+            ),
+        ] {
+            assert_eq!(refused(params).as_deref(), Some(setting), "{params:?}");
+        }
+        // What clients send as a matter of course.
+        assert_eq!(
+            refused(&[
+                ("user", "alice"),
+                ("database", "app"),
+                ("application_name", "psql"),
+                ("client_encoding", "UTF8"),
+                ("DateStyle", "ISO, MDY"),
+                ("search_path", "app, public"),
+                ("options", "-c statement_timeout=5s --work-mem=64MB"),
+            ]),
+            None
+        );
     }
 
     #[test]
