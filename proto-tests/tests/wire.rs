@@ -902,3 +902,31 @@ async fn startup_settings_that_need_step_up_are_refused() {
         b"5s"
     );
 }
+
+/// A client that half-closes its socket, or says goodbye, right after its last request still
+/// gets the answer, as from PostgreSQL (the statement ran and committed either way).
+#[tokio::test]
+async fn the_last_request_is_answered_after_a_half_close_or_terminate() {
+    let proxy = TestProxy::with(Auth::Passthrough, false, |_| {});
+    let (mut raw, _) = logged_in(&proxy, &[]).await;
+    raw.send(&query(b"SELECT pg_sleep(0.2), 42")).await;
+    raw.io.shutdown().await.unwrap();
+    let reply = raw.until_ready().await;
+    assert_eq!(outline(&reply).last().map(String::as_str), Some("Z I"));
+    assert!(
+        outline(&reply).contains(&"C SELECT 1".to_string()),
+        "{reply:?}"
+    );
+    assert!(raw.recv().await.is_none(), "closed after the answer");
+
+    let (mut raw, _) = logged_in(&proxy, &[]).await;
+    let mut batch = query(b"SELECT pg_sleep(0.2), 42");
+    batch.extend(message(b'X', &[]));
+    raw.send(&batch).await;
+    let reply = raw.until_ready().await;
+    assert!(
+        outline(&reply).contains(&"C SELECT 1".to_string()),
+        "{reply:?}"
+    );
+    assert!(raw.recv().await.is_none(), "closed after the answer");
+}

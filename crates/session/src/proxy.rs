@@ -548,6 +548,15 @@ impl Session {
                 self.server.terminate().await;
                 self.client.shutdown().await;
             }
+            Ending::ClientTerminated | Ending::ClientGone if !self.gate.nothing_in_flight() => {
+                // A client may say goodbye (or half-close its socket) right after its last
+                // request: PostgreSQL answers that request first, and so does pgstepup.
+                let answered = self.relay_replies_in_flight();
+                let _ = tokio::time::timeout(IN_FLIGHT_REPLIES_WAIT, answered).await;
+                let _ = self.client.flush().await;
+                self.server.terminate().await;
+                self.client.shutdown().await;
+            }
             Ending::ClientTerminated
             | Ending::ClientGone
             | Ending::UnsafeSetting
