@@ -930,3 +930,15 @@ async fn the_last_request_is_answered_after_a_half_close_or_terminate() {
     );
     assert!(raw.recv().await.is_none(), "closed after the answer");
 }
+
+/// PostgreSQL sends messages up to 1 GiB (a value near that size in a row): pgstepup relays
+/// what the server sends, however large (a 256 MiB limit used to end the session).
+#[tokio::test]
+async fn a_row_larger_than_256_mib_reaches_the_client() {
+    let proxy = TestProxy::with(Auth::Passthrough, false, |_| {});
+    let (mut raw, _) = logged_in(&proxy, &[]).await;
+    let reply = simple(&mut raw, "SELECT repeat('x', 300000000)").await;
+    let (_, row) = reply.iter().find(|m| m.0 == b'D').expect("the row");
+    assert_eq!(row.len(), 2 + 4 + 300_000_000);
+    assert_eq!(outline(&reply).last().map(String::as_str), Some("Z I"));
+}

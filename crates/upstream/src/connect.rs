@@ -11,9 +11,14 @@ use tokio_rustls::TlsConnector;
 
 use pgstepup_config::{Config, UpstreamTlsMode, UpstreamUrl};
 use pgstepup_protocol::startup::SSL_REQUEST_CODE;
-use pgstepup_protocol::{Connection, Stream, DEFAULT_MAX_FRAME};
+use pgstepup_protocol::{Connection, Stream};
 
 use crate::{tls, UpstreamError};
+
+/// The longest message the server may send: PostgreSQL builds each in one allocation of at
+/// most 1 GiB (MaxAllocSize), so a row with a value near that size must pass (a lower limit
+/// ended the session of a client that read one).
+const UPSTREAM_MAX_FRAME: usize = 1 << 30;
 
 /// Everything needed to reach the upstream, prepared once at start.
 #[derive(Clone)]
@@ -59,7 +64,7 @@ async fn open(settings: &UpstreamSettings, address: &str) -> Result<Connection, 
                 address: address.to_owned(),
                 source,
             })?;
-        return Ok(Connection::new(Stream::Unix(unix), DEFAULT_MAX_FRAME));
+        return Ok(Connection::new(Stream::Unix(unix), UPSTREAM_MAX_FRAME));
     }
     let mut tcp = TcpStream::connect(address)
         .await
@@ -69,7 +74,7 @@ async fn open(settings: &UpstreamSettings, address: &str) -> Result<Connection, 
         })?;
     tcp.set_nodelay(true)?;
     let Some(tls) = &settings.tls else {
-        return Ok(Connection::new(Stream::Plain(tcp), DEFAULT_MAX_FRAME));
+        return Ok(Connection::new(Stream::Plain(tcp), UPSTREAM_MAX_FRAME));
     };
     let mut request = [0u8; 8];
     request[..4].copy_from_slice(&8u32.to_be_bytes());
@@ -89,11 +94,11 @@ async fn open(settings: &UpstreamSettings, address: &str) -> Result<Connection, 
                 })?;
             Ok(Connection::new(
                 Stream::TlsClient(Box::new(stream)),
-                DEFAULT_MAX_FRAME,
+                UPSTREAM_MAX_FRAME,
             ))
         }
         b'N' if settings.tls_mode == UpstreamTlsMode::Prefer => {
-            Ok(Connection::new(Stream::Plain(tcp), DEFAULT_MAX_FRAME))
+            Ok(Connection::new(Stream::Plain(tcp), UPSTREAM_MAX_FRAME))
         }
         b'N' => Err(UpstreamError::TlsRefused(address.to_owned())),
         other => Err(UpstreamError::Protocol(format!(
