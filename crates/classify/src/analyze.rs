@@ -382,8 +382,13 @@ impl Collector {
             } => {
                 // PostgreSQL matches setting names whatever their case, even quoted ("ROLE").
                 let name = function_name(variable).to_ascii_lowercase();
+                // `SET role = DEFAULT`: back to the login user's own privileges.
+                let to_default = matches!(values.as_slice(), [Expr::Identifier(word)]
+                    if word.quote_style.is_none() && word.value.eq_ignore_ascii_case("default"));
                 if name == "search_path" {
                     self.search_path(search_path_entries(values));
+                } else if to_default && (name == "role" || name == "session_authorization") {
+                    self.add(Kind::Utility, None, None);
                 } else {
                     self.set_variable(&name);
                 }
