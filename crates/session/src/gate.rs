@@ -175,6 +175,8 @@ pub(crate) struct Gate {
     elevations: HashMap<String, Instant>,
     /// A statement approved for one run also covers its own batch (the Binds up to Sync).
     approved_batch: Option<(String, u64)>,
+    /// The server sent a FATAL error: the session ends with it.
+    server_said_fatal: bool,
     /// SQL-level prepared statements: what each name was prepared as, so its EXECUTE is
     /// decided as that text; `None` when what the server holds under the name is not known.
     sql_prepared: SqlPreparedStatements,
@@ -199,6 +201,7 @@ impl Gate {
             recent_allowed: ShapeMemo::new(RECENT_BYTES_MAX),
             prepared: PreparedStatements::new(),
             sql_prepared: SqlPreparedStatements::default(),
+            server_said_fatal: false,
             context,
             store,
             active,
@@ -768,6 +771,19 @@ impl Gate {
         let index = self.pending.iter().position(|p| p.number == number)?;
         let refusal = self.pending.remove(index)?;
         Some(refusal.error.to_error_response())
+    }
+
+    /// A server error relayed as it is: a FATAL one ends the session, and is its reason.
+    pub(crate) fn note_server_error(&mut self, frame: FrameRef<'_>) {
+        let severity = pgstepup_protocol::error_field(frame.body(), b'V');
+        if matches!(severity.as_deref(), Some("FATAL" | "PANIC")) {
+            self.server_said_fatal = true;
+        }
+    }
+
+    /// Whether the server ended the session with its own FATAL error.
+    pub(crate) fn server_said_fatal(&self) -> bool {
+        self.server_said_fatal
     }
 
     /// A ReadyForQuery ended a cycle: substitutes of finished cycles will never answer.

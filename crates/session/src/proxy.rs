@@ -517,14 +517,17 @@ impl Session {
     async fn close(&mut self, ending: &Ending) {
         match ending {
             Ending::ServerGone => {
-                // Whatever the server said last (often its own FATAL) is already queued.
-                self.client.queue(
-                    &PgError::fatal(
-                        sqlstate::CONNECTION_FAILURE,
-                        "the upstream server closed the connection",
-                    )
-                    .to_error_response(),
-                );
+                // Whatever the server said last is already queued: when that was its own
+                // FATAL (the backend was terminated, the server shuts down), it is the reason.
+                if !self.gate.server_said_fatal() {
+                    self.client.queue(
+                        &PgError::fatal(
+                            sqlstate::CONNECTION_FAILURE,
+                            "the upstream server closed the connection",
+                        )
+                        .to_error_response(),
+                    );
+                }
                 self.client.shutdown().await;
             }
             Ending::ClientProtocolError | Ending::Shutdown => {
@@ -641,7 +644,10 @@ fn relay_server_frame(
         tag::BACKEND_KEY_DATA => {}
         tag::ERROR_RESPONSE => match gate.rewrite_error(frame) {
             Some(ours) => client.queue(&ours),
-            None => client.queue(frame.as_bytes()),
+            None => {
+                gate.note_server_error(frame);
+                client.queue(frame.as_bytes())
+            }
         },
         tag::PARAMETER_STATUS => {
             client.queue(frame.as_bytes());
