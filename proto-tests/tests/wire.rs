@@ -116,6 +116,15 @@ async fn logged_in(
     (raw, hello)
 }
 
+/// A passthrough proxy deciding by the policy file at `policy`, and a session logged in to it.
+async fn session_under(policy: &std::path::Path) -> (TestProxy, Raw<TcpStream>) {
+    let proxy = TestProxy::with(Auth::Passthrough, false, |c| {
+        proto_tests::use_policy_file(c, policy)
+    });
+    let (raw, _) = logged_in(&proxy, &[]).await;
+    (proxy, raw)
+}
+
 async fn simple(raw: &mut Raw<TcpStream>, sql: &str) -> Vec<(u8, Vec<u8>)> {
     raw.send(&query(sql.as_bytes())).await;
     raw.until_ready().await
@@ -339,10 +348,7 @@ async fn fast_path_function_call_passes_through() {
 async fn fast_path_function_call_is_gated_like_sql() {
     // The built-in policy: a call by OID could be any function, so it needs step-up.
     let policy = proto_tests::write_policy("");
-    let proxy = TestProxy::with(Auth::Passthrough, false, |c| {
-        proto_tests::use_policy_file(c, &policy)
-    });
-    let (mut raw, _) = logged_in(&proxy, &[]).await;
+    let (_proxy, mut raw) = session_under(&policy).await;
     simple(&mut raw, "BEGIN").await;
     let mut body = 1397u32.to_be_bytes().to_vec(); // int4abs
     body.extend_from_slice(&[0, 1, 0, 1, 0, 1, 0, 0, 0, 4]);
@@ -736,10 +742,7 @@ async fn a_refusal_among_several_statements_fails_where_it_stands() {
         "[[rule]]\nname = \"secret\"\ntables = [\"secret.*\"]\naction = \"deny\"\n\
          [[rule]]\nname = \"writes\"\nkinds = [\"write\", \"ddl\"]\naction = \"allow\"\n",
     );
-    let proxy = TestProxy::with(Auth::Passthrough, false, |c| {
-        proto_tests::use_policy_file(c, &policy)
-    });
-    let (mut raw, _) = logged_in(&proxy, &[]).await;
+    let (_proxy, mut raw) = session_under(&policy).await;
     let table = format!("refused_among_{}", std::process::id());
     simple(
         &mut raw,
@@ -801,10 +804,7 @@ async fn refusals_keep_the_clients_unnamed_statement() {
     let policy = proto_tests::write_policy(
         "[[rule]]\nname = \"secret\"\ntables = [\"secret.*\"]\naction = \"deny\"\n",
     );
-    let proxy = TestProxy::with(Auth::Passthrough, false, |c| {
-        proto_tests::use_policy_file(c, &policy)
-    });
-    let (mut raw, _) = logged_in(&proxy, &[]).await;
+    let (_proxy, mut raw) = session_under(&policy).await;
     let parse = |name: &str, sql: &str| {
         let mut body = name.as_bytes().to_vec();
         body.push(0);
@@ -859,10 +859,7 @@ async fn a_failed_transaction_is_answered_without_a_hold() {
     let policy = proto_tests::write_policy_as_is(
         "[[rule]]\nname = \"writes\"\nkinds = [\"write\"]\naction = \"step_up\"\n",
     );
-    let proxy = TestProxy::with(Auth::Passthrough, false, |c| {
-        proto_tests::use_policy_file(c, &policy)
-    });
-    let (mut raw, _) = logged_in(&proxy, &[]).await;
+    let (_proxy, mut raw) = session_under(&policy).await;
     let reply = simple(&mut raw, "BEGIN; SELECT 1/0").await;
     assert_eq!(outline(&reply), ["C BEGIN", "E 22012", "Z E"]);
     let write = "INSERT INTO pg_temp.nowhere VALUES (1)";

@@ -156,24 +156,27 @@ fn most_specific_rule_wins_per_facet_and_strictest_facet_wins() {
     );
 }
 
-/// A schema where anything goes must not open a way to write a protected one: a view that
-/// writes through, a child or a partition linked to a protected table writes that table.
-#[test]
-fn objects_in_a_free_schema_cannot_become_a_way_to_write_a_protected_one() {
-    let p = policy(
-        r#"
+/// A schema where anything goes.
+const SCRATCH_IS_FREE: &str = r#"
 [[rule]]
 name = "scratch-is-free"
 tables = ["scratch.*"]
 action = "allow"
+"#;
 
+/// A schema where anything goes must not open a way to write a protected one: a view that
+/// writes through, a child or a partition linked to a protected table writes that table.
+#[test]
+fn objects_in_a_free_schema_cannot_become_a_way_to_write_a_protected_one() {
+    let p = policy(&format!(
+        r#"{SCRATCH_IS_FREE}
 [[rule]]
 name = "billing-is-read-only"
 tables = ["billing.*"]
 kinds = ["write", "ddl"]
 action = "deny"
-"#,
-    );
+"#
+    ));
     decides_all(
         &p,
         &[
@@ -237,19 +240,14 @@ action = "deny"
 /// its schema) meet the table's rules, not only the default for their kind.
 #[test]
 fn privileges_triggers_comments_and_schemas_meet_the_rules_of_their_tables() {
-    let p = policy(
-        r#"
-[[rule]]
-name = "scratch-is-free"
-tables = ["scratch.*"]
-action = "allow"
-
+    let p = policy(&format!(
+        r#"{SCRATCH_IS_FREE}
 [[rule]]
 name = "cards-locked"
 tables = ["billing.cards"]
 action = "deny"
-"#,
-    );
+"#
+    ));
     decides_all(
         &p,
         &[
