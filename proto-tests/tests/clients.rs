@@ -101,8 +101,8 @@ async fn node_postgres() {
 /// pg_dump through pgstepup under the built-in default policy, every step-up refused at once:
 /// a dump reads, so it must run without a prompt. Its own traffic: `set_config(name, ...)
 /// FROM pg_settings WHERE name = ...`, `LOCK TABLE ... IN ACCESS SHARE MODE` on every table,
-/// `PREPARE`d catalog queries it then `EXECUTE`s (functions, types), and with `-j` an exported
-/// snapshot.
+/// `PREPARE`d catalog queries it then `EXECUTE`s (functions, types), with `-j` an exported
+/// snapshot, and with `-t` a lookup through `OPERATOR(pg_catalog.=) ANY`.
 #[tokio::test]
 async fn pg_dump() {
     let database = format!("pgdump_{}", std::process::id());
@@ -127,7 +127,9 @@ async fn pg_dump() {
     let dir_arg = dir.display().to_string();
     let plain = ["-d", &database];
     let parallel = ["-d", &database, "-Fd", "-j", "2", "-f", &dir_arg];
-    for args in [&plain[..], &parallel[..]] {
+    // A table pattern: its lookup writes `OPERATOR(pg_catalog.=) ANY (...)`.
+    let one_table = ["-d", &database, "-t", "visits"];
+    for args in [&plain[..], &parallel[..], &one_table[..]] {
         let output = tokio::process::Command::new("pg_dump")
             .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
             .args(args)

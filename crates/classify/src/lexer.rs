@@ -963,6 +963,50 @@ pub(crate) fn split_statements(sql: &str) -> Option<Vec<&str>> {
     Some(statements)
 }
 
+/// `sql` with each `OPERATOR(pg_catalog.op)` written as the plain `op`, for a parser that
+/// lacks the explicit form in some places (before `ANY`/`ALL`, as pg_dump writes its pattern
+/// lookups); the text sent to the server is never this. The same operator either way for the
+/// classifier, which takes a plain operator for PostgreSQL's own. `None` when the text has no
+/// such operator or does not scan.
+pub(crate) fn builtin_operators_spelled_plainly(sql: &str) -> Option<String> {
+    let tokens: Vec<Token<'_>> = Lexer::new(sql).collect::<Result<_, _>>().ok()?;
+    let start_of = |token: &Token<'_>| -> Option<usize> {
+        let text = match token {
+            Token::Word(t)
+            | Token::QuotedIdent(t)
+            | Token::Str(t)
+            | Token::Number(t)
+            | Token::Param(t)
+            | Token::Symbol(t) => t,
+            Token::Semicolon => return None,
+        };
+        Some(text.as_ptr() as usize - sql.as_ptr() as usize)
+    };
+    let mut out = String::with_capacity(sql.len());
+    let mut copied = 0;
+    for window in tokens.windows(6) {
+        let [Token::Word(keyword), Token::Symbol("("), Token::Word(schema), Token::Symbol("."), Token::Symbol(operator), close @ Token::Symbol(")")] =
+            window
+        else {
+            continue;
+        };
+        if !keyword.eq_ignore_ascii_case("operator") || !schema.eq_ignore_ascii_case("pg_catalog") {
+            continue;
+        }
+        let (from, to) = (start_of(&window[0])?, start_of(close)? + 1);
+        out.push_str(&sql[copied..from]);
+        out.push(' ');
+        out.push_str(operator);
+        out.push(' ');
+        copied = to;
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&sql[copied..]);
+    Some(out)
+}
+
 /// Where each statement of a query text ends: the byte offset just after its semicolon, or
 /// the text's end for a last statement without one; empty statements left out. `None` when
 /// the text does not scan.
@@ -1390,6 +1434,17 @@ mod tests {
         assert_eq!(
             split_statements(";; SELECT 1 ; /* x */ ;\nDO $$ BEGIN; END $$;").unwrap(),
             vec!["SELECT 1", "DO $$ BEGIN; END $$"]
+        );
+        assert_eq!(
+            builtin_operators_spelled_plainly(
+                "SELECT 1 WHERE k OPERATOR(pg_catalog.=) ANY ('{r}') AND n Operator ( PG_CATALOG . ~ ) '^x$' AND s = 'OPERATOR(pg_catalog.=)'"
+            )
+            .as_deref(),
+            Some("SELECT 1 WHERE k  =  ANY ('{r}') AND n  ~  '^x$' AND s = 'OPERATOR(pg_catalog.=)'")
+        );
+        assert_eq!(
+            builtin_operators_spelled_plainly("SELECT a OPERATOR(app.=) b"),
+            None
         );
         let text = ";; SELECT 1 ; /* x */ ;\nDO $$ BEGIN; END $$; SELECT ';'";
         let ends = statement_ends(text).unwrap();

@@ -131,7 +131,10 @@ pub fn classify(sql: &str, read_only_functions: &[String]) -> Classification {
         None => match lexer::split_statements(sql) {
             Some(pieces) => {
                 for piece in pieces {
-                    match parse(piece) {
+                    let parsed = parse(piece).or_else(|| {
+                        lexer::builtin_operators_spelled_plainly(piece).and_then(|p| parse(&p))
+                    });
+                    match parsed {
                         Some(statements) => {
                             for statement in &statements {
                                 builder.add(analyze::analyze(statement));
