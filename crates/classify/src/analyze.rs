@@ -7,12 +7,12 @@ use std::fmt;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AlterTable, AlterTableOperation, BinaryOperator, CascadeOption, ColumnDef, ColumnOption,
-    CommentObject, CopySource, CopyTarget, CreateTable, CreateTableLikeDefaults,
-    CreateTableLikeKind, DropBehavior, Expr, ForeignKeyConstraint, FromTable, GrantObjects,
-    GroupByExpr, LockTableMode, ObjectName, ObjectNamePart, ObjectType, OrderByExpr, OrderBySort,
-    Query, Set, SetExpr, SetSessionAuthorizationParamKind, Statement, TableConstraint, TableFactor,
-    TableObject, UtilityOption, Visit, Visitor,
+    AlterTable, AlterTableOperation, ArrayElemTypeDef, BinaryOperator, CascadeOption, ColumnDef,
+    ColumnOption, CommentObject, CopySource, CopyTarget, CreateTable, CreateTableLikeDefaults,
+    CreateTableLikeKind, DataType, DropBehavior, Expr, ForeignKeyConstraint, FromTable,
+    GrantObjects, GroupByExpr, LockTableMode, ObjectName, ObjectNamePart, ObjectType, OrderByExpr,
+    OrderBySort, Query, Set, SetExpr, SetSessionAuthorizationParamKind, Statement, TableConstraint,
+    TableFactor, TableObject, UtilityOption, Visit, Visitor,
 };
 
 use crate::functions::{self, TablesRead};
@@ -264,6 +264,12 @@ impl Collector {
             S::AlterIndex { name, .. } => self.add(Kind::Ddl, Some(name), None),
             S::CreateTrigger(trigger) => {
                 self.add(Kind::Ddl, Some(&trigger.table_name), None);
+                // The function it attaches runs at every firing: a call, made by later writes.
+                if let Some(body) = &trigger.exec_body {
+                    self.findings
+                        .functions
+                        .push(function_name(&body.func_desc.name));
+                }
                 // A constraint trigger's FROM table: its changes fire the trigger.
                 if let Some(referenced) = &trigger.referenced_table_name {
                     self.add(Kind::Ddl, Some(referenced), None);
@@ -591,6 +597,15 @@ impl Visitor for Collector {
                         name = format!("\"{name}\"");
                     }
                 }
+                if let Some(kind) = functions::sequence_access(&name) {
+                    // nextval('billing.s') writes billing's sequence, currval reads it.
+                    if let Some(sequence) = first_argument_table(function) {
+                        self.findings.facets.push(Facet {
+                            kind,
+                            table: Some(sequence),
+                        });
+                    }
+                }
                 if let Some(tables) = functions::tables_read_by(&name) {
                     self.table_reading_call(&name, tables, function);
                 } else if let Some(setting) = setting_of_set_config(
@@ -691,6 +706,9 @@ impl Collector {
         {
             self.references(key, &create.name);
         }
+        for column in &create.columns {
+            self.column_type(column);
+        }
         if let Some(CreateTableLikeKind::Parenthesized(like) | CreateTableLikeKind::Plain(like)) =
             &create.like
         {
@@ -733,6 +751,25 @@ impl Collector {
             None,
             Some("CASCADE also drops the objects that depend on it"),
         );
+    }
+
+    /// A column of a named type reads that type's definition, which for a table's row type is
+    /// the table's (`c billing.cards`; sqlparser also reads `(x int, LIKE t)` as a column
+    /// `LIKE` of type `t`): a rule restricting the table meets it. Enums and domains are read
+    /// harmlessly.
+    fn column_type(&mut self, column: &ColumnDef) {
+        let mut data_type = &column.data_type;
+        while let DataType::Array(
+            ArrayElemTypeDef::AngleBracket(inner)
+            | ArrayElemTypeDef::SquareBracket(inner, _)
+            | ArrayElemTypeDef::Parenthesis(inner),
+        ) = data_type
+        {
+            data_type = inner;
+        }
+        if let DataType::Custom(name, _) = data_type {
+            self.add(Kind::Read, Some(name), None);
+        }
     }
 
     /// GRANT or REVOKE: a privilege change on each table, sequence or view named, on every
@@ -801,6 +838,7 @@ impl Collector {
                     for key in column_keys(column_def) {
                         self.references(key, &alter.name);
                     }
+                    self.column_type(column_def);
                     continue;
                 }
                 AlterTableOperation::DropColumn {

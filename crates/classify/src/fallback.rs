@@ -38,13 +38,12 @@ pub(crate) fn classify(statement: &str) -> (Vec<Facet>, Option<String>) {
                 2
             };
             let table = qualified_name(&tokens[start.min(tokens.len())..]);
-            return (
-                vec![Facet {
-                    kind: Kind::Ddl,
-                    table,
-                }],
-                None,
-            );
+            let mut facets = moved_into(statement);
+            facets.push(Facet {
+                kind: Kind::Ddl,
+                table,
+            });
+            return (facets, None);
         }
         ("alter", "system") => (Kind::Admin, "ALTER SYSTEM changes the server configuration"),
         ("prepare", "transaction") | ("commit" | "rollback", "prepared") => {
@@ -123,7 +122,30 @@ pub(crate) fn classify(statement: &str) -> (Vec<Facet>, Option<String>) {
         }
     };
     let reason = (!reason.is_empty()).then(|| reason.to_owned());
-    (vec![facet(kind)], reason)
+    let mut facets = Vec::new();
+    if matches!(kind, Kind::Ddl | Kind::Dcl | Kind::Admin) {
+        // What the text seems to name meets its rules, so a deny on a table does not become
+        // the default step-up of the kind because the parser could not read the text.
+        facets.extend(moved_into(statement));
+        facets.extend(names_read(statement));
+    }
+    facets.push(facet(kind));
+    (facets, reason)
+}
+
+/// `... SET SCHEMA s`: the object moves among the tables of `s`, a schema change there.
+fn moved_into(statement: &str) -> Vec<Facet> {
+    let tokens = tokens(statement);
+    let uescape = uescape_of(&tokens);
+    tokens
+        .windows(3)
+        .filter(|w| is_word(&w[0], "set") && is_word(&w[1], "schema"))
+        .filter_map(|w| identifier(&w[2], uescape))
+        .map(|schema| Facet {
+            kind: Kind::Ddl,
+            table: Some(TableName::every_table_of(schema)),
+        })
+        .collect()
 }
 
 /// What a SET the parser lacks does, by the setting it names: PostgreSQL matches setting names

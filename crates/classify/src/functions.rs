@@ -4,6 +4,8 @@
 use std::collections::HashSet;
 use std::sync::OnceLock;
 
+use crate::kind::Kind;
+
 /// PostgreSQL's built-in functions declared immutable or stable (from `pg_proc`), which by
 /// contract do not modify the database.
 const DECLARED_READ_ONLY: &str = include_str!("read_only_functions.txt");
@@ -185,6 +187,16 @@ pub(crate) fn tables_read_by(name: &str) -> Option<TablesRead> {
         | "schema_to_xml_and_xmlschema"
         | "database_to_xml"
         | "database_to_xml_and_xmlschema" => Some(TablesRead::Many),
+        _ => None,
+    }
+}
+
+/// What a call of a sequence function does to the sequence its first argument names (folded
+/// name, `pg_catalog.` kept when written): advances or sets it, or reads it.
+pub(crate) fn sequence_access(name: &str) -> Option<Kind> {
+    match name.strip_prefix("pg_catalog.").unwrap_or(name) {
+        "nextval" | "setval" => Some(Kind::Write),
+        "currval" | "pg_sequence_last_value" => Some(Kind::Read),
         _ => None,
     }
 }

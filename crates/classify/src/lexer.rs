@@ -361,6 +361,11 @@ const LITERAL_SENSITIVE_NAMES: &[&str] = &[
     // Read the table their first argument names.
     "table_to_xml",
     "table_to_xml_and_xmlschema",
+    // Read or write the sequence their first argument names.
+    "nextval",
+    "setval",
+    "currval",
+    "pg_sequence_last_value",
 ];
 
 /// The statement shape of a whole query text: tokens with comments and spacing dropped,

@@ -330,6 +330,50 @@ fn unparsed_texts_and_long_names_meet_the_rules_of_their_tables() {
     );
 }
 
+/// A free schema cannot reach a protected one through a trigger's function, a move between
+/// schemas, a column of the protected table's row type, its sequences, or DDL the parser
+/// cannot read.
+#[test]
+fn moves_row_types_sequences_and_triggers_meet_the_protected_tables_rules() {
+    let p = policy(&format!(
+        r#"{SCRATCH_IS_FREE}
+[[rule]]
+name = "billing-locked"
+tables = ["billing.*"]
+action = "deny"
+"#
+    ));
+    decides_all(
+        &p,
+        &[
+            "ALTER SEQUENCE scratch.s SET SCHEMA billing",
+            "ALTER TABLE scratch.t SET SCHEMA billing",
+            "ALTER TABLE billing.cards SET SCHEMA scratch",
+            "CREATE TABLE scratch.l (extra int, LIKE billing.cards)",
+            "CREATE TABLE scratch.w (c billing.cards)",
+            "ALTER TABLE scratch.t ADD COLUMN c billing.cards[]",
+            "SELECT pg_sequence_last_value('billing.cards_id_seq')",
+            "SELECT currval('billing.cards_id_seq')",
+            "SELECT setval('billing.cards_id_seq', 1)",
+            "CREATE MATERIALIZED VIEW scratch.mv AS SELECT * FROM billing.cards WITH NO DATA",
+            "CREATE TABLE scratch.o OF billing.cards",
+        ],
+        (Action::Deny, "billing-locked"),
+    );
+    // Attaching a function as a trigger calls it at every firing: not the free schema's alone.
+    for sql in [
+        "CREATE TRIGGER tr AFTER INSERT ON scratch.t FOR EACH ROW EXECUTE FUNCTION billing.audit()",
+        "CREATE TRIGGER tr AFTER INSERT ON scratch.t FOR EACH ROW EXECUTE PROCEDURE audit()",
+    ] {
+        assert_eq!(decide(&p, "bob", &[], sql).0, Action::StepUp, "{sql}");
+    }
+    decides_all(
+        &p,
+        &["CREATE TABLE scratch.e (m public.mood, n int[])"],
+        (Action::Allow, "scratch-is-free"),
+    );
+}
+
 #[test]
 fn the_earliest_of_equally_specific_rules_decides() {
     let p = policy(
