@@ -338,13 +338,17 @@ impl Notices {
     /// The next approval link pgstepup announces.
     pub async fn next_link(&mut self) -> String {
         loop {
-            let notice = tokio::time::timeout(std::time::Duration::from_secs(20), self.0.recv())
-                .await
-                .expect("a NOTICE within 20 s")
-                .expect("connection open");
-            if let Some(link) = link_in(&notice) {
+            if let Some(link) = link_in(&self.next_message().await) {
                 return link;
             }
         }
+    }
+
+    /// The next NOTICE's message.
+    pub async fn next_message(&mut self) -> String {
+        tokio::time::timeout(std::time::Duration::from_secs(20), self.0.recv())
+            .await
+            .expect("a NOTICE within 20 s")
+            .expect("connection open")
     }
 }

@@ -234,10 +234,39 @@ async fn timeout_refuses_with_the_link_and_a_later_approval_lets_the_rerun_pass(
         .contains("re-running the statement will pass"));
     assert_eq!(count(&orders).await, 3);
 
-    // Approved after the timeout: the user is elevated and the re-run passes at once.
+    // Approved after the timeout: the user is elevated and the re-run passes at once; the
+    // page says the statement itself did not run.
     let (_, status, reply) = web.approve(&link, &mut key).await;
     assert_reply(status, &reply, 200, "approved");
+    let message = reply["message"].as_str().unwrap();
+    assert!(message.contains("was not run"), "{message}");
     assert_eq!(client.execute(delete.as_str(), &[]).await.unwrap(), 1);
+}
+
+/// A link that expires before the rule's timeout ends the hold with it: the client is not
+/// kept waiting on a link nobody can approve any more, nor offered it again.
+#[tokio::test]
+async fn a_link_shorter_than_the_timeout_ends_the_hold() {
+    app_role().await;
+    let orders = table_of_three("stepup_orders_short_link").await;
+    let proxy = stepup_proxy("60s", |c| c.step_up.link_ttl_secs = 2);
+    let (client, mut notices) = connect_noticed(&proxy, "psql").await;
+    let delete = format!("DELETE FROM public.{orders} WHERE v = 3");
+    let started = Instant::now();
+    let held = tokio::spawn(async move { client.execute(delete.as_str(), &[]).await });
+    let notice = notices.next_message().await;
+    assert!(notice.contains("within 2 s"), "{notice}");
+    let error = held.await.unwrap().unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let db = error.as_db_error().unwrap();
+    assert_eq!(db.code(), &SqlState::INSUFFICIENT_PRIVILEGE);
+    assert!(
+        db.message().contains("link has expired"),
+        "{}",
+        db.message()
+    );
+    assert_eq!(link_in(db.message()), None);
+    assert_eq!(count(&orders).await, 3);
 }
 
 #[tokio::test]
@@ -335,6 +364,24 @@ async fn replayed_assertions_other_users_keys_and_tampered_tokens_fail() {
         .await;
     assert_reply(status, &reply, 403, "invalid");
 
+    // Another site's form (not JSON) cannot deny it: it stays held.
+    let (status, reply) = {
+        let response = web
+            .http
+            .post(format!("{}/api/approve/{token}/deny", web.base))
+            .header("content-type", "text/plain")
+            .header("origin", "http://evil.example")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    assert_reply(status, &reply, 415, "invalid");
+    let (_, page) = web.get(&format!("/api/approve/{token}")).await;
+    assert_eq!(page["status"], "pending");
+
     // Alice approves; replaying her exact assertion fails.
     let (assertion, status, reply) = web.approve(&link, &mut alice).await;
     assert_reply(status, &reply, 200, "approved");
@@ -361,8 +408,15 @@ async fn replayed_assertions_other_users_keys_and_tampered_tokens_fail() {
         .into_iter()
         .filter(|e| e["event"] == "webauthn_failed")
         .collect();
-    assert!(failures.len() >= 3, "{failures:?}");
+    assert!(failures.len() >= 4, "{failures:?}");
     assert!(failures.iter().all(|f| f["reason"].as_str().is_some()));
+    // The replay on the used link is a failed attempt too.
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["reason"].as_str().unwrap().contains("already approved")),
+        "{failures:?}"
+    );
 }
 
 #[tokio::test]

@@ -76,6 +76,8 @@ impl Session {
             user_scope: need.rule.user_scope,
             created_at: now,
             expires_at: now + stepup.link_ttl().as_secs(),
+            // A link that ends first ends the hold too: nobody could approve it any more.
+            held_until: now + need.rule.hold_timeout.min(stepup.link_ttl()).as_secs(),
         };
         let link = match stepup.issue(&challenge).await {
             Ok(link) => link,
@@ -174,19 +176,38 @@ impl Session {
                 )
                 .with_detail("pgstepup held it for step-up approval; it was not run.")
             }
-            HoldEnd::TimedOut => {
+            HoldEnd::TimedOut if unix_now() >= challenge.expires_at => {
+                // The link ended the hold (it was shorter than the rule's timeout): it cannot
+                // be approved any more, so it is not offered again.
                 self.gate.metrics().challenge(ChallengeOutcome::Expired);
+                let waited = challenge.held_until.saturating_sub(challenge.created_at);
                 self.audit(&need, &challenge, "challenge_timed_out", |r| {
                     r.reason = Some(format!(
-                        "no approval within {} s; the link still works until it expires",
-                        need.rule.hold_timeout.as_secs()
+                        "no approval within {waited} s, when the link expired"
                     ));
                 });
                 PgError::error(
                     sqlstate::INSUFFICIENT_PRIVILEGE,
                     format!(
-                        "pgstepup: no step-up approval within {} s (rule \"{}\"); the statement was not run. Approve it at:\n{link}",
-                        need.rule.hold_timeout.as_secs(),
+                        "pgstepup: no step-up approval within {waited} s (rule \"{}\"); the statement was not run and its link has expired",
+                        need.rule.name
+                    ),
+                )
+                .with_detail(need.rule.reason.clone())
+                .with_hint("Run the statement again for a new link.")
+            }
+            HoldEnd::TimedOut => {
+                self.gate.metrics().challenge(ChallengeOutcome::Expired);
+                let waited = challenge.held_until.saturating_sub(challenge.created_at);
+                self.audit(&need, &challenge, "challenge_timed_out", |r| {
+                    r.reason = Some(format!(
+                        "no approval within {waited} s; the link still works until it expires"
+                    ));
+                });
+                PgError::error(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "pgstepup: no step-up approval within {waited} s (rule \"{}\"); the statement was not run. Approve it at:\n{link}",
                         need.rule.name
                     ),
                 )
@@ -205,7 +226,8 @@ impl Session {
     /// Waits for the challenge's outcome, relaying server output and keeping client input.
     async fn hold(&mut self, challenge: &Challenge, need: &StepUpNeed) -> Result<HoldEnd, Ending> {
         let waiter = self.stepup.waiter(&challenge.id);
-        let deadline = Instant::now() + need.rule.hold_timeout;
+        let deadline =
+            Instant::now() + Duration::from_secs(challenge.held_until.saturating_sub(unix_now()));
         let signal = self.hold_signal.clone();
         loop {
             match self.stepup.outcome(&challenge.id).await {
@@ -344,7 +366,7 @@ fn held_notice(need: &StepUpNeed, challenge: &Challenge, link: &str) -> PgError 
     PgError::notice(format!(
         "pgstepup: statement held for step-up approval ({}).\nApprove it within {} s at:\n{link}\n(link valid until {}; Ctrl-C cancels)",
         need.rule.reason,
-        need.rule.hold_timeout.as_secs(),
+        challenge.held_until.saturating_sub(challenge.created_at),
         utc_time(challenge.expires_at),
     ))
 }

@@ -40,6 +40,11 @@ pub struct Challenge {
     pub created_at: u64,
     /// When the link stops working.
     pub expires_at: u64,
+    /// When the session stops holding the statement (its rule's timeout, or the link's end if
+    /// sooner): an approval after it elevates the user, but the statement itself has not run.
+    /// Zero (a challenge stored by an older instance): not known.
+    #[serde(default)]
+    pub held_until: u64,
 }
 
 /// How a challenge ended. Written once; the first writer wins.
@@ -465,6 +470,7 @@ mod tests {
             user_scope,
             created_at: unix_now(),
             expires_at: unix_now() + 60,
+            held_until: unix_now() + 30,
         }
     }
 

@@ -54,8 +54,33 @@ pub(crate) fn routes(web: Arc<Web>) -> Router {
         .route("/api/pending/begin", post(pending_begin))
         .route("/api/pending/finish", post(pending_finish))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(json_posts_only))
         .layer(axum::middleware::map_response(crate::pages::secure_headers))
         .with_state(web)
+}
+
+/// Every POST carries JSON, which the pages' own script sends: a browser sends it to another
+/// site only after a CORS preflight this server never grants, so another site's form cannot
+/// deny a held statement or start a ceremony with a link it has learnt.
+async fn json_posts_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let is_json = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if request.method() == axum::http::Method::POST && !is_json {
+        return Failure {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            word: "invalid",
+            message: "requests must be JSON (Content-Type: application/json)".into(),
+        }
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// An API failure: an HTTP status and `{"result": word, "message": text}`.
@@ -135,7 +160,8 @@ impl Web {
             .ok_or_else(|| Failure::invalid("this link is not valid (unknown or forgotten)"))
     }
 
-    /// The challenge, if it can still be decided.
+    /// The challenge, if it can still be decided. An attempt to decide one that cannot be
+    /// (a link used again, replayed, expired or cancelled) is a failed attempt: audited.
     async fn open_challenge(&self, token: &str) -> Result<Challenge, Failure> {
         let challenge = self.challenge(token).await?;
         let outcome = self
@@ -143,19 +169,22 @@ impl Web {
             .outcome(&challenge.id)
             .await
             .map_err(Failure::unavailable)?;
-        match outcome {
-            Some(Outcome::Cancelled) => Err(Failure::expired(
-                "the statement was cancelled or its session ended",
-            )),
-            Some(outcome) => Err(Failure::invalid(format!(
+        let failure = match outcome {
+            Some(Outcome::Cancelled) => {
+                Failure::expired("the statement was cancelled or its session ended")
+            }
+            Some(outcome) => Failure::invalid(format!(
                 "this request was already {}; the link works once",
                 outcome.word()
-            ))),
-            None if unix_now() >= challenge.expires_at => {
-                Err(Failure::expired("this link has expired"))
-            }
-            None => Ok(challenge),
-        }
+            )),
+            None if unix_now() >= challenge.expires_at => Failure::expired("this link has expired"),
+            None => return Ok(challenge),
+        };
+        self.audit(Record {
+            reason: Some(failure.message.clone()),
+            ..challenge_record("webauthn_failed", &challenge)
+        });
+        Err(failure)
     }
 
     async fn status(&self, challenge: &Challenge) -> Result<&'static str, Failure> {
@@ -367,12 +396,21 @@ async fn approve_finish(State(web): Shared, Path(token): Path<String>, body: Byt
         ..challenge_record("challenge_approved", &challenge)
     });
     tracing::info!(user = %challenge.user, rule = %challenge.rule, "step-up approved");
+    // After its hold ended the statement is no longer waiting: the approval lets it pass
+    // when it is run again, and the engineer must know it did not run.
+    let runs = if challenge.held_until == 0 || unix_now() < challenge.held_until {
+        "the statement runs now"
+    } else {
+        "the statement was not run (its hold had ended); run it again and it will pass"
+    };
     let message = match granted {
-        Some(until) => format!(
-            "approved: the statement runs now; further statements under rule {} run without asking for {} s",
-            challenge.rule, challenge.lifetime_secs
-        ) + &format!(" (until unix time {until})"),
-        None => "approved: the statement runs now (this rule approves one statement at a time)".into(),
+        Some(until) => {
+            format!(
+                "approved: {runs}; further statements under rule {} run without asking for {} s",
+                challenge.rule, challenge.lifetime_secs
+            ) + &format!(" (until unix time {until})")
+        }
+        None => format!("approved: {runs} (this rule approves one statement at a time)"),
     };
     Ok(Json(json!({
         "result": "approved",
