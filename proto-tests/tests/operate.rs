@@ -271,14 +271,15 @@ async fn health_readiness_and_limits() {
     second.batch_execute("SELECT 1").await.unwrap();
     second.batch_execute("COMMIT").await.unwrap();
     let after = Scrape::of(&web).await;
+    let increase = |name: &str, reason: &str| {
+        after.value(name, &[("reason", reason)]) - before.value(name, &[("reason", reason)])
+    };
     assert_eq!(
-        after.value(
-            "pgstepup_client_connections_rejected_total",
-            &[("reason", "too_many")]
-        ) - before.value(
-            "pgstepup_client_connections_rejected_total",
-            &[("reason", "too_many")]
-        ),
+        increase("pgstepup_client_connections_rejected_total", "too_many"),
+        1.0
+    );
+    assert_eq!(
+        increase("pgstepup_client_sessions_closed_total", "idle_timeout"),
         1.0
     );
 }

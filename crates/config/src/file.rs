@@ -362,6 +362,18 @@ impl Config {
         Ok(config)
     }
 
+    /// Loads the file and the overrides for an admin command (`enroll`, `keys`), which needs
+    /// only the admin socket's path: what only the server needs (an upstream URL that a
+    /// Kubernetes Deployment passes as a flag from a Secret, a verifier source) is not checked.
+    pub fn load_for_admin(path: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply(overrides);
+        Ok(config)
+    }
+
     fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
@@ -676,6 +688,21 @@ mod tests {
                 let _ = std::fs::remove_file(&self.0);
             }
         }
+    }
+
+    /// `pgstepup enroll` with the file a Kubernetes ConfigMap holds (the upstream URL, and so
+    /// the verifier source, comes as a flag to `serve` only) still finds the admin socket.
+    #[test]
+    fn admin_commands_need_only_the_admin_socket() {
+        let file = write(
+            "[auth]\nmethod = \"scram\"\n[step_up]\nadmin_socket = \"/run/pgstepup/admin.sock\"\n",
+        );
+        assert!(Config::load(Some(file.path()), Overrides::default()).is_err());
+        let config = Config::load_for_admin(Some(file.path()), Overrides::default()).unwrap();
+        assert_eq!(
+            config.admin_socket(),
+            PathBuf::from("/run/pgstepup/admin.sock")
+        );
     }
 
     #[test]

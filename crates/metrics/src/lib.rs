@@ -74,6 +74,19 @@ const REJECTIONS: [&str; 8] = [
     "shutting_down",
 ];
 
+/// Why pgstepup closed an established client session (label `reason`).
+#[derive(Debug, Clone, Copy)]
+pub enum SessionClosed {
+    /// `limits.client_idle_timeout_secs` (57P05).
+    IdleTimeout,
+    /// A message over `limits.max_message_bytes` (54000).
+    MessageTooLarge,
+    /// Input that is not the protocol (08P01).
+    ProtocolError,
+}
+
+const SESSIONS_CLOSED: [&str; 3] = ["idle_timeout", "message_too_large", "protocol_error"];
+
 /// Why a WebAuthn attempt failed (label `reason`).
 pub const WEBAUTHN_FAILURES: [&str; 5] = [
     "malformed",
@@ -94,6 +107,7 @@ pub struct Metrics {
     pub client_connections: IntGauge,
     pub client_connections_total: IntCounter,
     rejected: Vec<IntCounter>,
+    sessions_closed: Vec<IntCounter>,
     pub upstream_connections: IntGauge,
     pub upstream_idle_connections: IntGauge,
     pub upstream_reused_total: IntCounter,
@@ -166,6 +180,11 @@ impl Metrics {
             "Client connections refused, by reason.",
             &["reason"],
         );
+        let sessions_closed_vec = counter_vec(
+            "pgstepup_client_sessions_closed_total",
+            "Established client sessions pgstepup closed with an error, by reason.",
+            &["reason"],
+        );
         let statements_vec = counter_vec(
             "pgstepup_statements_total",
             "Statements decided, by decision and kind.",
@@ -218,6 +237,10 @@ impl Metrics {
             rejected: REJECTIONS
                 .iter()
                 .map(|r| rejected_vec.with_label_values(&[r]))
+                .collect(),
+            sessions_closed: SESSIONS_CLOSED
+                .iter()
+                .map(|r| sessions_closed_vec.with_label_values(&[r]))
                 .collect(),
             upstream_connections: gauge(
                 "pgstepup_upstream_connections",
@@ -291,6 +314,10 @@ impl Metrics {
 
     pub fn rejected(&self, reason: Rejection) {
         self.rejected[reason as usize].inc();
+    }
+
+    pub fn session_closed(&self, reason: SessionClosed) {
+        self.sessions_closed[reason as usize].inc();
     }
 
     pub fn challenge(&self, outcome: ChallengeOutcome) {

@@ -196,7 +196,8 @@ fn log_filter(
 
 /// Sends an admin command to the running server and prints its answer.
 fn ask(args: ServeArgs, request: Request) -> anyhow::Result<()> {
-    let config = load_config(args)?;
+    let (path, overrides) = overrides(args);
+    let config = Config::load_for_admin(path.as_deref(), overrides)?;
     let socket = config.admin_socket();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -231,6 +232,12 @@ fn ask(args: ServeArgs, request: Request) -> anyhow::Result<()> {
 }
 
 fn load_config(args: ServeArgs) -> anyhow::Result<Config> {
+    let (path, overrides) = overrides(args);
+    Ok(Config::load(path.as_deref(), overrides)?)
+}
+
+/// The configuration file named by the arguments, and what the flags set over it.
+fn overrides(args: ServeArgs) -> (Option<std::path::PathBuf>, Overrides) {
     let overrides = Overrides {
         listen: args.listen,
         upstream: args.upstream,
@@ -248,7 +255,7 @@ fn load_config(args: ServeArgs) -> anyhow::Result<Config> {
         tls_key: args.tls_key,
         observe: args.observe,
     };
-    Ok(Config::load(args.config.as_deref(), overrides)?)
+    (args.config, overrides)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

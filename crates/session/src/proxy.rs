@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use pgstepup_metrics::SessionClosed;
 use pgstepup_protocol::backend::{self, sqlstate, PgError};
 use pgstepup_protocol::startup::CancelRequest;
 use pgstepup_protocol::{tag, Connection, ConnectionError, Frame, FrameRef, FLUSH_THRESHOLD};
@@ -244,6 +245,9 @@ impl Session {
                     Ok(())
                 }
                 Input::IdleTimeout => {
+                    self.gate
+                        .metrics()
+                        .session_closed(SessionClosed::IdleTimeout);
                     self.refuse_fatal(PgError::fatal(
                         sqlstate::IDLE_SESSION_TIMEOUT,
                         "terminating connection due to idle-session timeout (pgstepup limits.client_idle_timeout_secs)",
@@ -441,6 +445,9 @@ impl Session {
             }
             Divert::Terminate => return Err(Ending::ClientTerminated),
             Divert::Malformed(malformed) => {
+                self.gate
+                    .metrics()
+                    .session_closed(SessionClosed::ProtocolError);
                 // Never forward what cannot be read: the server would see something else
                 // than pgstepup did.
                 self.refuse_fatal(PgError::fatal(
@@ -459,6 +466,9 @@ impl Session {
                 Ending::ClientGone
             }
             ConnectionError::TooLarge { .. } => {
+                self.gate
+                    .metrics()
+                    .session_closed(SessionClosed::MessageTooLarge);
                 self.final_error = Some(PgError::fatal(
                     sqlstate::PROGRAM_LIMIT_EXCEEDED,
                     e.to_string(),
@@ -466,6 +476,9 @@ impl Session {
                 Ending::ClientProtocolError
             }
             other => {
+                self.gate
+                    .metrics()
+                    .session_closed(SessionClosed::ProtocolError);
                 self.final_error = Some(PgError::fatal(
                     sqlstate::PROTOCOL_VIOLATION,
                     other.to_string(),
