@@ -19,7 +19,22 @@ struct Scrape(prometheus_parse::Scrape);
 
 impl Scrape {
     async fn of(web: &WebClient) -> Self {
-        let text = web.metrics_text().await;
+        Self::parse(&web.metrics_text().await)
+    }
+
+    /// From a web listener that serves HTTPS with the test CA's certificate.
+    async fn of_https(addr: std::net::SocketAddr) -> Self {
+        let ca = std::fs::read(&proto_tests::certs().ca).unwrap();
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .build()
+            .unwrap();
+        let url = format!("https://localhost:{}/metrics", addr.port());
+        let text = http.get(url).send().await.unwrap().text().await.unwrap();
+        Self::parse(&text)
+    }
+
+    fn parse(text: &str) -> Self {
         let lines = text.lines().map(|l| Ok(l.to_owned()));
         Scrape(prometheus_parse::Scrape::parse(lines).expect("valid exposition format"))
     }
@@ -512,4 +527,20 @@ async fn reloading_policy_and_certificate_under_load_drops_nobody() {
         let queries = worker.await.unwrap().expect("no connection was dropped");
         assert!(queries > 0);
     }
+
+    // A renewal that cannot be read keeps the old certificate, and says so in the metrics
+    // (an alert fires on it): both listeners' attempts count.
+    let before = Scrape::of_https(proxy.web_addr).await;
+    std::fs::write(&cert, "not a certificate").unwrap();
+    proxy.reloader.reload("test");
+    let after = Scrape::of_https(proxy.web_addr).await;
+    let failures = |scrape: &Scrape| {
+        scrape.value(
+            "pgstepup_certificate_reloads_total",
+            &[("result", "failure")],
+        )
+    };
+    assert_eq!(failures(&after) - failures(&before), 2.0);
+    let presented = proto_tests::server_certificate(proxy.addr, true).await;
+    assert_eq!(presented, expected.as_ref(), "the old certificate stays");
 }

@@ -130,6 +130,7 @@ pub struct Metrics {
     store_errors: IntCounterVec,
     pub store_seconds: Histogram,
     policy_reloads: IntCounterVec,
+    certificate_reloads: IntCounterVec,
     pub ready: IntGauge,
 }
 
@@ -215,6 +216,11 @@ impl Metrics {
             "Policy reloads, by result.",
             &["result"],
         );
+        let certificate_reloads = counter_vec(
+            "pgstepup_certificate_reloads_total",
+            "TLS certificates read again on reload (SIGHUP), by result; on failure the previous one stays in use.",
+            &["result"],
+        );
         // Every series exists from the start, at 0, so rate() and increase() see the first event.
         for reason in WEBAUTHN_FAILURES {
             webauthn_failures.with_label_values(&[reason]);
@@ -224,6 +230,7 @@ impl Metrics {
         }
         for result in ["success", "failure"] {
             policy_reloads.with_label_values(&[result]);
+            certificate_reloads.with_label_values(&[result]);
         }
         Metrics {
             client_connections: gauge(
@@ -299,6 +306,7 @@ impl Metrics {
                 vec![1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1, 1.0],
             ),
             policy_reloads,
+            certificate_reloads,
             ready: gauge(
                 "pgstepup_ready",
                 "1 when ready for traffic (what /readyz answers), 0 otherwise.",
@@ -334,6 +342,13 @@ impl Metrics {
     pub fn store_error(&self, operation: &'static str) {
         debug_assert!(STORE_OPERATIONS.contains(&operation), "{operation}");
         self.store_errors.with_label_values(&[operation]).inc();
+    }
+
+    /// A TLS certificate read again on reload (client-facing or web).
+    pub fn certificate_reload(&self, ok: bool) {
+        self.certificate_reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
     }
 
     pub fn policy_reload(&self, ok: bool) {

@@ -227,9 +227,11 @@ impl Reloader {
             match pgstepup_web::tls_acceptor(cert, key) {
                 Ok(acceptor) => {
                     *slot.write().expect("web TLS lock") = acceptor;
+                    self.proxy.metrics().certificate_reload(true);
                     tracing::info!(trigger, cert = %cert.display(), "web TLS certificate reloaded");
                 }
                 Err(error) => {
+                    self.proxy.metrics().certificate_reload(false);
                     tracing::error!(trigger, %error, "web TLS certificate not reloaded; the previous one stays in use")
                 }
             }

@@ -63,6 +63,11 @@ pub enum ProxyError {
 pub struct Reloader(Arc<Shared>);
 
 impl Reloader {
+    /// The instance's metrics (the web certificate's reload counts there too).
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
     pub fn reload(&self, trigger: &str) {
         // Errors are logged and audited by the store; the old policy stays in force.
         let _ = self.0.policy.reload(trigger);
@@ -71,9 +76,11 @@ impl Reloader {
             match tls::load(cert, key) {
                 Ok(loaded) => {
                     *self.0.tls.write().expect("tls lock") = Some(loaded);
+                    self.0.metrics.certificate_reload(true);
                     tracing::info!(trigger, cert = %cert.display(), "client TLS certificate reloaded");
                 }
                 Err(error) => {
+                    self.0.metrics.certificate_reload(false);
                     tracing::error!(trigger, %error, "client TLS certificate not reloaded; the previous one stays in use")
                 }
             }
