@@ -940,3 +940,41 @@ async fn a_row_larger_than_256_mib_reaches_the_client() {
     assert_eq!(row.len(), 2 + 4 + 300_000_000);
     assert_eq!(outline(&reply).last().map(String::as_str), Some("Z I"));
 }
+
+/// Once a statement of an extended-protocol batch fails, the server skips the rest up to the
+/// Sync: a later statement that needs step-up is not held for an approval of what cannot run
+/// (the client used to wait out every rule's timeout, with a link for each).
+#[tokio::test]
+async fn a_failed_batch_holds_nothing_after_its_error() {
+    let policy = proto_tests::write_policy_as_is(
+        "[[rule]]\nname = \"writes\"\nkinds = [\"write\"]\naction = \"step_up\"\n\
+         [[rule]]\nname = \"secret\"\ntables = [\"secret.*\"]\naction = \"deny\"\n",
+    );
+    let (_proxy, mut raw) = session_under(&policy).await;
+    let statement = |sql: &str| {
+        let mut parse = vec![0];
+        parse.extend_from_slice(sql.as_bytes());
+        parse.extend_from_slice(&[0, 0, 0]);
+        let mut out = message(b'P', &parse);
+        out.extend(message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+        out.extend(message(b'E', &[0, 0, 0, 0, 0]));
+        out
+    };
+    let held = "INSERT INTO pg_temp.nowhere VALUES (1)";
+    for (first, error) in [
+        ("SELECT 1/0", "E 22012"),
+        ("INSERT INTO secret.cards VALUES (1)", "E 42501"),
+    ] {
+        let mut batch = statement(first);
+        batch.extend(statement(held));
+        batch.extend(statement(held));
+        batch.extend(message(b'S', &[]));
+        raw.send(&batch).await;
+        let reply: Vec<String> = outline(&raw.until_ready().await)
+            .into_iter()
+            .filter(|m| m != "N")
+            .collect();
+        assert!(reply.contains(&error.to_string()), "{first}: {reply:?}");
+        assert_eq!(reply.last().map(String::as_str), Some("Z I"), "{first}");
+    }
+}

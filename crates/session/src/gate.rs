@@ -174,9 +174,13 @@ pub(crate) struct Gate {
     /// Elevations this session knows of, by rule, until they end.
     elevations: HashMap<String, Instant>,
     /// A statement approved for one run also covers its own batch (the Binds up to Sync).
-    approved_batch: Option<(String, u64)>,
+    /// (rule, cycle, digest of the statement's text): its own repeats in that batch only.
+    approved_batch: Option<(String, u64, String)>,
     /// The server sent a FATAL error: the session ends with it.
     server_said_fatal: bool,
+    /// The cycle (numbered as `sent_cycles`) of an extended-protocol batch known to have
+    /// failed: the server skips the rest of it, up to its Sync.
+    failed_batch: Option<u64>,
     /// SQL-level prepared statements: what each name was prepared as, so its EXECUTE is
     /// decided as that text; `None` when what the server holds under the name is not known.
     sql_prepared: SqlPreparedStatements,
@@ -202,6 +206,7 @@ impl Gate {
             prepared: PreparedStatements::new(),
             sql_prepared: SqlPreparedStatements::default(),
             server_said_fatal: false,
+            failed_batch: None,
             context,
             store,
             active,
@@ -256,16 +261,20 @@ impl Gate {
             .refuses_at_once(&self.context.application_name)
     }
 
-    /// An elevation the session already knows of that covers `rule`: `Some(Some(end))` for a
-    /// lasting one (unix seconds), `Some(None)` for an approval of this batch only.
-    fn known_elevation(&self, rule: &str) -> Option<Option<u64>> {
+    /// An elevation the session already knows of that covers `sql` under `rule`:
+    /// `Some(Some(end))` for a lasting one (unix seconds), `Some(None)` for a one-statement
+    /// approval of the same text earlier in this batch (its Binds, a driver's re-Parse of
+    /// it), never for another statement of the batch: the approver saw that text alone.
+    fn known_elevation(&self, rule: &str, sql: &str) -> Option<Option<u64>> {
         if let Some(until) = self.elevations.get(rule) {
             let left = until.checked_duration_since(Instant::now())?;
             return Some(Some(unix_now() + left.as_secs()));
         }
         self.approved_batch
             .as_ref()
-            .is_some_and(|(r, cycle)| r == rule && *cycle == self.sent_cycles)
+            .is_some_and(|(r, cycle, digest)| {
+                r == rule && *cycle == self.sent_cycles && *digest == Record::digest(sql)
+            })
             .then_some(None)
     }
 
@@ -389,10 +398,14 @@ impl Gate {
             }
         }
         match decision.action {
-            Action::StepUp if !self.active.observe && self.server_refuses_anyway(&sql) => {
-                // Holding it would ask for an approval of what cannot run: the server's own
-                // 25P02 answers the failing call in its place, as it would the statement.
-                tracing::debug!(parent: &self.span, rule = %decision.rule, "not held: the transaction has failed");
+            Action::StepUp
+                if !self.active.observe
+                    && (self.server_refuses_anyway(&sql) || !simple && self.batch_fails()) =>
+            {
+                // Holding it would ask for an approval of what cannot run: in a failed
+                // transaction the server's own 25P02 answers the failing call in its place, as
+                // it would the statement; in a failed batch the server skips it unanswered.
+                tracing::debug!(parent: &self.span, rule = %decision.rule, "not held: the server would not run it");
                 let error = PgError::error(
                     sqlstate::IN_FAILED_SQL_TRANSACTION,
                     "current transaction is aborted, commands ignored until end of transaction block",
@@ -410,7 +423,7 @@ impl Gate {
                     classification,
                     refusable,
                 };
-                if let Some(until) = self.known_elevation(&need.rule.name) {
+                if let Some(until) = self.known_elevation(&need.rule.name, &need.sql) {
                     self.released(&need, until);
                     return Verdict::Forward;
                 }
@@ -502,8 +515,19 @@ impl Gate {
         };
         match prepared.decided.clone() {
             PreparedDecision::Allow => Verdict::Forward,
-            PreparedDecision::StepUp(rule) if self.known_elevation(&rule.name).is_some() => {
+            PreparedDecision::StepUp(rule)
+                if self.known_elevation(&rule.name, &prepared.sql).is_some() =>
+            {
                 Verdict::Forward
+            }
+            // The server skips it (an earlier statement of its batch failed): no hold, no
+            // approval asked for what cannot run.
+            PreparedDecision::StepUp(_) if self.batch_fails() => {
+                let error = PgError::error(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    "pgstepup: an earlier statement of this batch failed; this one was not run",
+                );
+                Verdict::Substitute(self.substitute(&Refusable::Bind, "", error))
             }
             PreparedDecision::StepUp(rule) => Verdict::StepUp(StepUpNeed {
                 digest: Record::digest(&prepared.sql),
@@ -527,7 +551,13 @@ impl Gate {
                 self.elevations
                     .insert(need.rule.name.clone(), Instant::now() + left);
             }
-            None => self.approved_batch = Some((need.rule.name.clone(), self.sent_cycles)),
+            None => {
+                self.approved_batch = Some((
+                    need.rule.name.clone(),
+                    self.sent_cycles,
+                    need.digest.clone(),
+                ))
+            }
         }
         if let Refusable::Parse { name } = &need.refusable {
             if !name.is_empty() {
@@ -680,6 +710,10 @@ impl Gate {
         });
         let failing_call = format!("SELECT pg_catalog.{}{number}()", self.marker);
         let own_name = format!("{}{number}", self.marker);
+        if matches!(refusable, Refusable::Parse { .. } | Refusable::Bind) {
+            // It fails its batch: the server skips the rest, up to the Sync.
+            self.failed_batch = Some(self.sent_cycles);
+        }
         match refusable {
             Refusable::Parse { name } => failing_parse(name, &failing_call),
             Refusable::Bind => failing_parse(own_name.as_bytes(), &failing_call),
@@ -750,7 +784,7 @@ impl Gate {
         let decision = self.active.policy.evaluate(&classification, &self.subject);
         match decision.action {
             Action::Allow => true,
-            Action::StepUp => self.known_elevation(decision.rule).is_some(),
+            Action::StepUp => self.known_elevation(decision.rule, sql).is_some(),
             Action::Deny => false,
         }
     }
@@ -775,10 +809,26 @@ impl Gate {
 
     /// A server error relayed as it is: a FATAL one ends the session, and is its reason.
     pub(crate) fn note_server_error(&mut self, frame: FrameRef<'_>) {
+        if self.unsynced && self.nothing_in_flight() {
+            // The batch the client is still sending failed: the server skips to its Sync.
+            self.failed_batch = Some(self.sent_cycles);
+        }
         let severity = pgstepup_protocol::error_field(frame.body(), b'V');
         if matches!(severity.as_deref(), Some("FATAL" | "PANIC")) {
             self.server_said_fatal = true;
         }
+    }
+
+    /// Whether an extended-protocol batch is being sent (frames forwarded since the last
+    /// Sync).
+    pub(crate) fn in_batch(&self) -> bool {
+        self.unsynced
+    }
+
+    /// Whether the extended-protocol batch being sent has failed, so the server will skip
+    /// whatever else comes before its Sync.
+    pub(crate) fn batch_fails(&self) -> bool {
+        self.unsynced && self.failed_batch == Some(self.sent_cycles)
     }
 
     /// Whether the server ended the session with its own FATAL error.
@@ -1087,6 +1137,40 @@ mod tests {
         assert_eq!(check(&mut gate, "PREPARE s AS SELECT 3"), "forward");
         assert_eq!(check(&mut gate, "DO $$ BEGIN END $$"), "step-up");
         assert_eq!(check(&mut gate, "EXECUTE s"), "step-up");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A one-statement approval covers that statement's own repeats in its batch (its Binds,
+    /// a driver's re-Parse of it), never another statement of the batch under the same rule:
+    /// the approver saw only the first.
+    #[test]
+    fn a_batch_approval_covers_only_the_statement_approved() {
+        let (mut gate, dir) = gate_with(
+            "[[rule]]\nname = \"writes\"\nkinds = [\"write\"]\naction = \"step_up\"\nlifetime = \"0s\"\n",
+        );
+        let parse = |sql: &str| {
+            let mut body = b"\0".to_vec();
+            body.extend_from_slice(sql.as_bytes());
+            body.extend_from_slice(&[0, 0, 0]);
+            Frame::new(tag::PARSE, &body)
+        };
+        let approved = parse("INSERT INTO t0b VALUES ($1)");
+        let Verdict::StepUp(need) =
+            gate.check(Statement::from_frame(approved.view()).unwrap().unwrap())
+        else {
+            panic!("the insert needs step-up");
+        };
+        gate.released(&need, None);
+        gate.note_forwarded(tag::PARSE);
+        let other = parse("DELETE FROM t0");
+        assert!(matches!(
+            gate.check(Statement::from_frame(other.view()).unwrap().unwrap()),
+            Verdict::StepUp(_)
+        ));
+        assert!(matches!(
+            gate.check(Statement::from_frame(approved.view()).unwrap().unwrap()),
+            Verdict::Forward
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -27,10 +27,14 @@ const RECHECK: Duration = Duration::from_secs(1);
 
 /// How a hold ended.
 enum HoldEnd {
-    Approved { until: Option<u64> },
+    Approved {
+        until: Option<u64>,
+    },
     Denied,
     TimedOut,
     Cancelled,
+    /// An earlier statement of its batch failed: the server skips it whatever is decided.
+    Skipped,
 }
 
 impl Session {
@@ -117,6 +121,11 @@ impl Session {
         }
 
         // What came before the held statement goes now; the client hears about the hold at once.
+        if self.gate.in_batch() {
+            // The server keeps a batch's answers until its Sync; asked to send them now, it
+            // tells whether an earlier statement failed, and then this one will not run.
+            self.server.queue_frame(&Frame::new(tag::FLUSH, &[]));
+        }
         self.server.flush().await.map_err(|_| Ending::ServerGone)?;
         // Counted as held before the client can know it is: a scrape prompted by the notice
         // sees it.
@@ -166,6 +175,20 @@ impl Session {
                 ),
             )
             .with_detail(need.rule.reason.clone()),
+            HoldEnd::Skipped => {
+                self.cancel_challenge(
+                    &need,
+                    &challenge,
+                    "an earlier statement of its batch failed, so the server skips it",
+                )
+                .await;
+                self.gate.metrics().challenge(ChallengeOutcome::Cancelled);
+                // Never shown: the server discards what follows the error up to the Sync.
+                PgError::error(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    "pgstepup: an earlier statement of this batch failed; this one was not run",
+                )
+            }
             HoldEnd::Cancelled => {
                 self.cancel_challenge(&need, &challenge, "cancel request")
                     .await;
@@ -250,6 +273,9 @@ impl Session {
                     tracing::warn!(%error, "cannot read the challenge's outcome; still waiting")
                 }
             }
+            if self.gate.batch_fails() {
+                return Ok(HoldEnd::Skipped);
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Ok(HoldEnd::TimedOut);
@@ -271,6 +297,9 @@ impl Session {
                         self.client.flush().await.map_err(|_| Ending::ClientGone)?;
                     }
                     self.client.flush().await.map_err(|_| Ending::ClientGone)?;
+                    if self.gate.batch_fails() {
+                        return Ok(HoldEnd::Skipped);
+                    }
                 }
                 read = self.client.read_frame() => {
                     let frame = read.map_err(|e| self.client_error(e))?;

@@ -99,13 +99,20 @@ impl ElevationNeed<'_> {
         }
     }
 
+    /// A one-statement approval made after its hold ended waits for the re-run of that
+    /// statement in the rule's scope: on that connection, unless the rule is user-wide.
     fn once_key(&self) -> String {
-        format!(
-            "elev:once:{}:{}:{}",
-            self.user.len(),
-            self.user,
-            self.statement_digest
-        )
+        let (user, digest) = (self.user, self.statement_digest);
+        if self.user_scope {
+            format!("elev:once:user:{}:{user}:{digest}", user.len())
+        } else {
+            format!(
+                "elev:once:conn:{}:{}:{}:{user}:{digest}",
+                self.instance,
+                self.connection_id,
+                user.len()
+            )
+        }
     }
 }
 
@@ -561,9 +568,26 @@ mod tests {
         stepup.grant(&once).await.unwrap();
         let rerun = ElevationNeed {
             statement_digest: "d",
-            ..other_connection
+            ..other_connection.clone()
         };
         assert!(stepup.take_single_use(&rerun).await.unwrap());
         assert!(!stepup.take_single_use(&rerun).await.unwrap());
+
+        // One made for a connection-scoped rule is that connection's alone.
+        let once_here = challenge(0, false);
+        stepup.grant(&once_here).await.unwrap();
+        let rerun_elsewhere = ElevationNeed {
+            statement_digest: "d",
+            user_scope: false,
+            instance: "a",
+            connection_id: 8,
+            ..other_connection
+        };
+        assert!(!stepup.take_single_use(&rerun_elsewhere).await.unwrap());
+        let rerun_here = ElevationNeed {
+            connection_id: 7,
+            ..rerun_elsewhere
+        };
+        assert!(stepup.take_single_use(&rerun_here).await.unwrap());
     }
 }
