@@ -199,46 +199,42 @@ impl Session {
                 )
                 .with_detail("pgstepup held it for step-up approval; it was not run.")
             }
-            HoldEnd::TimedOut if unix_now() >= challenge.expires_at => {
-                // The link ended the hold (it was shorter than the rule's timeout): it cannot
-                // be approved any more, so it is not offered again.
-                self.gate.metrics().challenge(ChallengeOutcome::Expired);
-                let waited = challenge.held_until.saturating_sub(challenge.created_at);
-                self.audit(&need, &challenge, "challenge_timed_out", |r| {
-                    r.reason = Some(format!(
-                        "no approval within {waited} s, when the link expired"
-                    ));
-                });
-                PgError::error(
-                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                    format!(
-                        "pgstepup: no step-up approval within {waited} s (rule \"{}\"); the statement was not run and its link has expired",
-                        need.rule.name
-                    ),
-                )
-                .with_detail(need.rule.reason.clone())
-                .with_hint("Run the statement again for a new link.")
-            }
             HoldEnd::TimedOut => {
                 self.gate.metrics().challenge(ChallengeOutcome::Expired);
                 let waited = challenge.held_until.saturating_sub(challenge.created_at);
+                // A link shorter than the rule's timeout ended the hold: it cannot be approved
+                // any more, so it is not offered again.
+                let link_ended = unix_now() >= challenge.expires_at;
                 self.audit(&need, &challenge, "challenge_timed_out", |r| {
-                    r.reason = Some(format!(
-                        "no approval within {waited} s; the link still works until it expires"
-                    ));
+                    r.reason = Some(match link_ended {
+                        true => format!("no approval within {waited} s, when the link expired"),
+                        false => format!(
+                            "no approval within {waited} s; the link still works until it expires"
+                        ),
+                    });
                 });
+                let (what_now, hint) = match link_ended {
+                    true => (
+                        "the statement was not run and its link has expired".to_owned(),
+                        "Run the statement again for a new link.".to_owned(),
+                    ),
+                    false => (
+                        format!("the statement was not run. Approve it at:\n{link}"),
+                        format!(
+                            "The link works until {}; after approval, re-running the statement will pass.",
+                            utc_time(challenge.expires_at)
+                        ),
+                    ),
+                };
                 PgError::error(
                     sqlstate::INSUFFICIENT_PRIVILEGE,
                     format!(
-                        "pgstepup: no step-up approval within {waited} s (rule \"{}\"); the statement was not run. Approve it at:\n{link}",
+                        "pgstepup: no step-up approval within {waited} s (rule \"{}\"); {what_now}",
                         need.rule.name
                     ),
                 )
                 .with_detail(need.rule.reason.clone())
-                .with_hint(format!(
-                    "The link works until {}; after approval, re-running the statement will pass.",
-                    utc_time(challenge.expires_at)
-                ))
+                .with_hint(hint)
             }
         };
         let substitute = self.gate.refuse_step_up(&need, error);
