@@ -793,6 +793,16 @@ async fn a_refusal_among_several_statements_fails_where_it_stands() {
     .await;
     assert_eq!(outline(&reply), ["C INSERT 0 1", "E 42501", "Z I"]);
     assert_eq!(rows_in(&table).await, 1);
+
+    // A text PostgreSQL cannot parse runs none of its statements: nor does the refusal's.
+    let reply = simple(
+        &mut raw,
+        &format!("SET application_name = 'leaked'; INSERT INTO {table} VALUES (6"),
+    )
+    .await;
+    assert_eq!(outline(&reply), ["E 42501", "Z I"]);
+    let reply = simple(&mut raw, "SHOW application_name").await;
+    assert_ne!(first_value(&reply), b"leaked");
     simple(&mut raw, &format!("DROP TABLE {table}")).await;
 }
 
@@ -977,4 +987,42 @@ async fn a_failed_batch_holds_nothing_after_its_error() {
         assert!(reply.contains(&error.to_string()), "{first}: {reply:?}");
         assert_eq!(reply.last().map(String::as_str), Some("Z I"), "{first}");
     }
+}
+
+/// A Parse under a name the server already holds fails there and the old statement stays:
+/// its Binds are decided as either text, so a second Parse cannot make a Bind of the first
+/// pass unchecked (a denied read ran after a re-Parse of its name as `SELECT 1`).
+#[tokio::test]
+async fn a_statement_name_parsed_again_is_decided_as_either_text() {
+    let policy = proto_tests::write_policy(
+        "[[rule]]\nname = \"secret\"\ntables = [\"secret.*\"]\nkinds = [\"read\"]\naction = \"deny\"\n",
+    );
+    let (_proxy, mut raw) = session_under(&policy).await;
+    let parse_sync = |name: &str, sql: &str| {
+        let mut body = name.as_bytes().to_vec();
+        body.push(0);
+        body.extend_from_slice(sql.as_bytes());
+        body.extend_from_slice(&[0, 0, 0]);
+        let mut out = message(b'P', &body);
+        out.extend(message(b'S', &[]));
+        out
+    };
+    let bind_execute_sync = |name: &str| {
+        let mut bind = vec![0];
+        bind.extend_from_slice(name.as_bytes());
+        bind.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+        let mut out = message(b'B', &bind);
+        out.extend(message(b'E', &[0, 0, 0, 0, 0]));
+        out.extend(message(b'S', &[]));
+        out
+    };
+    raw.send(&parse_sync("n1", "SELECT count(*) FROM pg_class"))
+        .await;
+    assert_eq!(outline(&raw.until_ready().await), ["1", "Z I"]);
+    // From now on an unqualified pg_class may be secret's.
+    simple(&mut raw, "SET search_path = secret, public").await;
+    raw.send(&parse_sync("n1", "SELECT 1")).await;
+    assert_eq!(outline(&raw.until_ready().await), ["E 42P05", "Z I"]);
+    raw.send(&bind_execute_sync("n1")).await;
+    assert_eq!(outline(&raw.until_ready().await), ["E 42501", "Z I"]);
 }

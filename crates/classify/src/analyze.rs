@@ -276,6 +276,14 @@ impl Collector {
                 }
             }
             S::DropTrigger(trigger) => self.add(Kind::Ddl, trigger.table_name.as_ref(), None),
+            // Objects that live on a table and change what reading or writing it does.
+            S::AlterTrigger(trigger) => self.add(Kind::Ddl, Some(&trigger.table_name), None),
+            S::CreatePolicy(policy) => self.add(Kind::Ddl, Some(&policy.table_name), None),
+            S::AlterPolicy(policy) => self.add(Kind::Ddl, Some(&policy.table_name), None),
+            S::DropPolicy(policy) => self.add(Kind::Ddl, Some(&policy.table_name), None),
+            S::CreateRule(rule) => self.add(Kind::Ddl, Some(&rule.table_name), None),
+            S::DropRule(rule) => self.add(Kind::Ddl, Some(&rule.table_name), None),
+            S::AlterView(view) => self.add(Kind::Ddl, Some(&view.name), None),
             S::Comment {
                 object_type,
                 object_name,

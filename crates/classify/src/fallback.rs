@@ -127,7 +127,14 @@ pub(crate) fn classify(statement: &str) -> (Vec<Facet>, Option<String>) {
         // What the text seems to name meets its rules, so a deny on a table does not become
         // the default step-up of the kind because the parser could not read the text.
         facets.extend(moved_into(statement));
-        facets.extend(names_read(statement));
+        for read in names_read(statement) {
+            // Named in a text that changes schema or privileges: the change may be theirs.
+            facets.push(Facet {
+                kind,
+                table: read.table.clone(),
+            });
+            facets.push(read);
+        }
     }
     facets.push(facet(kind));
     (facets, reason)
@@ -445,6 +452,9 @@ fn names_read(statement: &str) -> Vec<Facet> {
         let Some(first) = identifier(token, uescape) else {
             continue;
         };
+        if follows_keyword && !qualified && matches!(first.as_str(), "if" | "not" | "exists") {
+            continue;
+        }
         let table = match tokens.get(i + 2).filter(|_| qualified) {
             Some(next) => match identifier(next, uescape) {
                 Some(name) => TableName {

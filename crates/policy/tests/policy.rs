@@ -374,6 +374,33 @@ action = "deny"
     );
 }
 
+/// A rule that freezes a schema's definitions (DDL and privileges only) meets every
+/// statement that changes a table there, parsed or not.
+#[test]
+fn a_frozen_schema_meets_every_change_of_its_tables() {
+    let p = policy(
+        "[[rule]]\nname = \"billing-frozen\"\ntables = [\"billing.*\"]\nkinds = [\"ddl\", \"dcl\"]\naction = \"deny\"\n",
+    );
+    decides_all(
+        &p,
+        &[
+            "ALTER TABLE billing.inv SET SCHEMA b3",
+            "ALTER TABLE IF EXISTS billing.inv SET SCHEMA b3",
+            "CREATE RULE r AS ON INSERT TO billing.inv DO INSTEAD NOTHING",
+            "DROP RULE r ON billing.inv",
+            "CREATE POLICY p ON billing.inv USING (true)",
+            "ALTER POLICY p ON billing.inv USING (false)",
+            "DROP POLICY p ON billing.inv",
+            "ALTER TRIGGER t ON billing.inv RENAME TO u",
+            "ALTER VIEW billing.v OWNER TO x",
+            "SECURITY LABEL ON TABLE billing.inv IS 'x'",
+            "CREATE STATISTICS s ON a, b FROM billing.inv",
+            "GRANT SELECT ON billing.inv TO PUBLIC",
+        ],
+        (Action::Deny, "billing-frozen"),
+    );
+}
+
 #[test]
 fn the_earliest_of_equally_specific_rules_decides() {
     let p = policy(

@@ -91,8 +91,9 @@ impl StepUpRule {
 /// How a held frame is swapped for a failing one when it is refused.
 #[derive(Debug, Clone)]
 enum Refusable {
-    /// A simple Query; `exact`: its text as decoded is the client's bytes (valid UTF-8), so
-    /// the statements before the refused one can be sent as they are.
+    /// A simple Query; `exact`: its text as decoded is the client's bytes (valid UTF-8) and
+    /// parsed whole, so the statements before the refused one can be sent as they are (a
+    /// text PostgreSQL cannot parse runs none of its statements).
     Query {
         exact: bool,
     },
@@ -344,9 +345,13 @@ impl Gate {
                 Cow::Owned(format!("<fast-path call of function OID {oid}>")),
             ),
         };
+        // A Parse under a name the server already holds fails there (42P05) and the old
+        // statement stays; pgstepup cannot tell which one a later Bind runs, so it decides
+        // such a Bind as both (the stricter wins), and forgets neither.
+        let mut earlier = None;
         if let Statement::Parse { name, .. } = statement {
             if !name.is_empty() {
-                self.prepared.remove(name);
+                earlier = self.prepared.take(name);
             }
         }
         // An EXECUTE of a statement this session saw prepared is decided as that statement
@@ -381,7 +386,21 @@ impl Gate {
         self.context
             .metrics
             .statement(decision.action as usize, kind as usize);
-        if let (Statement::Parse { name, .. }, true) = (
+        if let (Statement::Parse { name, .. }, Some(earlier)) = (statement, earlier) {
+            self.prepared.insert(
+                name,
+                Prepared {
+                    classification: Arc::new(either_of(&earlier.classification, &classification)),
+                    sql: format!(
+                        "{} -- or, prepared again under its name: {sql}",
+                        earlier.sql
+                    ),
+                    // Decided again at its next Bind.
+                    generation: u64::MAX,
+                    decided: PreparedDecision::Allow,
+                },
+            );
+        } else if let (Statement::Parse { name, .. }, true) = (
             statement,
             decision.action == Action::Allow || self.active.observe,
         ) {
@@ -415,7 +434,10 @@ impl Gate {
             }
             Action::StepUp if !self.active.observe => {
                 let rule = StepUpRule::from_decision(&decision);
-                let refusable = Refusable::of(&statement, matches!(sql, Cow::Borrowed(_)));
+                let refusable = Refusable::of(
+                    &statement,
+                    matches!(sql, Cow::Borrowed(_)) && classification.fully_parsed,
+                );
                 let need = StepUpNeed {
                     digest: Record::digest(&sql),
                     sql: sql.into_owned(),
@@ -452,7 +474,10 @@ impl Gate {
                 let error = refusal_error(&decision);
                 let rule = decision.rule.to_owned();
                 self.audit("statement_refused", &sql, &rule, action, reason);
-                let refusable = Refusable::of(&statement, matches!(sql, Cow::Borrowed(_)));
+                let refusable = Refusable::of(
+                    &statement,
+                    matches!(sql, Cow::Borrowed(_)) && classification.fully_parsed,
+                );
                 Verdict::Substitute(self.substitute(&refusable, &sql, error))
             }
         }
@@ -560,7 +585,8 @@ impl Gate {
             }
         }
         if let Refusable::Parse { name } = &need.refusable {
-            if !name.is_empty() {
+            // (A name held already keeps what it was decided as: see `check`.)
+            if !name.is_empty() && self.prepared.get(name).is_none() {
                 self.prepared.insert(
                     name,
                     Prepared {
@@ -934,6 +960,28 @@ impl SqlPreparedStatements {
             SqlPrepared::None | SqlPrepared::ExecuteAlone(_) => {}
         }
     }
+}
+
+/// What a statement that is one of two texts does: everything either does.
+fn either_of(one: &Classification, other: &Classification) -> Classification {
+    let mut both = one.clone();
+    for facet in &other.facets {
+        if !both.facets.contains(facet) {
+            both.facets.push(facet.clone());
+        }
+    }
+    both.kinds = both.facets.iter().map(|f| f.kind).collect();
+    both.functions.extend(other.functions.iter().cloned());
+    both.reasons.extend(other.reasons.iter().cloned());
+    both.pinned_violation = one
+        .pinned_violation
+        .clone()
+        .or_else(|| other.pinned_violation.clone());
+    both.fully_parsed = one.fully_parsed && other.fully_parsed;
+    if let Some(path) = &other.search_path {
+        path.add_to(&mut both.search_path);
+    }
+    both
 }
 
 /// A Parse of `name` whose statement fails at once (the server then skips to Sync).

@@ -205,19 +205,35 @@ fn startup_settings(startup: &StartupMessage) -> Vec<(String, String)> {
     let words = option_words(startup.param("options").unwrap_or_default());
     let mut words = words.iter().map(String::as_str);
     while let Some(word) = words.next() {
-        let assignment = match word {
-            "-c" => words.next().unwrap_or_default(),
-            w => w
-                .strip_prefix("--")
-                .or_else(|| w.strip_prefix("-c"))
-                .unwrap_or_default(),
+        // As the server's getopt reads them: flags may share a word (`-Ec name=value`,
+        // `-Pcname=value`); one that takes an argument takes the rest of its word, else the
+        // next word.
+        let Some(flags) = word.strip_prefix('-') else {
+            continue;
         };
-        if let Some((name, value)) = assignment.split_once('=') {
-            settings.push((name.replace('-', "_"), value.to_owned()));
+        for (at, flag) in flags.char_indices() {
+            if !SERVER_OPTIONS_WITH_ARGUMENT.contains(flag) {
+                continue;
+            }
+            let rest = &flags[at + flag.len_utf8()..];
+            let argument = match rest.is_empty() {
+                true => words.next().unwrap_or_default(),
+                false => rest,
+            };
+            if matches!(flag, 'c' | '-') {
+                if let Some((name, value)) = argument.split_once('=') {
+                    settings.push((name.replace('-', "_"), value.to_owned()));
+                }
+            }
+            break;
         }
     }
     settings
 }
+
+/// The server's command-line switches that take an argument (postgres.c's getopt string):
+/// `c` and `-` set a setting, the others other things.
+const SERVER_OPTIONS_WITH_ARGUMENT: &str = "BCcDdfhkNprStvW-";
 
 /// A setting in the startup packet that would unpin how pgstepup reads SQL.
 fn unpinning_startup_setting(startup: &StartupMessage) -> Option<String> {
@@ -316,6 +332,12 @@ mod tests {
             (
                 &[("options", "-c session_replication_role=replica")],
                 "session_replication_role",
+            ),
+            (&[("options", "-Ec role=r2")], "role"),
+            (&[("options", "-Pcrole=r2")], "role"),
+            (
+                &[("options", "-E -c search_path=evil,pg_catalog")],
+                "search_path",
             ),
         ] {
             assert_eq!(refused(params).as_deref(), Some(setting), "{params:?}");

@@ -99,6 +99,12 @@ impl PreparedStatements {
         self.map.insert(name.into(), prepared);
     }
 
+    /// Removes `name`'s statement and hands it back.
+    pub(crate) fn take(&mut self, name: &[u8]) -> Option<Prepared> {
+        self.forget_last_allowed();
+        self.map.remove(name)
+    }
+
     pub(crate) fn remove(&mut self, name: &[u8]) {
         self.forget_last_allowed();
         self.map.remove(name);
