@@ -1025,4 +1025,14 @@ async fn a_statement_name_parsed_again_is_decided_as_either_text() {
     assert_eq!(outline(&raw.until_ready().await), ["E 42P05", "Z I"]);
     raw.send(&bind_execute_sync("n1")).await;
     assert_eq!(outline(&raw.until_ready().await), ["E 42501", "Z I"]);
+
+    // A DEALLOCATE the server refuses still clears pgstepup's record: a name it has no
+    // record of runs something unknown, so its Bind needs step-up (refused at once here).
+    raw.send(&parse_sync("n2", "SELECT count(*) FROM pg_class"))
+        .await;
+    raw.until_ready().await;
+    let reply = simple(&mut raw, "DEALLOCATE no_such_statement").await;
+    assert_eq!(outline(&reply), ["E 26000", "Z I"]);
+    raw.send(&bind_execute_sync("n2")).await;
+    assert_eq!(outline(&raw.until_ready().await), ["E 42501", "Z I"]);
 }

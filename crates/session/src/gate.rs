@@ -503,6 +503,24 @@ impl Gate {
         if name.is_empty() || self.prepared.is_allowed_repeat(name, generation) {
             return Verdict::Forward;
         }
+        if self.prepared.get(name).is_none() {
+            // A name pgstepup has no record of: prepared by an SQL-level PREPARE (one
+            // namespace), or kept by the server past a DISCARD or DEALLOCATE it refused (both
+            // clear pgstepup's record). What it runs is not known.
+            let shown = String::from_utf8_lossy(name);
+            self.prepared.insert(
+                name,
+                Prepared {
+                    classification: Arc::new(single_facet(
+                        Kind::Unknown,
+                        format!("a Bind of statement \"{shown}\", prepared where pgstepup did not see it"),
+                    )),
+                    sql: format!("<statement \"{shown}\", prepared where pgstepup did not see it>"),
+                    generation: u64::MAX,
+                    decided: PreparedDecision::Allow,
+                },
+            );
+        }
         let Some(prepared) = self.prepared.get(name) else {
             return Verdict::Forward;
         };
