@@ -95,6 +95,26 @@ fn query(sql: &[u8]) -> Vec<u8> {
     message(b'Q', &body)
 }
 
+/// A Parse of `sql` as statement `name` (empty: the unnamed one), no parameter types.
+fn parse_message(name: &str, sql: &str) -> Vec<u8> {
+    let mut body = name.as_bytes().to_vec();
+    body.push(0);
+    body.extend_from_slice(sql.as_bytes());
+    body.extend_from_slice(&[0, 0, 0]);
+    message(b'P', &body)
+}
+
+/// Bind (no parameters) and Execute of statement `name`, then Sync.
+fn bind_execute_sync(name: &str) -> Vec<u8> {
+    let mut bind = vec![0];
+    bind.extend_from_slice(name.as_bytes());
+    bind.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+    let mut out = message(b'B', &bind);
+    out.extend(message(b'E', &[0, 0, 0, 0, 0]));
+    out.extend(message(b'S', &[]));
+    out
+}
+
 fn field(body: &[u8], code: u8) -> Option<String> {
     pgstepup_protocol::error_field(body, code)
 }
@@ -815,33 +835,17 @@ async fn refusals_keep_the_clients_unnamed_statement() {
         "[[rule]]\nname = \"secret\"\ntables = [\"secret.*\"]\naction = \"deny\"\n",
     );
     let (_proxy, mut raw) = session_under(&policy).await;
-    let parse = |name: &str, sql: &str| {
-        let mut body = name.as_bytes().to_vec();
-        body.push(0);
-        body.extend_from_slice(sql.as_bytes());
-        body.extend_from_slice(&[0, 0, 0]);
-        message(b'P', &body)
-    };
-    let bind_execute_sync = |name: &str| {
-        let mut bind = vec![0];
-        bind.extend_from_slice(name.as_bytes());
-        bind.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
-        let mut out = message(b'B', &bind);
-        out.extend(message(b'E', &[0, 0, 0, 0, 0]));
-        out.extend(message(b'S', &[]));
-        out
-    };
     let unnamed_still_answers = |reply: Vec<(u8, Vec<u8>)>| {
         assert_eq!(first_value(&reply), b"42", "{reply:?}");
     };
     // A named statement allowed where it was prepared...
-    let mut batch = parse("s1", "SELECT 1 FROM pg_class LIMIT 1");
+    let mut batch = parse_message("s1", "SELECT 1 FROM pg_class LIMIT 1");
     batch.extend(message(b'S', &[]));
     raw.send(&batch).await;
     raw.until_ready().await;
     // ... is refused at its Bind once an unqualified pg_class may be secret's.
     simple(&mut raw, "SET search_path = secret, public").await;
-    let mut batch = parse("", "SELECT 42");
+    let mut batch = parse_message("", "SELECT 42");
     batch.extend(message(b'S', &[]));
     raw.send(&batch).await;
     raw.until_ready().await;
@@ -962,10 +966,7 @@ async fn a_failed_batch_holds_nothing_after_its_error() {
     );
     let (_proxy, mut raw) = session_under(&policy).await;
     let statement = |sql: &str| {
-        let mut parse = vec![0];
-        parse.extend_from_slice(sql.as_bytes());
-        parse.extend_from_slice(&[0, 0, 0]);
-        let mut out = message(b'P', &parse);
+        let mut out = parse_message("", sql);
         out.extend(message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
         out.extend(message(b'E', &[0, 0, 0, 0, 0]));
         out
@@ -999,20 +1000,7 @@ async fn a_statement_name_parsed_again_is_decided_as_either_text() {
     );
     let (_proxy, mut raw) = session_under(&policy).await;
     let parse_sync = |name: &str, sql: &str| {
-        let mut body = name.as_bytes().to_vec();
-        body.push(0);
-        body.extend_from_slice(sql.as_bytes());
-        body.extend_from_slice(&[0, 0, 0]);
-        let mut out = message(b'P', &body);
-        out.extend(message(b'S', &[]));
-        out
-    };
-    let bind_execute_sync = |name: &str| {
-        let mut bind = vec![0];
-        bind.extend_from_slice(name.as_bytes());
-        bind.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
-        let mut out = message(b'B', &bind);
-        out.extend(message(b'E', &[0, 0, 0, 0, 0]));
+        let mut out = parse_message(name, sql);
         out.extend(message(b'S', &[]));
         out
     };
