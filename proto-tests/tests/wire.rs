@@ -1014,8 +1014,8 @@ async fn a_statement_name_parsed_again_is_decided_as_either_text() {
     raw.send(&bind_execute_sync("n1")).await;
     assert_eq!(outline(&raw.until_ready().await), ["E 42501", "Z I"]);
 
-    // A DEALLOCATE the server refuses still clears pgstepup's record: a name it has no
-    // record of runs something unknown, so its Bind needs step-up (refused at once here).
+    // A DEALLOCATE (here one the server refuses) does not make pgstepup forget a name: its
+    // Binds are still decided as what it was prepared as.
     raw.send(&parse_sync("n2", "SELECT count(*) FROM pg_class"))
         .await;
     raw.until_ready().await;
@@ -1023,4 +1023,25 @@ async fn a_statement_name_parsed_again_is_decided_as_either_text() {
     assert_eq!(outline(&reply), ["E 26000", "Z I"]);
     raw.send(&bind_execute_sync("n2")).await;
     assert_eq!(outline(&raw.until_ready().await), ["E 42501", "Z I"]);
+    // A name pgstepup never saw prepared runs something unknown: step-up (refused at once).
+    simple(&mut raw, "PREPARE by_sql AS SELECT 1").await;
+    raw.send(&bind_execute_sync("by_sql")).await;
+    assert_eq!(outline(&raw.until_ready().await), ["E 42501", "Z I"]);
+}
+
+/// After a DEALLOCATE ALL, a Bind of a name the server no longer holds gets the server's own
+/// error (26000), which drivers answer by preparing again: not a refusal of pgstepup's.
+#[tokio::test]
+async fn a_deallocated_statement_gets_the_servers_own_error() {
+    let policy = proto_tests::write_policy(
+        "[[rule]]\nname = \"secret\"\ntables = [\"secret.*\"]\naction = \"deny\"\n",
+    );
+    let (_proxy, mut raw) = session_under(&policy).await;
+    let mut batch = parse_message("s1", "SELECT 1");
+    batch.extend(message(b'S', &[]));
+    raw.send(&batch).await;
+    raw.until_ready().await;
+    simple(&mut raw, "DEALLOCATE ALL").await;
+    raw.send(&bind_execute_sync("s1")).await;
+    assert_eq!(outline(&raw.until_ready().await), ["E 26000", "Z I"]);
 }

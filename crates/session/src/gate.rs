@@ -284,11 +284,10 @@ impl Gate {
         if self.store.generation() != self.generation {
             self.refresh();
         }
-        if let Statement::Query { sql: text } = statement {
-            if starts_with_word(text, b"discard") || starts_with_word(text, b"deallocate") {
-                self.prepared.clear();
-            }
-        }
+        // A DISCARD or DEALLOCATE forgets nothing here: whether the server ran it is not known
+        // yet, and a name it did deallocate fails at the server with its own error (26000),
+        // which clients that re-prepare on it expect; one parsed again afterwards is decided
+        // as either text.
         // Whether a repeat of this statement's shape may be decided by the session alone (a
         // named Parse also records the statement, so it always takes the full path).
         let mut repeatable = false;
@@ -505,8 +504,7 @@ impl Gate {
         }
         if self.prepared.get(name).is_none() {
             // A name pgstepup has no record of: prepared by an SQL-level PREPARE (one
-            // namespace), or kept by the server past a DISCARD or DEALLOCATE it refused (both
-            // clear pgstepup's record). What it runs is not known.
+            // namespace), or where pgstepup did not see it. What it runs is not known.
             let shown = String::from_utf8_lossy(name);
             self.prepared.insert(
                 name,
@@ -1060,16 +1058,6 @@ fn refusal_error(decision: &Decision) -> PgError {
     )
     .with_detail(decision.reason())
     .with_hint("Ask a DBA to run it, or to change the policy.")
-}
-
-/// Whether the text's first word (after spaces) is `word` (ASCII, any case).
-fn starts_with_word(text: &[u8], word: &[u8]) -> bool {
-    let text = text.trim_ascii_start();
-    text.len() >= word.len()
-        && text[..word.len()].eq_ignore_ascii_case(word)
-        && text
-            .get(word.len())
-            .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
 }
 
 /// The first `chars` characters.

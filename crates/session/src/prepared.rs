@@ -110,11 +110,6 @@ impl PreparedStatements {
         self.map.remove(name);
     }
 
-    pub(crate) fn clear(&mut self) {
-        self.forget_last_allowed();
-        self.map.clear();
-    }
-
     /// Makes every statement be decided again at its next Bind (the session's search_path
     /// grew: an unqualified name in one may now mean a table a rule restricts).
     pub(crate) fn decide_again(&mut self) {
@@ -156,12 +151,14 @@ mod tests {
         assert!(!statements.is_allowed_repeat(b"S_1", 2));
 
         // Every change to the statements forgets it (a re-Parse under the same name may now
-        // need step-up; a Close or DEALLOCATE drops it; a re-decision may refuse it).
+        // need step-up; a Close drops it; a re-decision may refuse it).
         type Change = fn(&mut PreparedStatements);
         let changes: [Change; 4] = [
             |s| s.insert(b"S_1", allowed(1)),
             |s| s.remove(b"S_1"),
-            |s| s.clear(),
+            |s| {
+                s.take(b"S_1");
+            },
             |s| {
                 s.get_mut(b"S_1");
             },
