@@ -203,6 +203,9 @@ impl Session {
         // watch says the phase changed (an atomic load), not on every wake (a lock each).
         let mut phase_change = std::pin::pin!(next_phase(self.phase_changes.clone()));
         let mut phase_armed = false;
+        // Once a shutdown begins, the phase is looked at again every 100 ms whatever else
+        // wakes the session: closing a busy session must not wait on a single wake-up.
+        let mut phase_tick: Option<tokio::time::Interval> = None;
         let mut idle = self.idle_timeout.map(IdleTimer::new);
         let ending = loop {
             // Only a session outside a transaction is idle (PostgreSQL's own
@@ -217,6 +220,11 @@ impl Session {
                 }
                 if let Poll::Ready(r) = self.client.poll_frame(cx) {
                     return Poll::Ready(Input::Client(r));
+                }
+                if self.phase != Phase::Running {
+                    let tick = phase_tick
+                        .get_or_insert_with(|| tokio::time::interval(Duration::from_millis(100)));
+                    while tick.poll_tick(cx).is_ready() {}
                 }
                 if !phase_armed || self.phase_changes.has_changed().unwrap_or(false) {
                     phase_armed = true;
