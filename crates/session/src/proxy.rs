@@ -516,14 +516,11 @@ impl Session {
     }
 
     /// Relays the server's answers until every forwarded request has its ReadyForQuery (the
-    /// server or the client going away ends it too; the caller bounds the wait).
-    async fn relay_replies_in_flight(&mut self) {
-        // Ends a COPY FROM STDIN the bad input interrupted (its ReadyForQuery would wait for
-        // more data); outside COPY the server ignores a CopyFail.
-        self.server.queue_frame(&Frame::new(
-            tag::COPY_FAIL,
-            b"the client sent input pgstepup cannot read\0",
-        ));
+    /// server or the client going away ends it too; the caller bounds the wait). `why` (a
+    /// C string) ends a COPY FROM STDIN still running, whose ReadyForQuery would wait for more
+    /// data; outside COPY the server ignores the CopyFail.
+    async fn relay_replies_in_flight(&mut self, why: &[u8]) {
+        self.server.queue_frame(&Frame::new(tag::COPY_FAIL, why));
         if self.server.flush().await.is_err() {
             return;
         }
@@ -559,11 +556,13 @@ impl Session {
                 if *ending == Ending::Shutdown {
                     let answered = async {
                         self.cancel_upstream().await;
-                        self.relay_replies_in_flight().await;
+                        self.relay_replies_in_flight(b"pgstepup is shutting down\0")
+                            .await;
                     };
                     let _ = tokio::time::timeout(CLOSING_WORK, answered).await;
                 } else {
-                    let answered = self.relay_replies_in_flight();
+                    let answered = self
+                        .relay_replies_in_flight(b"the client sent input pgstepup cannot read\0");
                     let _ = tokio::time::timeout(IN_FLIGHT_REPLIES_WAIT, answered).await;
                 }
                 if let Some(error) = self.final_error.take() {
@@ -575,7 +574,7 @@ impl Session {
             Ending::ClientTerminated | Ending::ClientGone if !self.gate.nothing_in_flight() => {
                 // A client may say goodbye (or half-close its socket) right after its last
                 // request: PostgreSQL answers that request first, and so does pgstepup.
-                let answered = self.relay_replies_in_flight();
+                let answered = self.relay_replies_in_flight(b"the client went away\0");
                 let _ = tokio::time::timeout(IN_FLIGHT_REPLIES_WAIT, answered).await;
                 let _ = self.client.flush().await;
                 self.server.terminate().await;
